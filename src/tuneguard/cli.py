@@ -1,0 +1,63 @@
+"""The ``tuneguard`` command line: one sub-command per module in ``tuneguard.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from tuneguard import __version__
+from tuneguard.errors import TuneguardError
+
+# Each entry names a module in tuneguard.commands exposing ``register(subparsers)``; the parser it adds sets
+# ``func(args) -> int``. Adding a command = one module + one line here.
+COMMANDS = [
+    "models",
+    "finetune",
+]
+
+DESCRIPTION = """\
+Audit and protect the fine-tuning of large language models.
+
+  tuneguard models                      list the embedded models (no download needed)
+  tuneguard finetune --model smollm2-135m --data notes.jsonl --method lora --out runs/lora
+  tuneguard <command> --help            options of one command
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all sub-commands registered)."""
+    parser = argparse.ArgumentParser(
+        prog="tuneguard", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tuneguard {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tuneguard.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, run, and turn user errors into one line on stderr (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except TuneguardError as exc:
+        if args.verbose:
+            raise
+        print(f"tuneguard: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuneguard: interrupted; finished stages are saved and the next run resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
