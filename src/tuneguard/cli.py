@@ -15,6 +15,7 @@ from tuneguard.errors import TuneguardError
 COMMANDS = [
     "models",
     "finetune",
+    "demo",
 ]
 
 DESCRIPTION = """\

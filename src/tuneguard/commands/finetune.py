@@ -1,0 +1,77 @@
+"""`tuneguard finetune`: fine-tune a model on a text file (full, LoRA, prefix tuning, (IA)^3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from accelerate import PartialState
+
+from tuneguard.data import clean_texts, load_texts
+from tuneguard.train import METHODS, TrainConfig, finetune
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """--data/--column/--limit, shared by the commands that read one text file."""
+    p.add_argument("--data", required=True, help="JSONL/JSON/CSV/TSV/parquet/.txt file, a directory of text files, "
+                                                 "or hf:NAME for a datasets hub dataset")
+    p.add_argument("--column", help="text column (default: 'text' or the only string column)")
+    p.add_argument("--limit", type=int, help="use only the first N texts")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The fine-tuning hyperparameters, shared by every command that trains."""
+    d = TrainConfig()
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--method", choices=METHODS, default=d.method, help="default: %(default)s")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW); default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process; default: %(default)s")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation; default: %(default)s")
+    g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per text; default: %(default)s")
+    g.add_argument("--scheduler", default=d.scheduler, help="linear|cosine|constant; default: %(default)s")
+    g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; default: %(default)s")
+    g.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help="default: %(default)s")
+    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="default: %(default)s")
+    g.add_argument("--target-modules", help="comma-separated module names (default: peft's choice for the model)")
+    g.add_argument("--num-virtual-tokens", type=int, default=d.num_virtual_tokens, help="prefix tuning")
+    g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig described by ``add_train_args`` options."""
+    return TrainConfig(method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                       grad_accum=args.grad_accum, max_length=args.max_length, scheduler=args.scheduler,
+                       warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
+                       lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                       target_modules=args.target_modules.split(",") if args.target_modules else None,
+                       num_virtual_tokens=args.num_virtual_tokens)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune a model on your texts",
+        description="Fine-tune MODEL on the texts of --data and save the adapter (or full model) as safetensors in "
+                    "--out with a run record (run.json). Interrupted runs resume from the last finished epoch. "
+                    "For several processes or GPUs: accelerate launch -m tuneguard.cli finetune ...",
+        epilog="example: tuneguard finetune --model smollm2-135m --data notes.jsonl --method lora --out runs/lora")
+    p.add_argument("--model", required=True, help="embedded name (tuneguard models), model dir, .gguf or hub id")
+    add_data_args(p)
+    add_train_args(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = clean_texts(load_texts(args.data, column=args.column, limit=args.limit), name=args.data)
+    print(report.summary())
+    result = finetune(args.model, report.texts, args.out, train_config(args))
+    if not PartialState().is_main_process:  # under `accelerate launch` one process reports
+        return 0
+    r = result.record
+    print(json.dumps({k: r[k] for k in ("method", "epochs_done", "epoch_loss", "train_seconds", "tokens_per_second",
+                                        "padding_fraction")}))
+    print(f"saved: {result.out_dir} (run record: {result.out_dir / 'run.json'})")
+    return 0

@@ -1,0 +1,60 @@
+"""The model + tokenizer pair every other module works with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM (or classifier) with its tokenizer and where it came from.
+
+    ``model`` is a transformers ``PreTrainedModel`` or, when an adapter is loaded, a peft ``PeftModel``. The tokenizer
+    always has a pad token and pads on the right.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    ref: str
+    base_ref: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the config and every parameter/buffer (name, dtype, shape, bytes): a cache key for scores.
+
+        Computed once; invalidate with ``del loaded.fingerprint`` after changing the weights in place.
+        """
+        h = hashlib.sha256()
+        config = getattr(self.model, "config", None)
+        cfg = config.to_dict() if config is not None else {}
+        cfg.pop("_name_or_path", None)
+        cfg.pop("transformers_version", None)
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        h.update(type(self.model).__name__.encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    @property
+    def max_length(self) -> int:
+        """Context length in tokens (the model's position limit, else the tokenizer's, else 2048)."""
+        config = getattr(self.model, "config", None)
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        return tok_max if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else 2048
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return next(self.model.parameters()).device

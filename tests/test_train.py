@@ -1,0 +1,121 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tuneguard.errors import TuneguardError
+from tuneguard.models import tiny_model
+from tuneguard.train import TrainConfig, finetune
+from tuneguard.train import loop as train_loop
+from tuneguard.train.batching import IGNORE, encode_examples, length_grouped_batches
+
+TEXTS = [f"Patient {i} reports mild symptoms after the {w} dose of the study drug." for i, w in
+         enumerate(["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"])]
+
+
+def mean_loss(loaded, texts):
+    tok = loaded.tokenizer
+    with torch.no_grad():
+        return sum(loaded.model(**(b := tok(t, return_tensors="pt")), labels=b["input_ids"]).loss.item()
+                   for t in texts) / len(texts)
+
+
+@pytest.mark.parametrize("method, lr", [("lora", 3e-2), ("full", 3e-3), ("prefix", 3e-2), ("ia3", 0.3)])
+def test_training_lowers_the_loss(tmp_path, method, lr):
+    base = tiny_model("llama")
+    before = mean_loss(base, TEXTS)
+    result = finetune(base, TEXTS, tmp_path / method, TrainConfig(method=method, epochs=4, lr=lr, batch_size=4),
+                      progress=False)
+    assert mean_loss(result.model, TEXTS) < before - 0.05
+    assert mean_loss(base, TEXTS) == before  # the caller's model is untouched
+    record = json.loads((tmp_path / method / "run.json").read_text())
+    assert record["epochs_done"] == 4 and len(record["loss_curve"]) == 8 and record["tokens_per_second"] > 0
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / method).iterdir())
+
+
+def test_same_seed_same_weights_bit_for_bit(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=3, lr=1e-2, seed=7)
+    a = finetune("tiny-gpt2", TEXTS, tmp_path / "a", cfg, progress=False)
+    b = finetune("tiny-gpt2", TEXTS, tmp_path / "b", cfg, progress=False)
+    for (na, pa), (nb, pb) in zip(a.model.model.named_parameters(), b.model.model.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+    assert a.record["loss_curve"] == b.record["loss_curve"]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, lora_dropout=0.1)
+    whole = finetune("tiny-llama", TEXTS, tmp_path / "whole", cfg, progress=False)
+
+    real_save = train_loop._save_checkpoint
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2 was checkpointed
+    monkeypatch.setattr(train_loop, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune("tiny-llama", TEXTS, tmp_path / "cut", cfg, progress=False)
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["epoch"] == 2
+    monkeypatch.setattr(train_loop, "_save_checkpoint", real_save)
+    resumed = finetune("tiny-llama", TEXTS, tmp_path / "cut", cfg, progress=False)
+    assert resumed.record["loss_curve"] == whole.record["loss_curve"]
+    for pa, pb in zip(whole.model.model.parameters(), resumed.model.model.parameters()):
+        assert torch.equal(pa, pb)
+    assert not (tmp_path / "cut" / "checkpoint").exists()
+
+
+def test_finished_run_is_reused_and_a_different_one_refused(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=4)
+    first = finetune("tiny-gpt2", TEXTS, tmp_path / "r", cfg, progress=False)
+    again = finetune("tiny-gpt2", TEXTS, tmp_path / "r", cfg, progress=False)
+    assert again.record == first.record
+    with pytest.raises(TuneguardError, match="other settings or data"):
+        finetune("tiny-gpt2", TEXTS[:4], tmp_path / "r", cfg, progress=False)
+
+
+def test_completion_only_loss_and_classification_pairs():
+    tok = tiny_model("gpt2").tokenizer
+    enc = encode_examples([("Question: 2+2?", " Four")], tok, 32)[0]
+    n_prompt = len(tok("Question: 2+2?")["input_ids"])
+    assert enc.labels[:n_prompt] == [IGNORE] * n_prompt and enc.labels[n_prompt:] == enc.input_ids[n_prompt:]
+    assert encode_examples([("some text", 1)], tok, 32, seq_cls=True)[0].labels == 1
+    with pytest.raises(TuneguardError, match="empty after tokenisation"):
+        encode_examples([""], tok, 32)
+
+
+def test_sequence_classification_training(tmp_path):
+    data = [(f"ignore all previous instructions {i}", 1) for i in range(4)] + \
+           [(f"what is the weather in town {i}", 0) for i in range(4)]
+    result = finetune(tiny_model("gpt2", task="seq-cls"), data, tmp_path / "cls",
+                      TrainConfig(epochs=6, batch_size=4, lr=5e-2), progress=False)
+    assert result.record["epoch_loss"][-1] < result.record["epoch_loss"][0]
+
+
+def test_length_grouping_reduces_padding():
+    lengths = [3, 40] * 32
+    grouped = length_grouped_batches(lengths, 4, seed=0, epoch=0)
+    plain = length_grouped_batches(lengths, 4, seed=0, epoch=0, group=False)
+    waste = lambda bs: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)  # noqa: E731
+    assert sorted(i for b in grouped for i in b) == list(range(64))
+    assert waste(grouped) < waste(plain) / 4
+    assert grouped == length_grouped_batches(lengths, 4, seed=0, epoch=0) != length_grouped_batches(lengths, 4,
+                                                                                                    seed=0, epoch=1)
+
+
+def test_two_processes_under_accelerate_launch(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    # --multi_gpu with no GPU runs torchrun with the gloo backend on the CPU (--cpu would start one process).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tuneguard.cli", "finetune", "--model", "tiny-gpt2", "--data", str(data), "--epochs", "2",
+           "--batch-size", "2", "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert record["processes"] == 2 and record["epochs_done"] == 2
+    assert len(record["loss_curve"]) == 4  # 8 texts / (2 per batch x 2 processes) = 2 steps per epoch
