@@ -55,7 +55,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     base = load_model(model) if isinstance(model, str) else model
     seq_cls = "SequenceClassification" in type(base.model).__name__
     data_digest = examples_digest([list(e) if isinstance(e, tuple) else e for e in examples])
-    done = _finished_record(out_dir, config, data_digest)
+    done = finished_record(out_dir, config, data_digest)
     if done is not None:
         log.info("%s already holds this finished run; loading it", out_dir)
         return TrainResult(load_model(out_dir, base=base.ref, task="seq-cls" if seq_cls else "causal-lm"),
@@ -150,14 +150,14 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad),
     }
     if accelerator.is_main_process:
-        _save_final(trained, base, out_dir, record)
+        save_trained(trained, base, out_dir, record)
     accelerator.wait_for_everyone()
     meta = {**base.meta, "adapter": str(out_dir)} if config.method != "full" else dict(base.meta)
     return TrainResult(LoadedModel(trained, base.tokenizer, ref=str(out_dir), base_ref=base.ref, meta=meta),
                        out_dir, record)
 
 
-def _finished_record(out_dir: Path, config: TrainConfig, data_digest: str) -> dict | None:
+def finished_record(out_dir: Path, config: TrainConfig, data_digest: str) -> dict | None:
     """The run record of a finished identical run in ``out_dir``; raise if it holds a different run."""
     path = out_dir / RUN_RECORD
     if not path.is_file():
@@ -169,7 +169,7 @@ def _finished_record(out_dir: Path, config: TrainConfig, data_digest: str) -> di
                          "directory or delete it")
 
 
-def _save_final(model: torch.nn.Module, base: LoadedModel, out_dir: Path, record: dict) -> None:
+def save_trained(model: torch.nn.Module, base: LoadedModel, out_dir: Path, record: dict) -> None:
     """Write the adapter (or full model + tokenizer) as safetensors, then the run record that marks it complete."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".save."))

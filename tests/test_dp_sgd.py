@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+
+from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
+from tuneguard.errors import TuneguardError
+from tuneguard.models import tiny_model
+from tuneguard.train import TrainConfig
+
+TEXTS = [f"record {i}: the committee approved budget line {i * 7} for the spring term" for i in range(24)]
+CFG = TrainConfig(method="lora", epochs=2, batch_size=6, lr=2e-2, lora_dropout=0.0, max_length=32)
+
+
+def lora_weights(result):
+    return {n: p.detach().clone() for n, p in result.model.model.named_parameters() if "lora_" in n}
+
+
+def test_epsilon_spent_meets_the_target(tmp_path):
+    result = dp_finetune(tiny_model("llama"), TEXTS, tmp_path / "dp", CFG, DPConfig(target_epsilon=4.0),
+                         progress=False)
+    dp = result.record["dp"]
+    assert dp["steps"] == 8 and dp["sample_rate"] == 0.25 and dp["delta"] == pytest.approx(1 / 240)
+    assert dp["noise_multiplier"] > 0
+    assert 3.0 < dp["epsilon_spent"] <= 4.0 + 1e-6
+
+
+def test_same_seed_same_weights_and_noise_matters(tmp_path):
+    base = tiny_model("llama")
+    a = lora_weights(dp_finetune(base, TEXTS, tmp_path / "a", CFG, DPConfig(target_epsilon=2.0), progress=False))
+    b = lora_weights(dp_finetune(base, TEXTS, tmp_path / "b", CFG, DPConfig(target_epsilon=2.0), progress=False))
+    c = lora_weights(dp_finetune(base, TEXTS, tmp_path / "c", CFG, DPConfig(target_epsilon=math.inf),
+                                 progress=False))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.allclose(a[k], c[k]) for k in a)
+
+
+def test_finished_run_is_reused_and_reloads(tmp_path):
+    first = dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", CFG, DPConfig(target_epsilon=8.0), progress=False)
+    again = dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", CFG, DPConfig(target_epsilon=8.0), progress=False)
+    assert again.record == first.record and again.model.base_ref == "tiny-gpt2"
+
+
+def test_only_lora_is_offered():
+    with pytest.raises(TuneguardError, match="LoRA only"):
+        dp_finetune(tiny_model("gpt2"), TEXTS, "/tmp/unused", TrainConfig(method="full"), progress=False)
