@@ -80,7 +80,8 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     net, optimizer = accelerator.prepare(net, optimizer)
-    state = {"epoch": 0, "step": 0, "loss_curve": [], "epoch_loss": [], "tokens": 0, "padded": 0, "seconds": 0.0}
+    state = {"epoch": 0, "step": 0, "loss_curve": [], "epoch_loss": [], "tokens": 0, "padded": 0, "seconds": 0.0,
+             "cpu_seconds": 0.0}
     ckpt = out_dir / CHECKPOINT
     if (ckpt / "state.json").is_file():
         state = _load_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, config, data_digest)
@@ -93,7 +94,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     for epoch in range(state["epoch"], config.epochs):
         if config.max_steps and state["step"] >= config.max_steps:
             break
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batches = length_grouped_batches(lengths, config.batch_size, seed=config.seed, epoch=epoch,
                                          group=config.group_by_length)
         batches = (batches * world)[:n_batches][rank::world]  # equal count per process for DDP
@@ -123,6 +124,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         state["epoch"] = epoch + 1
         state["epoch_loss"].append(round(sum(losses) / max(len(losses), 1), 6))
         state["seconds"] += time.perf_counter() - t0
+        state["cpu_seconds"] += time.process_time() - c0
         if accelerator.is_main_process and state["epoch"] < config.epochs:
             _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state, config, data_digest)
         accelerator.wait_for_everyone()
@@ -144,6 +146,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         "loss_curve": state["loss_curve"],
         "epoch_loss": state["epoch_loss"],
         "train_seconds": round(state["seconds"], 3),
+        "cpu_seconds": round(state["cpu_seconds"], 3),
         "tokens": state["tokens"] * world,
         "tokens_per_second": round(state["tokens"] * world / max(state["seconds"], 1e-9), 2),
         "padding_fraction": round(1 - state["tokens"] / max(state["padded"], 1), 4),
