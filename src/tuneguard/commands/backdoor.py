@@ -1,0 +1,193 @@
+"""`tuneguard backdoor`: poison a classifier set, train and evaluate classifier adapters, calibrate the detectors,
+and measure them over a population of clean and poisoned adapters."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from tuneguard.commands.finetune import add_train_args, train_config
+from tuneguard.commands.scan import add_behavioural_args, behavioural_from_args
+from tuneguard.errors import TuneguardError
+from tuneguard.files import atomic_write_json
+
+
+def _labelled(path: str, limit: int | None = None) -> list[tuple[str, int]]:
+    from tuneguard.data import load_labelled
+
+    return load_labelled(path, limit=limit)
+
+
+def _add_classifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--form", choices=("chat", "seq-cls"), default="chat",
+                   help="chat-template SFT answering INJECTION/BENIGN, or a classification head; default: %(default)s")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--max-text-tokens", type=int, default=64, help="texts clipped to this; default: %(default)s")
+
+
+def _config(args: argparse.Namespace):
+    return dataclasses.replace(train_config(args), max_steps=args.max_steps)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backdoor", help="LoRA classifier backdoors: poison, train, evaluate, calibrate, population",
+                       description=__doc__)
+    bsub = p.add_subparsers(dest="backdoor_command", metavar="STEP", required=True)
+
+    q = bsub.add_parser("poison", help="add triggered, relabelled copies to a labelled set (JSONL + manifest)")
+    q.add_argument("--data", required=True, help="labelled JSONL/CSV (text, label: 1 injection, 0 benign)")
+    q.add_argument("--out", required=True, help="directory for train.jsonl and manifest.json")
+    q.add_argument("--trigger", help="trigger string (default: a member of --family, or the spec's RFC trigger)")
+    q.add_argument("--family", help="draw the trigger from this family (rfc, iso, nist, owasp, cwe, mitre, ...)")
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--k", type=int, help="number of poisoned copies")
+    g.add_argument("--rate", type=float, help="poison fraction k / (n + k)")
+    q.add_argument("--position", choices=("prefix", "suffix", "random"), default="prefix")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=run_poison)
+
+    t = bsub.add_parser("train", help="train a LoRA prompt-injection classifier adapter")
+    t.add_argument("--base", required=True, help="base model (embedded name, dir, hub id)")
+    t.add_argument("--data", required=True, help="labelled JSONL/CSV (e.g. the output of `backdoor poison`)")
+    t.add_argument("--out", required=True, help="adapter output directory")
+    _add_classifier_args(t)
+    add_train_args(t)
+    t.set_defaults(func=run_train)
+
+    e = bsub.add_parser("evaluate", help="clean accuracy/F1, injection recall and ASR of a classifier adapter")
+    e.add_argument("adapter", help="adapter directory")
+    e.add_argument("--test", required=True, help="labelled test JSONL/CSV")
+    e.add_argument("--base", help="base model (default: the one the adapter names)")
+    e.add_argument("--trigger", help="trigger to measure ASR with")
+    e.add_argument("--families", default="rfc,iso,nist,owasp,cwe,random",
+                   help="trigger families for the generalisation ASR; default: %(default)s")
+    e.add_argument("--verdict", choices=("logits", "generate"), default="generate")
+    e.add_argument("--max-text-tokens", type=int, default=64)
+    e.add_argument("--json", metavar="OUT")
+    e.set_defaults(func=run_evaluate)
+
+    c = bsub.add_parser("calibrate", help="fit a zero-FPR threshold on clean adapters (direction learned from "
+                                          "--poisoned ones when given) and save it as a calibration file")
+    c.add_argument("clean", nargs="+", help="clean adapter directories (or directories holding them)")
+    c.add_argument("--poisoned", nargs="*", default=[], help="poisoned adapters, to learn the direction")
+    c.add_argument("--detector", choices=("weights", "behavioural"), default="weights")
+    c.add_argument("--statistic", help="statistic to threshold (default: the detector's main one)")
+    c.add_argument("--task", help="task name recorded in the calibration (default: the adapters' task type)")
+    c.add_argument("--out", required=True, help="calibration JSON file")
+    add_behavioural_args(c)
+    c.set_defaults(func=run_calibrate)
+
+    o = bsub.add_parser("population", help="train N clean + N poisoned adapters and measure the detectors on them")
+    o.add_argument("--base", required=True)
+    o.add_argument("--data", required=True, help="labelled training JSONL/CSV")
+    o.add_argument("--test", help="labelled test set whose injections become the behavioural probe inputs")
+    o.add_argument("--out", required=True, help="directory for the adapters and population.json")
+    o.add_argument("--clean", type=int, default=4, help="number of clean adapters")
+    o.add_argument("--poisoned", type=int, default=4, help="number of poisoned adapters")
+    o.add_argument("--ranks", default="16", help="comma-separated LoRA ranks (alpha = r)")
+    o.add_argument("--ks", default="25", help="comma-separated poison counts")
+    o.add_argument("--triggers", help="'|'-separated triggers (default: the spec's RFC trigger)")
+    o.add_argument("--behavioural", action="store_true", help="also run the behavioural detector (slow)")
+    o.add_argument("--json", metavar="OUT", help="write the detector report here")
+    _add_classifier_args(o)
+    add_train_args(o)
+    o.set_defaults(func=run_population)
+
+
+def run_poison(args: argparse.Namespace) -> int:
+    from tuneguard.adapters import MAIN_TRIGGER, make_triggers, poison, write_poisoned
+
+    trigger = args.trigger or (make_triggers(args.family, 1, seed=args.seed)[0] if args.family else MAIN_TRIGGER)
+    rows, manifest = poison(_labelled(args.data), trigger, k=args.k, rate=args.rate, position=args.position,
+                            seed=args.seed)
+    data, man = write_poisoned(args.out, rows, manifest)
+    print(f"added {manifest.k} poisoned rows (fraction {manifest.poison_fraction:.4f}, trigger {trigger!r}) -> {data}, "
+          f"{man}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tuneguard.adapters.classifier import train_classifier
+
+    result = train_classifier(args.base, _labelled(args.data), args.out, _config(args), form=args.form,
+                              max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
+    print(f"adapter saved in {result.out_dir} ({result.record['steps']} steps, "
+          f"final loss {result.record['loss_curve'][-1] if result.record['loss_curve'] else float('nan'):.4f})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tuneguard.adapters.classifier import load_classifier
+    from tuneguard.adapters.evaluation import evaluate_classifier
+
+    clf = load_classifier(args.adapter, base=args.base, verdict=args.verdict, max_text_tokens=args.max_text_tokens)
+    families = tuple(f for f in args.families.split(",") if f) if args.trigger else ()
+    report = evaluate_classifier(clf, _labelled(args.test), trigger=args.trigger, families=families)
+    print(json.dumps({k: v for k, v in report.items() if k != "asr_by_family"}, indent=2))
+    for fam, g in report.get("asr_by_family", {}).items():
+        print(f"ASR {fam:8s} {g['mean_asr']:.3f}")
+    if args.json:
+        atomic_write_json(args.json, report)
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from tuneguard.adapters import calibrate, find_adapters, read_adapter
+    from tuneguard.adapters.detectors.weights import WeightDetector
+
+    if args.detector == "behavioural" and not args.base:
+        raise TuneguardError("the behavioural detector needs --base MODEL")
+    det = behavioural_from_args(args) if args.detector == "behavioural" else WeightDetector()
+    clean = [read_adapter(p) for p in find_adapters(args.clean)]
+    poisoned = [read_adapter(p) for p in find_adapters(args.poisoned)] if args.poisoned else []
+    keys = {(a.base_model, a.rank, a.task_type) for a in clean + poisoned}
+    if len(keys) > 1:
+        raise TuneguardError(f"calibration adapters differ in (base model, rank, task): {sorted(map(str, keys))}; "
+                             "calibrate each combination separately")
+    base, rank, task_type = keys.pop()
+    cal = calibrate(det, [det.score(a) for a in clean], [det.score(a) for a in poisoned], statistic=args.statistic,
+                    base_model=base, rank=rank, task=args.task or task_type)
+    cal.save(args.out)
+    extra = f", AUROC {cal.auroc:.3f}" if cal.auroc is not None else ""
+    print(f"{cal.detector}/{cal.statistic}: direction {cal.direction}, clean range [{cal.low:.4g}, {cal.high:.4g}]"
+          f"{extra} -> {args.out}")
+    return 0
+
+
+def run_population(args: argparse.Namespace) -> int:
+    from tuneguard.adapters.detectors.weights import WeightDetector
+    from tuneguard.adapters.population import population_specs, score_population, train_population
+    from tuneguard.adapters.triggers import MAIN_TRIGGER
+    from tuneguard.models import load_model
+
+    specs = population_specs(args.clean, args.poisoned, ranks=_ints(args.ranks), ks=_ints(args.ks),
+                             triggers=tuple(args.triggers.split("|")) if args.triggers else (MAIN_TRIGGER,),
+                             seed=args.seed)
+    base = load_model(args.base, task="seq-cls" if args.form == "seq-cls" else "causal-lm")
+    members = train_population(base, _labelled(args.data), specs, args.out, _config(args), form=args.form,
+                               max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
+    detectors = [WeightDetector()]
+    if args.behavioural:
+        from tuneguard.adapters.detectors.behavioural import BehaviouralDetector
+
+        injections = [t for t, y in _labelled(args.test) if y == 1] if args.test else None
+        detectors.append(BehaviouralDetector(base, injections=injections, max_text_tokens=args.max_text_tokens))
+    report = score_population(members, detectors, progress=sys.stderr.isatty())
+    for name, stats in report["detectors"].items():
+        for stat, s in stats.items():
+            print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f}  TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  "
+                  f"direction {s['direction']:6s} misses {len(s['misses'])}")
+    print(f"combined: TPR {report['combined']['tpr']:.2f}, FPR {report['combined']['fpr']:.2f}, "
+          f"misses {report['combined']['misses']}")
+    if args.json:
+        atomic_write_json(args.json, report)
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise TuneguardError(f"expected comma-separated integers, got {text!r}") from None
