@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(autouse=True)
@@ -10,6 +13,10 @@ def _isolated_cache(request, tmp_path_factory, monkeypatch):
     # Slow tests use the real cache: they need the converted SmolLM2 (converting again costs a minute).
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("TUNEGUARD_CACHE", str(tmp_path_factory.mktemp("cache")))
+        # Tiny models gain nothing from threads, and on a busy 2-core machine extra threads slow them several-fold.
+        torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(scope="session")

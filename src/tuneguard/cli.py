@@ -15,7 +15,13 @@ from tuneguard.errors import TuneguardError
 COMMANDS = [
     "models",
     "finetune",
+    "attack",
+    "audit",
+    "run",
     "demo",
+    "scan",
+    "backdoor",
+    "defend",
 ]
 
 DESCRIPTION = """\
@@ -23,6 +29,9 @@ Audit and protect the fine-tuning of large language models.
 
   tuneguard models                      list the embedded models (no download needed)
   tuneguard finetune --model smollm2-135m --data notes.jsonl --method lora --out runs/lora
+  tuneguard attack --target runs/lora --members train.jsonl --nonmembers heldout.jsonl --out runs/lora/mia
+  tuneguard audit --model smollm2-135m --data notes.jsonl --out runs/audit   (split + fine-tune + attack)
+  tuneguard scan adapters/                 flag backdoored LoRA adapters (exit 1 when one is flagged)
   tuneguard <command> --help            options of one command
 """
 

@@ -1,0 +1,23 @@
+"""Out-of-fold prediction: a supervised attack never scores a row it was fit on."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from tuneguard.errors import TuneguardError
+
+
+def out_of_fold(labels: np.ndarray, folds: int, seed: int,
+                fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Scores for every row from a model fit on the other folds (stratified, shuffled with ``seed``)."""
+    smallest = int(min((labels == 1).sum(), (labels == 0).sum()))
+    folds = min(folds, smallest)
+    if folds < 2:
+        raise TuneguardError("a supervised attack needs at least 2 members and 2 non-members")
+    scores = np.full(len(labels), np.nan)
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
+        scores[test] = fit_predict(train, test)
+    return scores

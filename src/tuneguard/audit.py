@@ -1,0 +1,55 @@
+"""``audit``: split a dataset, fine-tune on the members, attack, report — each stage saved and resumable."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tuneguard.attacks import run_attacks
+from tuneguard.data import Split, split_members
+from tuneguard.errors import TuneguardError
+from tuneguard.files import atomic_write_json, read_json
+from tuneguard.train import TrainConfig, finetune
+
+log = logging.getLogger(__name__)
+
+
+def load_or_make_split(path: Path, texts: list[str], *, member_fraction: float, seed: int) -> Split:
+    """The member/non-member split saved at ``path``, made (seeded) and saved on the first run."""
+    if path.is_file():
+        saved = read_json(path)
+        if sorted(saved["members"] + saved["nonmembers"]) != sorted(texts):
+            raise TuneguardError(f"{path} holds a split of other texts; use another output directory")
+        return Split(saved["members"], saved["nonmembers"])
+    split = split_members(texts, member_fraction=member_fraction, seed=seed)
+    atomic_write_json(path, {"seed": seed, "member_fraction": member_fraction, "members": split.members,
+                             "nonmembers": split.nonmembers})
+    return split
+
+
+def audit(model: str, texts: list[str], out_dir: str | Path, *, train: TrainConfig | None = None,
+          member_fraction: float = 0.5, attacks: str | list[str] = "all", params: dict[str, dict[str, Any]] | None
+          = None, seed: int = 0, progress: bool = True, **attack_options: Any) -> tuple[dict, dict[str, Path]]:
+    """Fine-tune ``model`` on a seeded member share of ``texts`` and attack it with the base model as reference.
+
+    Writes ``out_dir/split.json``, ``out_dir/target/`` (the fine-tuned model and run record) and the report in
+    ``out_dir`` (results.json, report.html, ROC plots). Texts are scored at the training length unless
+    ``max_length`` says otherwise: tokens past it were never trained on and would only dilute the signal. Returns the
+    result dict and the report's paths.
+    """
+    from tuneguard.report import write_mia_report
+
+    out_dir = Path(out_dir)
+    train = train or TrainConfig(seed=seed)
+    if attack_options.get("max_length") is None:
+        attack_options["max_length"] = train.max_length
+    split = load_or_make_split(out_dir / "split.json", texts, member_fraction=member_fraction, seed=seed)
+    run = finetune(model, split.members, out_dir / "target", train, progress=progress)
+    result = run_attacks(run.model, split.members, split.nonmembers, attacks=attacks, reference=model,
+                         params=params, seed=seed, progress=progress,
+                         title=f"Membership inference audit: {model} fine-tuned ({run.record['method']}) "
+                               f"on {len(split.members)} texts", **attack_options)
+    result["settings"]["fine_tuning"] = {k: run.record[k] for k in ("method", "config", "epoch_loss",
+                                                                    "train_seconds", "n_examples")}
+    return result, write_mia_report(out_dir, result)

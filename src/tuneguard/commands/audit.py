@@ -1,0 +1,37 @@
+"""`tuneguard audit`: fine-tune on a member share of your data, attack, report — one command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tuneguard.commands.attack import add_attack_args, attack_options, print_report
+from tuneguard.commands.finetune import add_data_args, add_train_args, train_config
+from tuneguard.data import clean_texts, load_texts
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit", help="fine-tune on part of your data, then measure how much it leaks membership",
+        description="Split --data (seeded) into members and non-members, fine-tune --model on the members, attack "
+                    "the result with the base model as reference, and write the report to --out. Each stage is "
+                    "saved and a re-run resumes from it.",
+        epilog="example: tuneguard audit --model smollm2-135m --data notes.jsonl --method lora --epochs 3 "
+               "--out runs/audit")
+    p.add_argument("--model", required=True, help="base model: embedded name, model dir, .gguf or hub id")
+    add_data_args(p)
+    p.add_argument("--member-fraction", type=float, default=0.5, help="share trained on; default: %(default)s")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    add_train_args(p)
+    add_attack_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuneguard.audit import audit
+
+    texts = clean_texts(load_texts(args.data, column=args.column, limit=args.limit), name=args.data).texts
+    result, paths = audit(args.model, texts, args.out, train=train_config(args), member_fraction=args.member_fraction,
+                          seed=args.seed, **attack_options(args))
+    print_report(result, paths)
+    return 0

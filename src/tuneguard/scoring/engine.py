@@ -1,0 +1,193 @@
+"""The one forward-pass engine every attack shares.
+
+For each text it returns the per-token log-probabilities ``lp_t = log p(x_t | x_<t)`` and the Min-K%++ moments
+``mu_t = Σ_v p_t(v) log p_t(v)`` and ``sigma_t`` (the std of ``log p_t`` under ``p_t``), all from the same logits.
+Scored positions: t = 2..n, plus t = 1 when the tokenizer adds a BOS token (then x_1 is scored from BOS). A text can
+carry a prefix (ReCall's shots): the prefix is fed to the model but only the text's own tokens are scored, the first
+one from the prefix's last token.
+
+Texts longer than the model's context (or ``max_length``) are truncated to their first ``max_length`` tokens; with a
+prefix, the text is cut first and then the prefix keeps its most recent tokens that still fit. Results are cached in
+memory and on disk by (model fingerprint, max_length, prefix + text), so re-running or adding an attack costs no
+forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tuneguard.cache import cache_dir, text_hash
+from tuneguard.files import atomic_write_bytes
+from tuneguard.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+POSITION_BLOCK = 32  # positions whose full-vocabulary log-softmax is held at once
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per scored token of one text: the token id, its log-prob, and the moments of the model's distribution."""
+
+    token_ids: np.ndarray  # int64
+    logprobs: np.ndarray  # float64
+    mu: np.ndarray  # float64
+    sigma: np.ndarray  # float64
+    truncated: bool = False
+
+    @property
+    def n(self) -> int:
+        """Number of scored tokens."""
+        return len(self.logprobs)
+
+    @property
+    def ll(self) -> float:
+        """``LL(x)``: the mean log-prob of the scored tokens (NaN when there are none)."""
+        return float(self.logprobs.mean()) if self.n else float("nan")
+
+
+class ScoringEngine:
+    """Batched, cached scoring of texts under one model.
+
+    ``forward_passes`` counts texts actually forwarded (cache hits cost none); ``batches`` counts model calls.
+    """
+
+    def __init__(self, loaded: LoadedModel, *, batch_size: int = 8, max_length: int | None = None,
+                 cache: bool = True, progress: bool = True) -> None:
+        self.loaded = loaded
+        self.batch_size = batch_size
+        self.max_length = min(max_length or loaded.max_length, loaded.max_length)
+        self.progress = progress
+        self.forward_passes = 0
+        self.batches = 0
+        self._memory: dict[str, TokenScores] = {}
+        self._dir: Path | None = cache_dir("scores", loaded.fingerprint[:24], f"len{self.max_length}") if cache \
+            else None
+        tok = loaded.tokenizer
+        probe = tok("a")["input_ids"]
+        self._bos = [probe[0]] if probe and tok.bos_token_id is not None and probe[0] == tok.bos_token_id else []
+
+    @property
+    def name(self) -> str:
+        """The model this engine scores with."""
+        return self.loaded.ref
+
+    def tokenize(self, text: str) -> list[int]:
+        """The text's own token ids (no special tokens)."""
+        return self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prefix_room(self, text: str) -> int:
+        """How many prefix tokens fit in the context beside ``text``."""
+        return self.max_length - len(self._bos) - len(self.tokenize(text))
+
+    def score(self, texts: list[str], prefixes: list[str] | None = None, *, desc: str = "scoring") -> list[TokenScores]:
+        """Scores for each text (with its prefix, if given); cached ones are not recomputed."""
+        prefixes = prefixes or [""] * len(texts)
+        keys = [text_hash(p + "\x00" + t) for p, t in zip(prefixes, texts)]
+        out: dict[str, TokenScores] = {}
+        todo = []
+        for key, text, prefix in zip(keys, texts, prefixes):
+            if key in out:
+                continue
+            hit = self._lookup(key)
+            if hit is not None:
+                out[key] = hit
+            else:
+                todo.append((key, text, prefix))
+        encoded = [self._encode(text, prefix) for _, text, prefix in todo]
+        for (key, _, _), (ids, first, truncated) in zip(todo, encoded):
+            if len(ids) <= first:  # nothing to score (empty after tokenisation): no forward pass
+                out[key] = TokenScores(*(np.zeros(0, dtype=d) for d in (np.int64, float, float, float)), truncated)
+        todo, encoded = zip(*[(t, e) for t, e in zip(todo, encoded) if t[0] not in out]) if todo else ((), ())
+        if todo:
+            order = sorted(range(len(todo)), key=lambda i: -len(encoded[i][0]))  # similar lengths share a batch
+            bar = tqdm(total=len(todo), desc=f"{desc} ({self.name})", unit="text", disable=not self.progress)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                for i, scores in zip(idx, self._forward([encoded[i] for i in idx])):
+                    key = todo[i][0]
+                    out[key] = scores
+                    self._store(key, scores)
+                bar.update(len(idx))
+            bar.close()
+        return [out[k] for k in keys]
+
+    def ll(self, texts: list[str], **kwargs) -> np.ndarray:
+        """``LL(x)`` for each text."""
+        return np.array([s.ll for s in self.score(texts, **kwargs)])
+
+    # -- internals -------------------------------------------------------------------------------------------------
+
+    def _encode(self, text: str, prefix: str) -> tuple[list[int], int, bool]:
+        """(input ids, index of the first scored position, truncated?)."""
+        ids = self.tokenize(text)
+        budget = self.max_length - len(self._bos)
+        truncated = len(ids) > budget
+        ids = ids[:budget]
+        if prefix:
+            room = budget - len(ids)
+            pre = self.tokenize(prefix)[-room:] if room > 0 else []
+            # x_1 is scored from the prefix's last token (or from BOS when the prefix does not fit at all).
+            return self._bos + pre + ids, len(self._bos) + len(pre) if (self._bos or pre) else 1, truncated
+        return self._bos + ids, 1, truncated
+
+    @torch.no_grad()
+    def _forward(self, batch: list[tuple[list[int], int, bool]]) -> list[TokenScores]:
+        model = self.loaded.model
+        device = self.loaded.device
+        width = max(len(ids) for ids, _, _ in batch)
+        pad = self.loaded.tokenizer.pad_token_id
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, _, _) in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        # Prompt / p-tuning adapters prepend virtual tokens and return their logits too: keep the inputs' positions.
+        logits = logits[:, -width:]
+        self.forward_passes += len(batch)
+        self.batches += 1
+        results = []
+        for row, (ids, first, truncated) in enumerate(batch):
+            n = len(ids)
+            # logits at position t-1 predict token t; score t = first .. n-1.
+            lp, mu, sd = [], [], []
+            for s in range(first - 1, n - 1, POSITION_BLOCK):
+                e = min(s + POSITION_BLOCK, n - 1)
+                # float64 and a two-pass variance: E[(log p - mu)^2] keeps sigma exact where E[x^2] - mu^2 cancels.
+                logp = torch.log_softmax(logits[row, s:e].double(), dim=-1)
+                p = logp.exp()
+                targets = input_ids[row, s + 1:e + 1].to(device)
+                lp.append(logp.gather(-1, targets[:, None])[:, 0])
+                m1 = (p * logp).sum(-1)
+                mu.append(m1)
+                sd.append((p * (logp - m1[:, None]).square()).sum(-1).sqrt())
+            cat = lambda xs: torch.cat(xs).cpu().numpy() if xs else np.zeros(0)  # noqa: E731
+            results.append(TokenScores(np.array(ids[first:], dtype=np.int64), cat(lp), cat(mu), cat(sd), truncated))
+        return results
+
+    def _lookup(self, key: str) -> TokenScores | None:
+        hit = self._memory.get(key)
+        if hit is None and self._dir is not None:
+            path = self._dir / f"{key}.npz"
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    hit = TokenScores(z["token_ids"], z["logprobs"], z["mu"], z["sigma"], bool(z["truncated"]))
+                self._memory[key] = hit
+        return hit
+
+    def _store(self, key: str, scores: TokenScores) -> None:
+        self._memory[key] = scores
+        if self._dir is not None:
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, token_ids=scores.token_ids, logprobs=scores.logprobs, mu=scores.mu, sigma=scores.sigma,
+                     truncated=np.array(scores.truncated))
+            atomic_write_bytes(self._dir / f"{key}.npz", buf.getvalue())
