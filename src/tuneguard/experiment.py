@@ -177,7 +177,7 @@ def _target(exp: Experiment, regime: Regime, base: LoadedModel, members: list[st
     method = options.pop("method", "full")  # SOFT changes the data; it is compared with the run it protects
     soft = run_soft(base, members, cell_dir / "soft",
                     train=TrainConfig(**{**config.to_dict(), "method": method}), progress=progress, **options)
-    return soft.model, {"soft": soft.summary}
+    return soft.model, {"soft": soft.summary, "soft_ratio": regime.options["ratio"]}
 
 
 def _slug(name: str) -> str:
@@ -211,8 +211,8 @@ def write_experiment_report(exp: Experiment, summary: dict) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for i, (ds, row_cells) in enumerate(summary["cells"].items()):
         colour = f"C{i}"
-        sweep = sorted(((c["soft"]["ratio"] if "soft" in c else None, c) for c in row_cells.values()
-                        if c["kind"] == "soft"), key=lambda rc: rc[0])
+        sweep = sorted(((c["soft_ratio"], c) for c in row_cells.values() if c["kind"] == "soft"),
+                       key=lambda rc: rc[0])
         if sweep:
             ax.plot([c["ppl_domain"] for _, c in sweep], [c["average_auc"] for _, c in sweep], "-o", color=colour,
                     label=f"{ds}: SOFT ρ sweep")

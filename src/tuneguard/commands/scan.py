@@ -13,6 +13,7 @@ from tuneguard.adapters.detectors.weights import WeightDetector
 from tuneguard.adapters.probes import BATTERIES, read_lines
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
+from tuneguard.report import format_table
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNVERIFIED = 0, 1, 3
 
@@ -109,22 +110,17 @@ def scan(dirs: list[str], calibrations: list[Calibration], *, behavioural: Behav
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def verdict_table(rows: list[dict]) -> str:
     """The terminal verdict table."""
-    header = ["adapter", "r", "frob_std", "weights", "outlier_gap", "behavioural", "verdict"]
-    cells = []
+    table = []
     for r in rows:
         d = r.get("detectors", {})
         w, b = d.get("weights", {}), d.get("behavioural", {})
-        cells.append([
-            r["adapter"], str(r.get("rank", "-")),
-            f"{w['statistics']['frob_std']:.4g}" if w else "-", w.get("verdict", "-"),
-            f"{b['statistics']['outlier_gap']:.3f}" if b else "-", b.get("verdict", "-"), r["verdict"],
-        ])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+        table.append({"adapter": r["adapter"], "r": r.get("rank"),
+                      "frob_std": f"{w['statistics']['frob_std']:.4g}" if w else None, "weights": w.get("verdict"),
+                      "outlier_gap": b["statistics"]["outlier_gap"] if b else None,
+                      "behavioural": b.get("verdict"), "verdict": r["verdict"]})
+    return format_table(table, ["adapter", "r", "frob_std", "weights", "outlier_gap", "behavioural", "verdict"])
 
 
 def exit_code(rows: list[dict], calibrated: bool) -> int:
@@ -139,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     calibrations = [Calibration.load(f) for f in args.calibration]
     behavioural = behavioural_from_args(args) if args.base else None
     rows = scan(args.dirs, calibrations, behavioural=behavioural, task=args.task)
-    print(format_table(rows))
+    print(verdict_table(rows))
     for r in rows:
         if r["verdict"] == "refused":
             print(f"refused {r['adapter']}: {r['reason']}", file=sys.stderr)
