@@ -6,12 +6,16 @@ from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, lowest_k
 from tuneguard.scoring import TokenScores
 
 
+# Below this sigma (nats) the distribution is flat or one-hot and sigma is float64 rounding noise, not a spread.
+SIGMA_FLOOR = 1e-8
+
+
 def z_scores(s: TokenScores, *, normalise: bool = True) -> np.ndarray:
-    """``(lp_t - mu_t) / sigma_t``; a position with sigma = 0 (a one-hot distribution) gets 0."""
+    """``(lp_t - mu_t) / sigma_t``; a position with sigma ~ 0 (a uniform or one-hot distribution) gets 0."""
     centred = s.logprobs - s.mu
     if not normalise:
         return centred
-    return np.divide(centred, s.sigma, out=np.zeros_like(centred), where=s.sigma > 0)
+    return np.divide(centred, s.sigma, out=np.zeros_like(centred), where=s.sigma > SIGMA_FLOOR)
 
 
 class MinKPlusPlusAttack(Attack):

@@ -7,13 +7,16 @@ carry a prefix (ReCall's shots): the prefix is fed to the model but only the tex
 one from the prefix's last token.
 
 Texts longer than the model's context (or ``max_length``) are truncated to their first ``max_length`` tokens; with a
-prefix, the text is cut first and then the prefix keeps its most recent tokens that still fit. Results are cached in
-memory and on disk by (model fingerprint, max_length, prefix + text), so re-running or adding an attack costs no
-forward pass.
+prefix, the text is cut first and then the prefix keeps its most recent tokens that still fit in the model's context
+(``max_length`` bounds the scored text, not the prefix). Results are cached in
+memory and on disk by (model fingerprint, tokenizer, max_length, prefix + text), so re-running or adding an attack
+costs no forward pass.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tuneguard.cache import cache_dir, text_hash
+from tuneguard.cache import cache_dir, key_hash, text_hash
 from tuneguard.files import atomic_write_bytes
 from tuneguard.models import LoadedModel
 
@@ -52,6 +55,21 @@ class TokenScores:
         return float(self.logprobs.mean()) if self.n else float("nan")
 
 
+def tokenizer_digest(tokenizer) -> str:
+    """A hash of everything that decides a tokenizer's output: the fast tokenizer's JSON (vocabulary, merges,
+    normalizer, pre- and post-processor), else the vocabulary and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # Truncation and padding are per-call state (set by whoever called the tokenizer last), not the tokenizer.
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        spec = json.dumps(spec, sort_keys=True)
+    else:
+        spec = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.special_tokens_map], default=str)
+    return hashlib.sha256(spec.encode("utf-8")).hexdigest()
+
+
 class ScoringEngine:
     """Batched, cached scoring of texts under one model.
 
@@ -67,9 +85,10 @@ class ScoringEngine:
         self.forward_passes = 0
         self.batches = 0
         self._memory: dict[str, TokenScores] = {}
-        self._dir: Path | None = cache_dir("scores", loaded.fingerprint[:24], f"len{self.max_length}") if cache \
-            else None
         tok = loaded.tokenizer
+        # The weights alone do not fix the scores: the same model under another tokenizer scores other tokens.
+        self._dir: Path | None = cache_dir("scores", key_hash(loaded.fingerprint, tokenizer_digest(tok))[:24],
+                                           f"len{self.max_length}") if cache else None
         probe = tok("a")["input_ids"]
         self._bos = [probe[0]] if probe and tok.bos_token_id is not None and probe[0] == tok.bos_token_id else []
 
@@ -82,39 +101,43 @@ class ScoringEngine:
         """The text's own token ids (no special tokens)."""
         return self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @property
+    def text_budget(self) -> int:
+        """How many of a text's own tokens are scored at most (the rest is truncated)."""
+        return self.max_length - len(self._bos)
+
     def prefix_room(self, text: str) -> int:
-        """How many prefix tokens fit in the context beside ``text``."""
-        return self.max_length - len(self._bos) - len(self.tokenize(text))
+        """How many prefix tokens fit in the model's context beside ``text`` (as truncated for scoring)."""
+        return self.loaded.max_length - len(self._bos) - min(len(self.tokenize(text)), self.text_budget)
 
     def score(self, texts: list[str], prefixes: list[str] | None = None, *, desc: str = "scoring") -> list[TokenScores]:
         """Scores for each text (with its prefix, if given); cached ones are not recomputed."""
         prefixes = prefixes or [""] * len(texts)
         keys = [text_hash(p + "\x00" + t) for p, t in zip(prefixes, texts)]
         out: dict[str, TokenScores] = {}
-        todo = []
+        todo: dict[str, tuple[list[int], int, bool]] = {}  # key -> encoded input, each distinct text once
         for key, text, prefix in zip(keys, texts, prefixes):
-            if key in out:
+            if key in out or key in todo:
                 continue
             hit = self._lookup(key)
             if hit is not None:
                 out[key] = hit
-            else:
-                todo.append((key, text, prefix))
-        encoded = [self._encode(text, prefix) for _, text, prefix in todo]
-        for (key, _, _), (ids, first, truncated) in zip(todo, encoded):
+                continue
+            encoded = self._encode(text, prefix)
+            ids, first, truncated = encoded
             if len(ids) <= first:  # nothing to score (empty after tokenisation): no forward pass
                 out[key] = TokenScores(*(np.zeros(0, dtype=d) for d in (np.int64, float, float, float)), truncated)
-        todo, encoded = zip(*[(t, e) for t, e in zip(todo, encoded) if t[0] not in out]) if todo else ((), ())
+            else:
+                todo[key] = encoded
         if todo:
-            order = sorted(range(len(todo)), key=lambda i: -len(encoded[i][0]))  # similar lengths share a batch
-            bar = tqdm(total=len(todo), desc=f"{desc} ({self.name})", unit="text", disable=not self.progress)
+            order = sorted(todo, key=lambda k: -len(todo[k][0]))  # similar lengths share a batch
+            bar = tqdm(total=len(order), desc=f"{desc} ({self.name})", unit="text", disable=not self.progress)
             for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                for i, scores in zip(idx, self._forward([encoded[i] for i in idx])):
-                    key = todo[i][0]
+                batch = order[start:start + self.batch_size]
+                for key, scores in zip(batch, self._forward([todo[k] for k in batch])):
                     out[key] = scores
                     self._store(key, scores)
-                bar.update(len(idx))
+                bar.update(len(batch))
             bar.close()
         return [out[k] for k in keys]
 
@@ -127,11 +150,10 @@ class ScoringEngine:
     def _encode(self, text: str, prefix: str) -> tuple[list[int], int, bool]:
         """(input ids, index of the first scored position, truncated?)."""
         ids = self.tokenize(text)
-        budget = self.max_length - len(self._bos)
-        truncated = len(ids) > budget
-        ids = ids[:budget]
-        if prefix:
-            room = budget - len(ids)
+        truncated = len(ids) > self.text_budget
+        ids = ids[:self.text_budget]
+        if prefix:  # max_length bounds the text; a prefix may use the rest of the model's context
+            room = self.loaded.max_length - len(self._bos) - len(ids)
             pre = self.tokenize(prefix)[-room:] if room > 0 else []
             # x_1 is scored from the prefix's last token (or from BOS when the prefix does not fit at all).
             return self._bos + pre + ids, len(self._bos) + len(pre) if (self._bos or pre) else 1, truncated

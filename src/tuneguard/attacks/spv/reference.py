@@ -1,0 +1,59 @@
+"""SPV-MIA step 2: the reference model, fine-tuned from the target's base with the target's own PEFT set-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneguard.errors import TuneguardError
+from tuneguard.files import read_json
+from tuneguard.models import LoadedModel, load_model
+from tuneguard.train import TrainConfig, finetune
+
+# peft's names for the methods tuneguard.train knows
+_PEFT_METHODS = {"LORA": "lora", "PREFIX_TUNING": "prefix", "IA3": "ia3"}
+
+
+def target_setup(target: LoadedModel) -> dict:
+    """The target's fine-tuning set-up as ``TrainConfig`` fields: method and, for LoRA, r / alpha / dropout / modules.
+
+    Read from the tuneguard run record (``run.json``) next to the target's adapter or model, else from the adapter's
+    ``adapter_config.json``; a target with neither is taken as fully fine-tuned.
+    """
+    where = Path(target.meta.get("adapter") or target.ref)
+    if (where / "run.json").is_file():
+        config = read_json(where / "run.json").get("config", {})
+        keys = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens")
+        return {k: config[k] for k in keys if k in config}
+    if (where / "adapter_config.json").is_file():
+        cfg = json.loads((where / "adapter_config.json").read_text(encoding="utf-8"))
+        method = _PEFT_METHODS.get(str(cfg.get("peft_type", "")).upper())
+        if method is None:
+            raise TuneguardError(f"the target adapter's method {cfg.get('peft_type')} has no tuneguard trainer; "
+                                 "choose --param spv-mia.reference=base or give a reference model")
+        setup: dict = {"method": method}
+        if method == "lora":
+            modules = cfg.get("target_modules")
+            setup.update(lora_r=cfg.get("r", 8), lora_alpha=cfg.get("lora_alpha", 8),
+                         lora_dropout=cfg.get("lora_dropout", 0.0),
+                         target_modules=sorted(modules) if isinstance(modules, (list, set)) else None)
+        elif method == "prefix":
+            setup["num_virtual_tokens"] = cfg.get("num_virtual_tokens", 20)
+        return setup
+    return {"method": "full"}
+
+
+def train_reference(target: LoadedModel, texts: list[str], out_dir: str | Path, *, base: str | None = None,
+                    epochs: int = 2, lr: float = 5e-5, max_length: int = 128, batch_size: int = 8, seed: int = 0,
+                    progress: bool = True) -> LoadedModel:
+    """Fine-tune the target's base model on ``texts`` with the target's set-up (official: 2 epochs, lr 5e-5).
+
+    Resumable and cached in ``out_dir`` by ``tuneguard.train.finetune``.
+    """
+    base = base or target.base_ref
+    if not base:
+        raise TuneguardError(f"cannot tell which base model {target.ref} was fine-tuned from: name it with "
+                             "--param spv-mia.base=MODEL")
+    config = TrainConfig(**target_setup(target), epochs=epochs, lr=lr, max_length=max_length,
+                         batch_size=batch_size, seed=seed)
+    return finetune(load_model(base), texts, out_dir, config, progress=progress).model

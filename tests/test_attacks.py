@@ -1,0 +1,446 @@
+"""Every attack's formula against a value computed by hand, their signs on an over-fitted toy model, and the runner."""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tuneguard.attacks import attack_class, run_attacks
+from tuneguard.attacks.base import AttackContext, lowest_k_mean
+from tuneguard.attacks.folds import out_of_fold
+from tuneguard.attacks.recall import SEPARATOR
+from tuneguard.errors import TuneguardError
+from tuneguard.models import tiny_model
+from tuneguard.scoring import ScoringEngine, TokenScores
+from tuneguard.train import TrainConfig, finetune
+
+NOUNS = "cat dog bird river garden doctor patient engine market window teacher city forest ocean letter".split()
+VERBS = "sees follows paints repairs visits measures answers carries protects finds".split()
+ADJS = "small bright quiet old green careful heavy distant strange gentle".split()
+
+
+def sentences(n: int, seed: int, *, clauses: int = 3) -> list[str]:
+    """``n`` distinct texts from one template distribution (members and non-members alike)."""
+    rng = random.Random(seed)
+    out: dict[str, None] = {}
+    while len(out) < n:
+        out[" ".join(f"The {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(ADJS)} "
+                     f"{rng.choice(NOUNS)}." for _ in range(clauses))] = None
+    return list(out)
+
+
+def ts(lp, mu=None, sigma=None, ids=None) -> TokenScores:
+    lp = np.asarray(lp, dtype=float)
+    return TokenScores(np.asarray(ids if ids is not None else range(len(lp)), dtype=np.int64), lp,
+                       np.asarray(mu if mu is not None else np.zeros_like(lp), dtype=float),
+                       np.asarray(sigma if sigma is not None else np.ones_like(lp), dtype=float))
+
+
+class FakeEngine:
+    """Stands in for ScoringEngine: fixed TokenScores per text; a text's tokens are its whitespace-separated ints."""
+
+    def __init__(self, table: dict[str, TokenScores], vocab: int = 10) -> None:
+        self.table = table
+        self.loaded = SimpleNamespace(tokenizer=range(vocab))
+        self.name = "fake"
+        self.calls: list[list[str]] = []
+
+    def score(self, texts, prefixes=None, *, desc=""):
+        self.calls.append(list(texts))
+        return [self.table[t] for t in texts]
+
+    def ll(self, texts, **kwargs):
+        return np.array([s.ll for s in self.score(texts, **kwargs)])
+
+    def tokenize(self, text):
+        return [int(w) for w in text.split()]
+
+
+def context(table, texts, labels=None, **kwargs) -> AttackContext:
+    labels = np.array(labels if labels is not None else [1, 0] * (len(texts) // 2))
+    return AttackContext(texts=list(texts), labels=labels, target=FakeEngine(table), progress=False, **kwargs)
+
+
+def run(name: str, ctx: AttackContext, **params):
+    return attack_class(name)(**params).run(ctx)
+
+
+# -- formulas -----------------------------------------------------------------------------------------------------
+
+A, B = "Hello hello HELLO, a text.", "ZZZZZzzzzzzzzzzzzzzzzzzzzzzzzz"
+TABLE = {A: ts([-1.0, -2.0, -3.0, -6.0]), B: ts([-0.5, -1.5])}
+
+
+def test_loss():
+    out = run("loss", context(TABLE, [A, B]))
+    np.testing.assert_allclose(out.scores, [-3.0, -1.0])
+    np.testing.assert_allclose(out.raw, [3.0, 1.0])  # NLL, MIMIR's sign
+
+
+def test_zlib_both_forms():
+    za, zb = len(zlib.compress(A.encode())), len(zlib.compress(B.encode()))
+    assert zb < len(B)  # a repetitive text compresses: the calibration means something
+    out = run("zlib", context(TABLE, [A, B]))
+    np.testing.assert_allclose(out.scores, [-3.0 / za, -1.0 / zb])
+    np.testing.assert_allclose(out.raw, [3.0 / za, 1.0 / zb])
+    ratio = run("zlib", context(TABLE, [A, B]), form="ratio")
+    np.testing.assert_allclose(ratio.scores, [-3.0 / (za / len(A)), -1.0 / (zb / len(B))])
+    assert ratio.note
+    with pytest.raises(TuneguardError, match="canonical"):
+        run("zlib", context(TABLE, [A, B]), form="bogus")
+
+
+def test_lowercase():
+    table = {**TABLE, A.lower(): ts([-1.0, -1.0]), B.lower(): ts([-0.25, -0.75])}
+    ctx = context(table, [A, B])
+    out = run("lowercase", ctx)
+    np.testing.assert_allclose(out.scores, [1.0 / 3.0, 0.5 / 1.0])
+    assert [A.lower(), B.lower()] in ctx.target.calls  # one extra pass on the lower-cased texts
+
+
+LP7 = [-3.0, -1.0, -7.0, -2.0, -5.0, -4.0, -6.0]
+
+
+@pytest.mark.parametrize("k, rounding, expected", [
+    (0.2, "ceil", (-7 - 6) / 2),  # ceil(1.4) = 2
+    (0.2, "floor", -7.0),  # int(1.4) = 1, MIMIR's count
+    (0.1, "ceil", -7.0),  # ceil(0.7) = 1
+    (0.1, "floor", float("nan")),  # int(0.7) = 0: no token, no score
+    (0.5, "ceil", (-7 - 6 - 5 - 4) / 4),
+    (1.0, "ceil", sum(LP7) / 7),
+])
+def test_min_k(k, rounding, expected):
+    out = run("min-k", context({A: ts(LP7), B: ts([-1.0, -2.0])}, [A, B]), k=k, rounding=rounding)
+    np.testing.assert_allclose(out.scores[0], expected)
+    np.testing.assert_allclose(out.raw[0], -expected)
+
+
+def test_lowest_k_mean_of_nothing_is_nan():
+    assert math.isnan(lowest_k_mean(np.zeros(0), 0.2))
+
+
+def test_min_k_plus_plus():
+    lp = np.array([-1.0, -4.0, -2.0, -8.0, -3.0])
+    mu = np.array([-2.0, -2.0, -1.0, -4.0, -3.0])
+    sigma = np.array([0.5, 1.0, 2.0, 4.0, 0.0])  # the last: a one-hot distribution
+    z = [2.0, -2.0, -0.5, -1.0, 0.0]  # (lp - mu) / sigma, and 0 where sigma = 0
+    ctx = context({A: ts(lp, mu, sigma), B: ts([-1.0, -1.0])}, [A, B])
+    np.testing.assert_allclose(run("min-k++", ctx).scores[0], np.mean(sorted(z)[:1]))  # ceil(0.2 * 5) = 1
+    np.testing.assert_allclose(run("min-k++", ctx, k=0.6).scores[0], np.mean(sorted(z)[:3]))
+    plain = run("min-k++", ctx, k=0.6, normalise=False)  # SOFT's code: lp - mu
+    np.testing.assert_allclose(plain.scores[0], np.mean(sorted(lp - mu)[:3]))
+    assert plain.note and "normalisation" in plain.note
+
+
+def test_min_k_plus_plus_uniform_distribution_gives_zero():
+    from test_scoring import with_bos
+
+    from tuneguard.attacks.min_k_plus_plus import z_scores
+
+    # Tiny Llama: BOS = pad, whose embedding row is zero, so the distribution after BOS is exactly uniform.
+    loaded = with_bos(tiny_model("llama"))
+    scores = ScoringEngine(loaded, cache=False, progress=False).score(["hello"])[0]
+    assert scores.logprobs[0] == pytest.approx(-math.log(len(loaded.tokenizer)))  # uniform indeed
+    assert z_scores(scores)[0] == 0.0
+
+
+def test_dc_pdd_by_hand():
+    # Corpus tokens: 1 x3, 2 x1, 3 x2 -> total 6; |V| = 10, so f(t) = (count + 1) / 16.
+    corpus = ["1 1 2", "3 3 1"]
+    text = "x"
+    lp = np.log([0.5, 1e-3, 0.9, 2e-3])
+    ids = [2, 5, 2, 3]  # 2 repeats: only its first occurrence counts
+    ctx = context({text: ts(lp, ids=ids), B: ts([-1.0, -1.0], ids=[1, 1])}, [text, B], corpus=corpus)
+    out = run("dc-pdd", ctx)
+    a = [min(0.5 * math.log(16 / 2), 0.01),  # token 2: count 1, clipped
+         min(1e-3 * math.log(16 / 1), 0.01),  # token 5: unseen, Laplace count 0 + 1
+         min(2e-3 * math.log(16 / 3), 0.01)]  # token 3: count 2
+    assert a[1] < 0.01 and a[2] < 0.01  # not everything is clipped
+    np.testing.assert_allclose(out.scores[0], np.mean(a))
+    np.testing.assert_allclose(out.scores[1], min(1.0 / math.e * math.log(16 / 4), 0.01))
+    assert out.extra["corpus_tokens"] == 6
+    np.testing.assert_allclose(run("dc-pdd", ctx, clip=10.0).scores[0],
+                               np.mean([0.5 * math.log(8), 1e-3 * math.log(16), 2e-3 * math.log(16 / 3)]))
+    with pytest.raises(TuneguardError, match="corpus"):
+        run("dc-pdd", context(ctx.target.table, [text, B]))
+
+
+def test_ratio_both_forms():
+    ref = FakeEngine({A: ts([-4.0, -4.0]), B: ts([-2.0])})
+    ctx = context(TABLE, [A, B], reference=ref)
+    diff = run("ratio", ctx)
+    np.testing.assert_allclose(diff.scores, [-3.0 + 4.0, -1.0 + 2.0])
+    np.testing.assert_allclose(diff.raw, -diff.scores)
+    ratio = run("ratio", ctx, form="ratio")
+    np.testing.assert_allclose(ratio.scores, [-3.0 / 4.0, -1.0 / 2.0])  # -NLL_t / NLL_ref
+    with pytest.raises(TuneguardError, match="difference"):
+        run("ratio", ctx, form="log")
+
+
+def test_unknown_parameter():
+    with pytest.raises(TuneguardError, match="no parameter 'kk'"):
+        attack_class("min-k")(kk=0.3)
+
+
+# -- ReCall / CON-ReCall prefixes ---------------------------------------------------------------------------------
+
+class SpyEngine:
+    """A real engine that records the prefixes it is asked to score with."""
+
+    def __init__(self, engine: ScoringEngine) -> None:
+        self.engine, self.prefixes = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def score(self, texts, prefixes=None, **kwargs):
+        if prefixes is not None:
+            self.prefixes.append(list(prefixes))
+        return self.engine.score(texts, prefixes, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model("gpt2")
+
+
+def test_recall_prefix_and_value(tiny):
+    texts = sentences(4, seed=1, clauses=1)
+    shots = sentences(3, seed=2, clauses=1)
+    spy = SpyEngine(ScoringEngine(tiny, cache=False, progress=False))
+    ctx = AttackContext(texts=texts, labels=np.array([1, 1, 0, 0]), target=spy, nonmember_shots=shots,
+                        progress=False)
+    out = run("recall", ctx)
+    prefix = shots[0] + SEPARATOR + shots[1] + SEPARATOR + shots[2] + SEPARATOR
+    assert spy.prefixes == [[prefix] * 4]
+    cond = np.array([s.ll for s in spy.engine.score(texts, [prefix] * 4)])
+    np.testing.assert_allclose(out.scores, cond / spy.engine.ll(texts))
+    assert out.note is None and out.extra["n_shots"] == 3
+
+
+def test_recall_drops_the_oldest_shots_that_do_not_fit():
+    texts = ["The cat sees the dog.", "A much longer text that leaves less room for the shots in front of it."]
+    shots = sentences(4, seed=3, clauses=1)
+    engine = ScoringEngine(tiny_model("gpt2", n_positions=40), cache=False, progress=False)  # a short context
+    sizes = [len(engine.tokenize(s + SEPARATOR)) for s in shots]
+    expected = []
+    for text in texts:
+        room, kept = engine.prefix_room(text), []
+        for shot, size in zip(shots[::-1], sizes[::-1]):  # most recent shots first, whole shots only
+            if sum(sizes[shots.index(k)] for k in kept) + size > room:
+                break
+            kept.insert(0, shot)
+        expected.append("".join(s + SEPARATOR for s in kept))
+    assert 0 < expected[1].count(SEPARATOR) < expected[0].count(SEPARATOR) <= len(shots) - 1  # drops really happen
+    spy = SpyEngine(engine)
+    ctx = AttackContext(texts=texts, labels=np.array([1, 0]), target=spy, nonmember_shots=shots, progress=False)
+    out = run("recall", ctx)
+    assert spy.prefixes == [expected]
+    for text, prefix in zip(texts, expected):  # what is kept fits whole: the engine cuts no shot in half
+        assert len(engine.tokenize(prefix)) <= engine.prefix_room(text)
+    assert out.note.startswith("2 of 2 texts used fewer shots")
+    assert np.isfinite(out.scores).all()
+
+
+def test_recall_nan_when_no_shot_fits():
+    engine = ScoringEngine(tiny_model("gpt2", n_positions=12), cache=False, progress=False)
+    texts = ["The cat sees the dog near the river bank.", "ok then"]
+    shots = ["A shot that is far too long to fit in twelve tokens of context at all."]
+    ctx = AttackContext(texts=texts, labels=np.array([1, 0]), target=engine, nonmember_shots=shots, progress=False)
+    out = run("recall", ctx)
+    assert np.isnan(out.scores).all()
+    assert "could not fit even one" in out.note
+
+
+def test_con_recall_value(tiny):
+    texts = sentences(4, seed=4, clauses=1)
+    non, mem = sentences(2, seed=5, clauses=1), sentences(2, seed=6, clauses=1)
+    engine = ScoringEngine(tiny, cache=False, progress=False)
+    ctx = AttackContext(texts=texts, labels=np.array([1, 1, 0, 0]), target=engine, nonmember_shots=non,
+                        member_shots=mem, progress=False)
+    ll = engine.ll(texts)
+    ll_non = engine.ll(texts, prefixes=["".join(s + SEPARATOR for s in non)] * 4)
+    ll_mem = engine.ll(texts, prefixes=["".join(s + SEPARATOR for s in mem)] * 4)
+    np.testing.assert_allclose(run("con-recall", ctx).scores, (ll_non - ll_mem) / ll)
+    np.testing.assert_allclose(run("con-recall", ctx, gamma=0.5).scores, (ll_non - 0.5 * ll_mem) / ll)
+
+
+# -- supervised attacks never score their own training rows -------------------------------------------------------
+
+def test_ensemble_is_out_of_fold(monkeypatch):
+    import tuneguard.attacks.ensemble as ensemble
+    from sklearn.tree import DecisionTreeClassifier
+
+    rng = np.random.default_rng(0)
+    n = 30
+    texts = [str(i) for i in range(n)]
+    table = {t: ts(rng.normal(-3, 1, 12)) for t in texts}
+    labels = np.array([1] * 15 + [0] * 15)
+    loss = rng.normal(size=n)  # a distinct value per row: identifies the row in the feature matrix
+    results = {"loss": SimpleNamespace(scores=loss), "zlib": SimpleNamespace(scores=rng.normal(size=n)),
+               "bag-of-words": SimpleNamespace(scores=rng.normal(size=n))}
+    folds = []
+
+    class Recording(DecisionTreeClassifier):
+        def fit(self, x, y, *args, **kwargs):
+            folds.append({"fit": {int(np.flatnonzero(loss == v)[0]) for v in x[:, 0]}})
+            return super().fit(x, y, *args, **kwargs)
+
+        def predict_proba(self, x, *args, **kwargs):
+            folds[-1]["predict"] = {int(np.flatnonzero(loss == v)[0]) for v in x[:, 0]}
+            return super().predict_proba(x, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "DecisionTreeClassifier", Recording)
+    ctx = context(table, texts, labels, results=results)
+    out = run("ensemble", ctx)
+    assert len(folds) == 5
+    predicted = [i for f in folds for i in f["predict"]]
+    assert sorted(predicted) == list(range(n))  # every row scored exactly once
+    for f in folds:
+        assert not f["fit"] & f["predict"]
+        assert f["fit"] | f["predict"] == set(range(n))
+    assert np.isfinite(out.scores).all()
+    # The blind baseline is not a feature; the free Min-K% levels are.
+    assert "bag-of-words" not in out.extra["features"] and "min-k@0.05" in out.extra["features"]
+    assert out.extra["features"][:2] == ["loss", "zlib"]
+
+
+def test_out_of_fold_helper_is_stratified_and_disjoint():
+    labels = np.array([1] * 7 + [0] * 9)
+    seen = []
+
+    def fit_predict(train, test):
+        assert not set(train) & set(test)
+        assert labels[test].sum() >= 1 and (1 - labels[test]).sum() >= 1  # stratified
+        seen.extend(test)
+        return np.full(len(test), 0.5)
+
+    scores = out_of_fold(labels, 5, 0, fit_predict)
+    assert sorted(seen) == list(range(16)) and np.isfinite(scores).all()
+    with pytest.raises(TuneguardError):
+        out_of_fold(np.array([1, 0, 0]), 5, 0, fit_predict)
+
+
+def test_bag_of_words_random_vs_confounded_split():
+    texts = sentences(120, seed=7, clauses=2)
+    labels = np.array([1, 0] * 60)
+    random_split = run("bag-of-words", context({}, texts, labels))
+    auc = roc_auc_score(labels, random_split.scores)
+    assert abs(auc - 0.5) < 0.15, auc
+    # Members mention a drug, non-members do not: a split any text classifier separates without the model.
+    confounded = [t + (" Aspirin was given." if y else " Nothing else happened.") for t, y in zip(texts, labels)]
+    assert roc_auc_score(labels, run("bag-of-words", context({}, confounded, labels)).scores) > 0.95
+
+
+# -- signs on a toy model over-fitted on its members ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
+    texts = sentences(48, seed=0, clauses=2)
+    members, nonmembers, corpus = texts[:16], texts[16:32], texts[32:]
+    base = tiny_model("gpt2")
+    config = TrainConfig(method="full", lr=3e-3, epochs=20, batch_size=4, max_length=64)
+    target = finetune(base, members, tmp_path_factory.mktemp("overfit"), config, progress=False).model
+    cache = str(tmp_path_factory.mktemp("cache"))
+    # Module fixtures run before conftest's per-test cache isolation: isolate this one by hand.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEGUARD_CACHE", cache)
+        result = run_attacks(target, members, nonmembers, attacks=["all", "dc-pdd"], reference=base, corpus=corpus,
+                             n_shots=4, n_boot=0, progress=False)
+    return SimpleNamespace(result=result, members=members, nonmembers=nonmembers, target=target, base=base,
+                           corpus=corpus, cache=cache)
+
+
+def test_signs_on_an_overfitted_model(overfit):
+    auc = {name: r["metrics"]["auc"] for name, r in overfit.result["attacks"].items()}
+    # The attacks that read the target's per-token likelihoods see the memorisation clearly (measured: loss 0.93,
+    # ratio 0.91, zlib 0.90, lowercase 0.89, min-k 0.80, min-k++ 0.81).
+    for name in ("loss", "zlib", "lowercase", "min-k", "min-k++", "ratio"):
+        assert auc[name] > 0.7, (name, auc)
+    assert auc["loss"] > 0.85 and auc["ratio"] > 0.85
+    # ReCall works on this toy (0.73); CON-ReCall's contrast of two in-context prefixes does not on a 2-layer model
+    # (0.33-0.51 across data seeds), and DC-PDD's clip of 0.01 saturates once the model predicts the template
+    # (0.38-0.71): for those two only finiteness is asserted.
+    assert auc["recall"] > 0.6
+    assert all(np.isfinite(r["scores"]).all() for r in overfit.result["attacks"].values())
+    assert overfit.result["attacks"]["ensemble"]["metrics"]["auc"] > 0.6
+
+
+def test_every_raw_statistic_is_kept(overfit):
+    for name, r in overfit.result["attacks"].items():
+        assert len(r["raw"]) == len(r["scores"]) == len(r["labels"]), name
+        assert r["raw_name"]
+
+
+def test_suite_shares_one_target_pass(overfit):
+    evaluated = overfit.result["settings"]["evaluated"]
+    assert evaluated == 32 - 2 * 4  # the ReCall shots are not evaluated
+    shots = overfit.result["shots"]
+    assert set(shots["nonmember"]) <= set(overfit.nonmembers) and set(shots["member"]) <= set(overfit.members)
+    # One pass for loss, zlib, min-k, min-k++, dc-pdd and the ensemble; lowercase, ReCall and CON-ReCall's member
+    # prefix one extra each; the reference model one pass.
+    assert overfit.result["cost"]["forward_passes"] == {"target": 4 * evaluated, "reference": evaluated}
+
+
+def test_a_rerun_is_free(overfit, monkeypatch):
+    monkeypatch.setenv("TUNEGUARD_CACHE", overfit.cache)  # the fixture's score cache
+    again = run_attacks(overfit.target, overfit.members, overfit.nonmembers, attacks="loss", n_boot=0,
+                        progress=False)
+    # Without ReCall no shots are held out: only the 8 former shots are new, the 24 scored texts come from the cache.
+    assert again["cost"]["forward_passes"] == {"target": 8}
+
+
+def test_same_seed_same_numbers(overfit, monkeypatch):
+    monkeypatch.setenv("TUNEGUARD_CACHE", overfit.cache)  # the fixture's score cache
+    again = run_attacks(overfit.target, overfit.members, overfit.nonmembers, attacks=["all", "dc-pdd"],
+                        reference=overfit.base, corpus=overfit.corpus, n_shots=4, n_boot=0, progress=False)
+    for name, r in overfit.result["attacks"].items():
+        np.testing.assert_array_equal(r["scores"], again["attacks"][name]["scores"], err_msg=name)
+
+
+# -- runner errors --------------------------------------------------------------------------------------------------
+
+MEMBERS, NONMEMBERS = sentences(6, seed=8, clauses=1), sentences(6, seed=9, clauses=1)
+
+
+@pytest.mark.parametrize("members, nonmembers, kwargs, message", [
+    (MEMBERS[:1], NONMEMBERS, {}, "at least 2 members"),
+    (MEMBERS, NONMEMBERS[:1], {}, "at least 2 members and 2 non-members"),
+    (MEMBERS, MEMBERS[:1] + NONMEMBERS, {}, "both members and non-members"),
+    (MEMBERS, NONMEMBERS, {"attacks": "loss,bogus"}, "unknown attack 'bogus'"),
+    (MEMBERS, NONMEMBERS, {"attacks": "min-k", "params": {"min-k": {"kk": 1}}}, "no parameter 'kk'"),
+    (MEMBERS, NONMEMBERS, {"attacks": "loss", "params": {"min-k": {"k": 0.1}}}, "not being run: min-k"),
+    (MEMBERS, NONMEMBERS, {"attacks": "ratio"}, "need a reference model"),
+    (MEMBERS, NONMEMBERS, {"attacks": "recall", "n_shots": 5}, "cannot take 5 ReCall shots"),
+    (MEMBERS, NONMEMBERS, {"attacks": "dc-pdd"}, "reference corpus"),
+    (MEMBERS[:2] + [""], NONMEMBERS, {"attacks": "loss"}, None),  # passes the check, then 1 member is left
+])
+def test_run_attacks_refuses(tiny, members, nonmembers, kwargs, message):
+    if message is None:
+        members = [MEMBERS[0], ""]
+        message = r"left to evaluate: 1 members"
+    with pytest.raises(TuneguardError, match=message):
+        run_attacks(tiny, members, nonmembers, n_boot=0, progress=False, **kwargs)
+
+
+def test_skipped_texts_are_reported(tiny):
+    members = MEMBERS[:3] + ["", " "]
+    out = run_attacks(tiny, members, NONMEMBERS, attacks="loss,min-k", n_boot=0, progress=False)
+    assert [(s["index"], s["label"], s["text"]) for s in out["skipped"]] == [(3, 1, ""), (4, 1, " ")]
+    assert all("no token" in s["reason"] for s in out["skipped"])
+    assert out["settings"]["evaluated"] == 3 + len(NONMEMBERS)
+    assert len(out["attacks"]["loss"]["scores"]) == 3 + len(NONMEMBERS)
+
+
+def test_cached_rerun_with_a_skipped_text(tiny):
+    # The re-run finds every scorable text cached and only the empty one to compute.
+    members = MEMBERS[:3] + [""]
+    first = run_attacks(tiny, members, NONMEMBERS, attacks="loss", n_boot=0, progress=False)
+    again = run_attacks(tiny, members, NONMEMBERS, attacks="loss", n_boot=0, progress=False)
+    np.testing.assert_array_equal(first["attacks"]["loss"]["scores"], again["attacks"]["loss"]["scores"])

@@ -1,0 +1,146 @@
+"""`tuneguard attack` / `tuneguard audit` and the audit API end to end on tiny models: files, resumption, errors."""
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+
+from tuneguard import cli
+from tuneguard.attacks import run_attacks
+from tuneguard.audit import audit
+from tuneguard.models import LoadedModel, tiny_model
+from tuneguard.train import TrainConfig, finetune
+
+WORDS = ("cell", "dose", "trial", "acute", "renal", "serum", "levels", "patients", "rose", "fell", "after", "weeks",
+         "therapy", "mild", "severe", "cohort", "risk", "ratio", "blood", "liver")
+
+
+def corpus(n: int, seed: int) -> list[str]:
+    """Texts from one distribution (random words), so a split of them is not confounded."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 20))).capitalize() + "." for _ in range(n)]
+
+
+def write_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny GPT-2 over-fitted on 10 members (full fine-tuning, high lr), with the member/non-member files."""
+    root = tmp_path_factory.mktemp("mia")
+    texts = corpus(20, seed=1)
+    members, nonmembers = texts[:10], texts[10:]
+    finetune(tiny_model("gpt2"), members, root / "target",
+             TrainConfig(method="full", epochs=6, lr=5e-3, batch_size=5, max_length=64), progress=False)
+    return root, write_jsonl(root / "members.jsonl", members), write_jsonl(root / "nonmembers.jsonl", nonmembers)
+
+
+def attack(setup, out, *extra):
+    root, members, nonmembers = setup
+    return cli.main(["attack", "--target", str(root / "target"), "--members", members, "--nonmembers", nonmembers,
+                     "--out", str(out), "--bootstrap", "50", *extra])
+
+
+def test_attack_command_writes_the_report_and_reruns_without_forward_passes(setup, tmp_path, capsys):
+    assert attack(setup, tmp_path / "a", "--attacks", "loss,min-k,ratio", "--param", "min-k.k=0.5",
+                  "--batch-size", "4", "--max-length", "48") == 0
+    printed = capsys.readouterr().out
+    assert "loss" in printed and "report:" in printed
+    result = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert list(result["attacks"]) == ["loss", "min-k", "ratio"]
+    assert result["attacks"]["min-k"]["params"]["k"] == 0.5
+    assert result["settings"]["reference"] == "tiny-gpt2"  # the base recorded by the fine-tuning run
+    assert result["settings"]["max_length"] == 48
+    assert result["cost"]["forward_passes"] == {"target": 20, "reference": 20}
+    assert result["attacks"]["loss"]["metrics"]["auc"] > 0.8  # over-fitted members: the signal is there
+    assert (tmp_path / "a" / "report.html").is_file() and (tmp_path / "a" / "roc_loglog.png").is_file()
+
+    # Same texts, one more attack: every score comes from the disk cache.
+    assert attack(setup, tmp_path / "b", "--attacks", "loss,zlib,min-k,ratio", "--max-length", "48") == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["cost"]["forward_passes"] == {"target": 0, "reference": 0}
+    assert again["attacks"]["loss"]["scores"] == result["attacks"]["loss"]["scores"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--attacks", "loss,nope"], "unknown attack 'nope'"),
+    (["--param", "min-k=0.1"], "expected ATTACK.KEY=VALUE"),
+    (["--attacks", "loss", "--param", "loss.k=0.1"], "has no parameter 'k'"),
+    (["--attacks", "loss", "--param", "min-k.k=0.1"], "not being run"),
+])
+def test_attack_command_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, extra, message):
+    assert attack(setup, tmp_path, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_attack_command_refuses_a_class_of_one(setup, tmp_path, capsys):
+    root, members, _ = setup
+    one = write_jsonl(tmp_path / "one.jsonl", corpus(1, seed=9))
+    assert cli.main(["attack", "--target", str(root / "target"), "--members", members, "--nonmembers", one,
+                     "--out", str(tmp_path / "o"), "--attacks", "loss"]) == 2
+    assert "at least 2 members and 2 non-members" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("context", [36, 24])
+def test_texts_an_attack_cannot_score_are_listed_with_the_reason(context):
+    texts = corpus(20, seed=1)  # 14 to 22 tokens each; a ReCall shot is 15 to 23 tokens
+    target = tiny_model("gpt2", n_positions=context)
+    result = run_attacks(target, texts[:10], texts[10:], attacks="loss,recall", n_shots=2, n_boot=0, progress=False)
+    assert not [s for s in result["skipped"] if "loss" in s["reason"]]
+    if context == 24:  # no shot fits beside any text: recall is left out with a warning, loss is still reported
+        assert list(result["attacks"]) == ["loss"]
+        assert any(w.startswith("recall is left out of the report") for w in result["warnings"])
+        return
+    # Beside the longer texts not even one shot fits: recall scores NaN there, and the report says which and why.
+    unscored = [s for s in result["skipped"] if s["reason"].startswith("left out of recall")]
+    scores = np.array(result["attacks"]["recall"]["scores"], dtype=float)
+    assert 0 < len(unscored) == int(np.isnan(scores).sum()) < len(scores) - 4
+    assert result["attacks"]["recall"]["metrics"]["n_dropped"] == len(unscored)
+    # A skipped text is named by its label and its index in the members / non-members given.
+    assert all((texts[:10] if s["label"] else texts[10:])[s["index"]].startswith(s["text"]) for s in unscored)
+
+
+def test_a_reference_with_another_tokenizer_is_allowed_and_reported(setup):
+    root, _, _ = setup
+    other = tiny_model("gpt2", seed=3)
+    tokenizer = copy.deepcopy(other.tokenizer)  # the embedded tokenizer may be shared: never mutate it
+    tokenizer.add_tokens(["<never-used>"])
+    reference = LoadedModel(other.model, tokenizer, "other-tokenizer")
+    texts = corpus(20, seed=1)
+    result = run_attacks(str(root / "target"), texts[:10], texts[10:], attacks="ratio", reference=reference,
+                         n_boot=0, progress=False)
+    assert any("another tokenizer" in w for w in result["warnings"])
+    assert np.isfinite(result["attacks"]["ratio"]["scores"]).all()
+
+
+def test_audit_api_scores_at_the_training_length_and_resumes(tmp_path):
+    texts = corpus(16, seed=4)
+    cfg = TrainConfig(method="full", epochs=2, lr=5e-3, batch_size=4, max_length=12)
+    result, paths = audit("tiny-gpt2", texts, tmp_path, train=cfg, attacks="loss,ratio", n_boot=0, progress=False)
+    assert result["settings"]["max_length"] == 12  # tokens past the training length were never trained on
+    assert result["settings"]["reference"] == "tiny-gpt2"
+    assert any("truncated" in w for w in result["warnings"])
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["members"]) == len(split["nonmembers"]) == 8
+    assert {p.name for p in paths.values()} == {"results.json", "roc_loglog.png", "roc_linear.png", "report.html"}
+    run_record = (tmp_path / "target" / "run.json").read_text()
+
+    again, _ = audit("tiny-gpt2", texts, tmp_path, train=cfg, attacks="loss,ratio", n_boot=0, progress=False)
+    assert (tmp_path / "target" / "run.json").read_text() == run_record  # not retrained
+    assert again["cost"]["forward_passes"] == {"target": 0, "reference": 0}
+    np.testing.assert_array_equal(again["attacks"]["loss"]["scores"], result["attacks"]["loss"]["scores"])
+
+
+def test_audit_command(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", corpus(12, seed=5))
+    assert cli.main(["audit", "--model", "tiny-gpt2", "--data", data, "--method", "lora", "--epochs", "1",
+                     "--max-length", "16", "--attacks", "loss,zlib", "--bootstrap", "0",
+                     "--out", str(tmp_path / "run")]) == 0
+    assert "zlib" in capsys.readouterr().out
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["settings"]["fine_tuning"]["method"] == "lora" and result["settings"]["max_length"] == 16
