@@ -8,8 +8,9 @@ Three measurements in one run, on the same texts (PubMed abstracts from ../share
   scoring is timed), and the single-pass group (loss, zlib, min-k, min-k++, dc-pdd) on its own;
 - naive: each attack alone with a fresh engine, recomputing every pass it needs (the ensemble is left out: it needs
   the others' scores and costs no pass);
-- bare: every batch the engine sent to the model replayed as a plain ``model(**batch)``, no reduction: the floor
-  (for the suite and the single-pass group; the naive runs are not replayed).
+- bare: every call the engine made to the model replayed as a plain ``model(**inputs)``, no reduction: the floor
+  (for the suite and the single-pass group; the naive runs are not replayed). A ReCall prefix is read once and
+  its key/value cache continued by every text behind it; the replay replays those calls as made.
 Forward hooks time the model calls inside the engine, so the remainder (log-softmax reductions, tokenisation,
 formulas) is reported too, and the float64 reduction is timed against cheaper variants on the same logits' shape.
 """
@@ -17,6 +18,7 @@ formulas) is reported too, and the float64 reduction is timed against cheaper va
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -46,7 +48,9 @@ class ModelCalls:
 
     def _pre(self, module, args, kwargs):
         if self.active:
-            self.batches.append({k: kwargs[k].clone() for k in ("input_ids", "attention_mask")})
+            # The call's inputs as given (a shared prefix's cache copied: the call appends to it), for the replay.
+            self.batches.append({k: copy.deepcopy(v) if k == "past_key_values" else
+                                 v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
             self._t0 = time.perf_counter()
 
     def _post(self, module, args, kwargs, output):
@@ -64,6 +68,11 @@ def replay(model: torch.nn.Module, batches: list[dict]) -> float:
     for batch in batches:
         model(**batch)
     return time.perf_counter() - t0
+
+
+def new_tokens(batch: dict) -> int:
+    """Tokens a call forwards: its inputs' real (unpadded) positions, not the cached prefix it continues from."""
+    return int(batch["attention_mask"][:, -batch["input_ids"].shape[1]:].sum())
 
 
 def measure(target: LoadedModel, reference: LoadedModel, hooked: list[tuple[ModelCalls, torch.nn.Module]],
@@ -88,7 +97,7 @@ def measure(target: LoadedModel, reference: LoadedModel, hooked: list[tuple[Mode
     return {"attacks": attacks, "seconds": seconds, "model_seconds": model_seconds, "bare_seconds": bare_seconds,
             "forward_passes": sum(passes.values()), "passes_by_model": passes,
             "model_calls": sum(out["cost"]["model_calls"].values()),
-            "tokens": sum(int(b["attention_mask"].sum()) for c, _ in hooked for b in c.batches),
+            "tokens": sum(new_tokens(b) for c, _ in hooked for b in c.batches),
             "evaluated": out["settings"]["evaluated"]}
 
 

@@ -123,6 +123,18 @@ def test_max_length_bounds_the_text_not_the_prefix(loaded):
     assert_matches(scores, naive(loaded.model, pre + own[:8], len(pre)))
 
 
+def test_texts_behind_one_prefix_share_its_pass(loaded):
+    engine = ScoringEngine(loaded, batch_size=3, cache=False, progress=False)
+    prefix = " ".join(TEXTS) + "\n\n"
+    got = engine.score(TEXTS + TEXTS[:1], [prefix] * 4 + [""])
+    pre = engine.tokenize(prefix)
+    for text, scores in zip(TEXTS, got):
+        assert_matches(scores, naive(loaded.model, pre + engine.tokenize(text), len(pre)))
+    assert_matches(got[4], naive(loaded.model, engine.tokenize(TEXTS[0]), 1))
+    # One pass reads the prefix, two batches of 3 + 1 texts continue from it, one batch holds the unprefixed text.
+    assert engine.forward_passes == 5 and engine.batches == 4
+
+
 def test_prefix_with_bos(loaded):
     bos = with_bos(loaded)
     engine = ScoringEngine(bos, cache=False, progress=False)

@@ -13,9 +13,11 @@ TEXTS = ["The patient was given a second dose of the drug.",
          "No."]
 
 
-def naive_scores(loaded, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """lp_t, mu_t, sigma_t from one un-padded pass and a full float64 log-softmax (no BOS: GPT-2's tokenizer)."""
-    ids = loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+def naive_scores(loaded, text: str | list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lp_t, mu_t, sigma_t of a text (or token ids) from one un-padded pass and a full float64 log-softmax (no BOS:
+    GPT-2's tokenizer)."""
+    ids = torch.tensor([text]) if isinstance(text, list) else \
+        loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = loaded.model(input_ids=ids).logits[0, -ids.shape[1]:]
     logp = torch.log_softmax(logits.double(), dim=-1)[:-1]
@@ -43,6 +45,19 @@ def test_peft_model_scores_equal_the_naive_computation(adapter):
         np.testing.assert_allclose(got.logprobs, lp, atol=1e-5)
         np.testing.assert_allclose(got.mu, mu, atol=1e-5)
         np.testing.assert_allclose(got.sigma, sigma, atol=1e-4)
+
+
+def test_peft_model_prefixed_scores_equal_the_naive_computation(adapter):
+    # Prefix tuning feeds its own key/values, so its prefixed texts are forwarded whole; LoRA and (IA)^3 continue
+    # from the shared prefix's cache. Both must equal one plain pass over prefix + text.
+    engine = ScoringEngine(adapter, batch_size=2, cache=False, progress=False)
+    prefix = TEXTS[0] + "\n\n"
+    pre = engine.tokenize(prefix)
+    n_pre = len(pre)
+    for text, got in zip(TEXTS[1:], engine.score(TEXTS[1:], [prefix] * (len(TEXTS) - 1))):
+        lp, mu, sigma = naive_scores(adapter, pre + engine.tokenize(text))
+        np.testing.assert_allclose(got.logprobs, lp[n_pre - 1:], atol=1e-5)
+        np.testing.assert_allclose(got.sigma, sigma[n_pre - 1:], atol=1e-4)
 
 
 def test_adapter_scores_differ_from_the_base_and_are_cached_apart(adapter, tmp_path, monkeypatch):

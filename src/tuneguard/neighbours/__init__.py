@@ -5,12 +5,12 @@ Adding one = a module with a :class:`NeighbourGenerator` subclass + one line in 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Iterable
 
 from tuneguard.errors import TuneguardError
 from tuneguard.neighbours.base import NeighbourGenerator, NeighbourSet, item_seed
+from tuneguard.registry import load_entry
 
 # name -> "module:class" (imported on use, so a generator's heavy dependencies load only when it is chosen)
 GENERATORS: dict[str, str] = {
@@ -23,10 +23,7 @@ GENERATORS: dict[str, str] = {
 
 def generator_class(name: str) -> type[NeighbourGenerator]:
     """The class registered under ``name``."""
-    if name not in GENERATORS:
-        raise TuneguardError(f"unknown neighbour generator {name!r}: use one of {', '.join(GENERATORS)}")
-    module, cls = GENERATORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_entry(GENERATORS, name, "neighbour generator")
 
 
 def generator_parameters(name: str) -> tuple[set[str], set[str]]:

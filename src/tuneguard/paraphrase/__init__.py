@@ -5,13 +5,11 @@ Adding one = a module with a :class:`Paraphraser` subclass + one line in ``PARAP
 
 from __future__ import annotations
 
-import importlib
-
-from tuneguard.errors import TuneguardError
 from tuneguard.paraphrase.base import CODE_PROMPT, TEXT_PROMPT, Paraphraser, looks_like_code
 from tuneguard.paraphrase.gate import GateConfig, GateResult, MiniLMEmbedder, Obfuscation, QualityGate, obfuscate
+from tuneguard.registry import load_entry
 
-# name -> "module:class" (imported on use, so a paraphraser's heavy dependencies load only when it is chosen)
+# name -> "module:class" (imported on use: a paraphraser's heavy dependencies load only when it is chosen)
 PARAPHRASERS: dict[str, str] = {
     "local": "tuneguard.paraphrase.local:LocalParaphraser",
     "openai": "tuneguard.paraphrase.openai_chat:OpenAIParaphraser",
@@ -21,10 +19,7 @@ PARAPHRASERS: dict[str, str] = {
 
 def paraphraser_class(name: str) -> type[Paraphraser]:
     """The class registered under ``name``."""
-    if name not in PARAPHRASERS:
-        raise TuneguardError(f"unknown paraphraser {name!r}: use one of {', '.join(PARAPHRASERS)}")
-    module, cls = PARAPHRASERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_entry(PARAPHRASERS, name, "paraphraser")
 
 
 def make_paraphraser(name: str, **options) -> Paraphraser:

@@ -4,7 +4,7 @@ For each text it returns the per-token log-probabilities ``lp_t = log p(x_t | x_
 ``mu_t = Σ_v p_t(v) log p_t(v)`` and ``sigma_t`` (the std of ``log p_t`` under ``p_t``), all from the same logits.
 Scored positions: t = 2..n, plus t = 1 when the tokenizer adds a BOS token (then x_1 is scored from BOS). A text can
 carry a prefix (ReCall's shots): the prefix is fed to the model but only the text's own tokens are scored, the first
-one from the prefix's last token.
+one from the prefix's last token. A prefix is read once and its key/value cache shared by every text behind it.
 
 Texts longer than the model's context (or ``max_length``) are truncated to their first ``max_length`` tokens; with a
 prefix, the text is cut first and then the prefix keeps its most recent tokens that still fit in the model's context
@@ -15,6 +15,7 @@ costs no forward pass.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import Cache
 
 from tuneguard.cache import cache_dir, key_hash, text_hash
 from tuneguard.files import atomic_write_bytes
@@ -130,14 +132,17 @@ class ScoringEngine:
             else:
                 todo[key] = encoded
         if todo:
-            order = sorted(todo, key=lambda k: -len(todo[k][0]))  # similar lengths share a batch
-            bar = tqdm(total=len(order), desc=f"{desc} ({self.name})", unit="text", disable=not self.progress)
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                for key, scores in zip(batch, self._forward([todo[k] for k in batch])):
-                    out[key] = scores
-                    self._store(key, scores)
-                bar.update(len(batch))
+            bar = tqdm(total=len(todo), desc=f"{desc} ({self.name})", unit="text", disable=not self.progress)
+            for context, group in self._by_context(todo).items():
+                past = self._context_cache(list(context)) if context else None
+                order = sorted(group, key=lambda k: -len(todo[k][0]))  # similar lengths share a batch
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start:start + self.batch_size]
+                    inputs = [self._after_context(todo[k], len(context)) for k in batch]
+                    for key, scores in zip(batch, self._forward(inputs, past)):
+                        out[key] = scores
+                        self._store(key, scores)
+                    bar.update(len(batch))
             bar.close()
         return [out[k] for k in keys]
 
@@ -159,8 +164,42 @@ class ScoringEngine:
             return self._bos + pre + ids, len(self._bos) + len(pre) if (self._bos or pre) else 1, truncated
         return self._bos + ids, 1, truncated
 
+    def _by_context(self, todo: dict[str, tuple[list[int], int, bool]]) -> dict[tuple[int, ...], list[str]]:
+        """Inputs grouped by their shared context: every token before the one that predicts the first scored token.
+
+        A prefixed input's context (BOS + ReCall shots) is forwarded once and its KV cache reused for each text
+        beside it, so n texts behind one long prefix cost one prefix pass plus n short ones. The split depends on the
+        input alone, never on which other texts are scored with it.
+        Unprefixed inputs, and every input of a prompt-learning adapter (which feeds its own key/values), have the
+        empty context and are forwarded whole.
+        """
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for key, (ids, first, _) in todo.items():
+            context = tuple(ids[:first - 1]) if first > 1 and not self._prompt_learning else ()
+            groups.setdefault(context, []).append(key)
+        return groups
+
+    @staticmethod
+    def _after_context(encoded: tuple[list[int], int, bool], n_context: int) -> tuple[list[int], int, bool]:
+        ids, first, truncated = encoded
+        return ids[n_context:], first - n_context, truncated
+
+    @property
+    def _prompt_learning(self) -> bool:
+        config = getattr(self.loaded.model, "active_peft_config", None)
+        return bool(getattr(config, "is_prompt_learning", False))
+
     @torch.no_grad()
-    def _forward(self, batch: list[tuple[list[int], int, bool]]) -> list[TokenScores]:
+    def _context_cache(self, context: list[int]) -> Cache:
+        """The model's key/value cache after reading ``context`` (no logits needed: the next input starts with the
+        context's successor token)."""
+        ids = torch.tensor([context], device=self.loaded.device)
+        out = self.loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+        self.batches += 1
+        return out.past_key_values
+
+    @torch.no_grad()
+    def _forward(self, batch: list[tuple[list[int], int, bool]], past: Cache | None = None) -> list[TokenScores]:
         model = self.loaded.model
         device = self.loaded.device
         width = max(len(ids) for ids, _, _ in batch)
@@ -170,7 +209,15 @@ class ScoringEngine:
         for row, (ids, _, _) in enumerate(batch):
             input_ids[row, :len(ids)] = torch.tensor(ids)
             mask[row, :len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        kwargs: dict = {"use_cache": False}
+        if past is not None:  # continue every row from the shared context (a copy: the forward appends to it)
+            n_past = past.get_seq_length()
+            cache = copy.deepcopy(past)
+            cache.batch_repeat_interleave(len(batch))
+            mask = torch.cat([torch.ones((len(batch), n_past), dtype=torch.long), mask], dim=1)
+            kwargs = {"past_key_values": cache, "use_cache": True,
+                      "position_ids": torch.arange(n_past, n_past + width, device=device).expand(len(batch), -1)}
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
         # Prompt / p-tuning adapters prepend virtual tokens and return their logits too: keep the inputs' positions.
         logits = logits[:, -width:]
         self.forward_passes += len(batch)
