@@ -65,3 +65,15 @@ def test_layout_has_the_generated_lexnames():
     assert len(lexnames) == 45
     assert lexnames[3] == "03\tnoun.Tops\t1"
     assert reader.synset("dog.n.01").lexname() == "noun.animal"
+
+
+@needs_wordnet
+def test_links_left_by_an_older_layout_are_replaced_by_copies():
+    # nltk refuses a corpus file that links outside its root ("Security Violation"), so a stale link must go.
+    source = wordnet._source_dir()
+    root = wordnet._nltk_root(source)
+    (root / "data.adj").unlink()
+    (root / "data.adj").symlink_to(source / "data.adj")
+    wordnet._reader.cache_clear()
+    assert not wordnet._nltk_root(source).joinpath("data.adj").is_symlink()
+    assert "automobile" in wordnet.synonyms("car")

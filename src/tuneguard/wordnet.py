@@ -72,8 +72,9 @@ def _nltk_root(source: Path) -> Path:
     root = cache_dir("wordnet", key_hash(str(source.resolve())), "corpora", "wordnet")
     for name in _FILES:
         target, dest = source / name, root / name
-        if target.is_file() and not dest.is_file():
-            # A copy, not a link: nltk (3.10+) refuses symlinks that leave the corpus root and multiply-linked files.
+        # A copy, not a link: nltk (3.10+) refuses symlinks that leave the corpus root and multiply-linked files
+        # (so a link left by an older tuneguard is replaced too).
+        if target.is_file() and (dest.is_symlink() or not dest.is_file()):
             atomic_write_bytes(dest, target.read_bytes())
     lexnames = "".join(f"{i:02d}\t{entry.replace(' ', chr(9))}\n" for i, entry in enumerate(_LEXNAMES))
     if not (root / "lexnames").is_file() or (root / "lexnames").read_text() != lexnames:
