@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     first = runs["spv-mia"]
     print(f"\nSPV-MIA alone: {first['cost']['seconds']['spv-mia']:.1f} s for {first['settings']['evaluated']} "
           f"records; {first['attacks']['spv-mia']['note']}")
+    stages = first["attacks"]["spv-mia"]["cost"]["stage_seconds"]
+    total = sum(stages.values())
+    print("SPV-MIA stages: " + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in stages.items()))
     for name, a in attacks.items():
         if a.get("note") and name != "spv-mia":
             print(f"note ({name}): {a['note']}")

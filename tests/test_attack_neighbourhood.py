@@ -64,6 +64,10 @@ def test_scores_have_the_member_sign_through_run_attacks(overfit, tmp_path):
     assert "reference: self-prompt" in note and "forward passes per record" in note
     # The same neighbours were scored by the target in both attacks: spv-mia's target passes were all cache hits.
     assert "(target 0," in note
+    # Its cost breakdown reaches results.json: every stage timed, the passes counted.
+    cost = result["attacks"]["spv-mia"]["cost"]
+    assert {"generate", "neighbour", "score"} <= set(cost["stage_seconds"])
+    assert cost["records"] == len(result["attacks"]["spv-mia"]["scores"])
 
 
 def test_spv_mia_reuses_the_neighbourhood_attacks_neighbours(overfit, monkeypatch):

@@ -99,6 +99,8 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
         results[name] = {"scores": out.scores, "raw": out.raw, "raw_name": out.raw_name, "labels": labels,
                          "params": attack.params, "note": out.note, "summary": attack.summary,
                          "metrics": evaluate(labels, out.scores, n_boot=n_boot, seed=seed)}
+        if "cost" in out.extra:  # an attack's own cost breakdown (SPV-MIA's stages), kept in results.json
+            results[name]["cost"] = out.extra["cost"]
     if not results:
         raise TuneguardError(f"no attack could be evaluated: {'; '.join(warnings)}")
     if n_truncated:

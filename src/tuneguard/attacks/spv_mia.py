@@ -103,9 +103,10 @@ class SPVMIAAttack(Attack):
         total = sum(passes.values())
         stages = {k.removesuffix("_seconds"): round(v, 3) for k, v in stats.items() if k.endswith("_seconds")}
         share = stats.get("generate_seconds", 0.0) / seconds if seconds > 0 else 0.0
+        neighbour_share = stats.get("neighbour_seconds", 0.0) / seconds if seconds > 0 else 0.0
         summary = (f"{total / n:.1f} scoring forward passes per record (target {passes['target']}, reference "
                    f"{passes['reference']} in all), {seconds / n:.2f} s per record, {100 * share:.0f}% of it "
-                   "generating self-prompt texts")
+                   f"generating self-prompt texts, {100 * neighbour_share:.0f}% making neighbours")
         return {"records": n, "forward_passes": passes, "forward_passes_per_record": total / n,
                 "seconds": round(seconds, 3), "seconds_per_record": seconds / n, "stage_seconds": stages,
                 "generated_texts": stats.get("generated_texts", 0), "generation_share": share, "summary": summary}
