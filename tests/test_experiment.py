@@ -51,6 +51,8 @@ def test_experiment_runs_every_cell_once_and_writes_the_table(tmp_path):
     assert cells["dp"]["epsilon_spent"] <= 50.0 + 1e-6
     table = (tmp_path / "out" / "table1.txt").read_text()
     assert "average" in table and "perplexity (domain)" in table and "lora" in table
+    trained_on = next(line for line in table.splitlines() if line.startswith("texts trained on")).split()[3:]
+    assert trained_on == ["0", str(exp.datasets[0].members), str(exp.datasets[0].members)]
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
     # A re-run loads every finished cell instead of recomputing it.
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("cell.json")}
@@ -82,3 +84,10 @@ def test_perplexity_is_token_weighted():
     scores = engine.score(texts)
     nll = -sum(s.logprobs.sum() for s in scores) / sum(s.n for s in scores)
     assert perplexity(engine, texts) == pytest.approx(float(__import__("math").exp(nll)))
+
+
+def test_soft_cells_say_how_many_paraphrases_they_trained_on():
+    from tuneguard.experiment import _trained_on
+
+    cell = {"kind": "soft", "soft": {"train_size": 5, "paraphrased": 1}}  # 4 kept, 1 paraphrased, the rest dropped
+    assert _trained_on(cell, 8) == "5 (1 para.)"

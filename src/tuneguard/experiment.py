@@ -201,6 +201,8 @@ def write_experiment_report(exp: Experiment, summary: dict) -> dict[str, Path]:
         rows.append({"attack": "average", **{r: _fmt(row_cells[r]["average_auc"]) for r in regimes}})
         rows.append({"attack": "perplexity (domain)", **{r: f"{row_cells[r]['ppl_domain']:.2f}" for r in regimes}})
         rows.append({"attack": "perplexity (general)", **{r: f"{row_cells[r]['ppl_general']:.2f}" for r in regimes}})
+        members = next(d.members for d in exp.datasets if d.name == ds)
+        rows.append({"attack": "texts trained on", **{r: _trained_on(row_cells[r], members) for r in regimes}})
         columns = ["attack", *regimes]
         blocks.append(format_table(rows, columns, title=f"{ds}: AUC per attack (lower protects better)"))
         html_blocks.append((f"{ds}", html_table(rows, columns)))
@@ -239,6 +241,17 @@ def write_experiment_report(exp: Experiment, summary: dict) -> dict[str, Path]:
                                "datasets": [vars(d) for d in exp.datasets]})
     atomic_write_text(out / "report.html", page)
     return {"table": out / "table1.txt", "plot": png, "html": out / "report.html", "json": out / "results.json"}
+
+
+def _trained_on(cell: dict, members: int) -> str:
+    """How many texts the cell's model was fine-tuned on; for SOFT, how many of them are paraphrases (the selected
+    texts whose paraphrase failed the quality gate are dropped, which protects them too but is not paraphrasing)."""
+    if cell["kind"] == "pretrained":
+        return "0"
+    if cell["kind"] == "soft":
+        soft = cell["soft"]
+        return f"{soft['train_size']} ({soft['paraphrased']} para.)"
+    return str(members)
 
 
 def _fmt(value: Any) -> str:
