@@ -91,3 +91,26 @@ def test_soft_cells_say_how_many_paraphrases_they_trained_on():
 
     cell = {"kind": "soft", "soft": {"train_size": 5, "paraphrased": 1}}  # 4 kept, 1 paraphrased, the rest dropped
     assert _trained_on(cell, 8) == "5 (1 para.)"
+
+
+def test_a_soft_regime_takes_gate_thresholds_from_the_file(tmp_path, monkeypatch):
+    import tuneguard.defenses.soft as soft
+    from tuneguard.experiment import _target
+    from tuneguard.paraphrase.gate import GateConfig
+
+    (tmp_path / "e.toml").write_text(EXPERIMENT.replace(
+        "dp = { epsilon = 50.0 }", 'soft = { ratio = 1.0, paraphraser = "wordnet", gate = { max_common_run = 30 } }'))
+    exp = load_experiment(tmp_path / "e.toml")
+    seen = {}
+
+    class Reached(Exception):
+        pass
+
+    def fake_run_soft(*args, **kwargs):  # stop once SOFT is called: only its arguments matter here
+        seen.update(kwargs)
+        raise Reached
+
+    monkeypatch.setattr(soft, "run_soft", fake_run_soft)
+    with pytest.raises(Reached):
+        _target(exp, exp.regimes[-1], None, [], tmp_path, progress=False)
+    assert seen["gate"] == GateConfig(max_common_run=30)

@@ -172,9 +172,12 @@ def _target(exp: Experiment, regime: Regime, base: LoadedModel, members: list[st
         run = dp_finetune(base, members, cell_dir / "model", lora, dp, progress=progress)
         return run.model, {"epsilon_spent": run.record["dp"]["epsilon_spent"]}
     from tuneguard.defenses.soft import run_soft
+    from tuneguard.paraphrase.gate import GateConfig
 
     options = dict(regime.options)
     method = options.pop("method", "full")  # SOFT changes the data; it is compared with the run it protects
+    if isinstance(options.get("gate"), dict):  # a TOML table of GateConfig fields
+        options["gate"] = GateConfig(**options["gate"])
     soft = run_soft(base, members, cell_dir / "soft",
                     train=TrainConfig(**{**config.to_dict(), "method": method}), progress=progress, **options)
     return soft.model, {"soft": soft.summary, "soft_ratio": regime.options["ratio"]}
