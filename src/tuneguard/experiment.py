@@ -216,13 +216,17 @@ def write_experiment_report(exp: Experiment, summary: dict) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for i, (ds, row_cells) in enumerate(summary["cells"].items()):
         colour = f"C{i}"
-        sweep = sorted(((c["soft_ratio"], c) for c in row_cells.values() if c["kind"] == "soft"),
-                       key=lambda rc: rc[0])
-        if sweep:
-            ax.plot([c["ppl_domain"] for _, c in sweep], [c["average_auc"] for _, c in sweep], "-o", color=colour,
-                    label=f"{ds}: SOFT ρ sweep")
-            for ratio, c in sweep:
-                ax.annotate(f"ρ={ratio:g}", (c["ppl_domain"], c["average_auc"]), fontsize=7,
+        families: dict[str, list[dict]] = {}  # one ρ sweep per SOFT regime ("soft ρ=0.5" -> "soft")
+        for c in row_cells.values():
+            if c["kind"] == "soft":
+                families.setdefault(c["regime"].split(" ρ=")[0], []).append(c)
+        for j, (family, cells) in enumerate(families.items()):
+            sweep = sorted(cells, key=lambda c: c["soft_ratio"])
+            ax.plot([c["ppl_domain"] for c in sweep], [c["average_auc"] for c in sweep], ("-o", "--o", ":o")[j % 3],
+                    color=colour, label=f"{ds}: {family} (ρ sweep)")
+            for c in sweep:
+                ax.annotate(("" if j == 0 else f"{family} ") + f"ρ={c['soft_ratio']:g}",
+                            (c["ppl_domain"], c["average_auc"]), fontsize=7,
                             textcoords="offset points", xytext=(4, 4))
         for c in row_cells.values():
             if c["kind"] != "soft":
