@@ -8,7 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from tuneguard.attacks import DEFAULT_ATTACKS, REGISTRY
-from tuneguard.data import clean_texts, load_texts
+from tuneguard.commands.finetune import read_texts
+from tuneguard.data import load_texts
 from tuneguard.errors import TuneguardError
 
 
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from tuneguard.attacks import run_attacks
     from tuneguard.report import write_mia_report
 
-    members = clean_texts(load_texts(args.members, column=args.column), name=args.members).texts
-    nonmembers = clean_texts(load_texts(args.nonmembers, column=args.column), name=args.nonmembers).texts
+    members = read_texts(args.members, args.column).texts
+    nonmembers = read_texts(args.nonmembers, args.column).texts
     result = run_attacks(args.target, members, nonmembers, reference=args.reference, seed=args.seed,
                          **attack_options(args))
     print_report(result, write_mia_report(args.out, result))

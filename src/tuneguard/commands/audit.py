@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from tuneguard.commands.attack import add_attack_args, attack_options, print_report
-from tuneguard.commands.finetune import add_data_args, add_train_args, train_config
-from tuneguard.data import clean_texts, load_texts
+from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuneguard.audit import audit
 
-    texts = clean_texts(load_texts(args.data, column=args.column, limit=args.limit), name=args.data).texts
+    texts = read_texts(args.data, args.column, args.limit).texts
     result, paths = audit(args.model, texts, args.out, train=train_config(args), member_fraction=args.member_fraction,
                           seed=args.seed, **attack_options(args))
     print_report(result, paths)

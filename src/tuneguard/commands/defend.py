@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tuneguard.commands.finetune import add_data_args, add_train_args, train_config
-from tuneguard.data import clean_texts, load_texts
+from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig
 
 
@@ -56,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from tuneguard.defenses.soft import run_soft
     from tuneguard.paraphrase import QualityGate
 
-    texts = clean_texts(load_texts(args.data, column=args.column, limit=args.limit), name=args.data)
+    texts = read_texts(args.data, args.column, args.limit)
     print(texts.summary())
     reference = None
     if args.reference:
-        reference = clean_texts(load_texts(args.reference, column=args.column), name=args.reference).texts
+        reference = read_texts(args.reference, args.column).texts
     options: dict = {"seed": args.seed}
     if args.paraphraser_model:
         options["model"] = args.paraphraser_model

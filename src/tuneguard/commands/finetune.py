@@ -19,6 +19,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N texts")
 
 
+def read_texts(path: str, column: str | None = None, limit: int | None = None):
+    """The cleaned texts of a file named on the command line (a ``CleanReport``: ``.texts``, ``.summary()``)."""
+    return clean_texts(load_texts(path, column=column, limit=limit), name=path)
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """The fine-tuning hyperparameters, shared by every command that trains."""
     d = TrainConfig()
@@ -65,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = clean_texts(load_texts(args.data, column=args.column, limit=args.limit), name=args.data)
+    report = read_texts(args.data, args.column, args.limit)
     print(report.summary())
     result = finetune(args.model, report.texts, args.out, train_config(args))
     if not PartialState().is_main_process:  # under `accelerate launch` one process reports
