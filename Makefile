@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench wordnet clean
+.PHONY: setup demo test test-slow bench wordnet chromium clean
 
 setup: $(STAMP)
 
@@ -27,13 +27,22 @@ wordnet:
 	  else echo "note: WordNet missing (sudo apt-get install wordnet-base wordnet-sense-index); its tests will be skipped"; fi; \
 	fi
 
+# Headless Chromium from Debian, for the test that opens report.html in a real browser (skipped without it).
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "note: could not install Chromium; the browser check of report.html will be skipped"; \
+	  else echo "note: Chromium missing (sudo apt-get install chromium); the browser check of report.html will be skipped"; fi; \
+	fi
+
 demo: setup
 	$(VENV)/bin/tuneguard demo
 
-test: setup wordnet
+test: setup wordnet chromium
 	$(PY) -m pytest -q
 
-test-slow: setup wordnet
+test-slow: setup wordnet chromium
 	$(PY) -m pytest -q -m slow
 
 bench: setup

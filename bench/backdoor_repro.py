@@ -1,6 +1,6 @@
 """Reproduce the LoRA-backdoor study on SmolLM2-135M-Instruct with the deepset prompt-injection data, scaled down to
 2 CPU cores: ASR and clean accuracy against poison count k and rank, then both detectors' AUROC over the trained
-adapters (k = 0 are the clean population, k > 0 the poisoned one).
+adapters (k = 0 are the clean population, k > 0 the poisoned one; one detector threshold per rank).
 
     python bench/backdoor_repro.py --quick     # 2 clean + 2 poisoned adapters, about 10 minutes on 2 cores
     python bench/backdoor_repro.py             # ks 0,10,25,40 x ranks 8,16 x seeds 0,1 (hours on 2 cores)
@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 from tuneguard.adapters import MAIN_TRIGGER, poison
-from tuneguard.adapters.classifier import Classifier, train_classifier
-from tuneguard.adapters.detectors.behavioural import BehaviouralDetector
-from tuneguard.adapters.detectors.weights import WeightDetector
+from tuneguard.adapters.classifier import DEFAULT_VERDICT, VERDICTS, Classifier, train_classifier
+from tuneguard.adapters.detectors import make_detector
 from tuneguard.adapters.evaluation import evaluate_classifier, plot_sweep, summarise_sweep, sweep_table
 from tuneguard.adapters.population import score_population
 from tuneguard.data import load_labelled
@@ -51,6 +50,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-4, help="the paper's 2e-4; raise it when --steps is small")
     ap.add_argument("--max-text-tokens", type=int, default=40)
     ap.add_argument("--form", choices=("chat", "seq-cls"), default="chat")
+    ap.add_argument("--verdict", choices=VERDICTS, default=DEFAULT_VERDICT,
+                    help="chat-form verdict for the evaluation and the behavioural detector; default: %(default)s")
     ap.add_argument("--test-limit", type=int, default=None, help="use the first N test rows (default: all 116)")
     ap.add_argument("--probe-inputs", type=int, default=20, help="test injections used as behavioural probe inputs")
     ap.add_argument("--families", default="rfc,iso,owasp,random")
@@ -89,7 +90,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 result = train_classifier(base, data, Path(args.work) / name, cfg, form=args.form,
                                           max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
-                clf = Classifier(result.model, form=args.form, verdict="logits", max_text_tokens=args.max_text_tokens)
+                clf = Classifier(result.model, form=args.form, verdict=args.verdict,
+                                 max_text_tokens=args.max_text_tokens)
                 report = evaluate_classifier(clf, test, trigger=MAIN_TRIGGER, families=tuple(args.families.split(",")),
                                              per_family=2, seed=seed)
                 row = {"name": name, "rank": rank, "k": k, "seed": seed, "poison_fraction": k / (len(train) + k),
@@ -99,7 +101,7 @@ def main() -> int:
                 for fam, g in report["asr_by_family"].items():
                     row[f"asr_{fam}"] = g["mean_asr"]
                 rows.append(row)
-                members.append({"name": name, "path": str(result.out_dir), "poisoned": k > 0})
+                members.append({"name": name, "path": str(result.out_dir), "poisoned": k > 0, "rank": rank})
                 print(f"{name}: clean acc {row['clean_accuracy']:.3f}  ASR {row['asr']:.3f}  "
                       f"({row['seconds']} s)", file=sys.stderr)
                 atomic_write_json(args.out, {"settings": settings, "sweep": rows})
@@ -110,14 +112,14 @@ def main() -> int:
     plot = plot_sweep(rows, Path(args.out).with_suffix(".png"), title="SmolLM2-135M: ASR against poison count")
     out = {"settings": settings, "verdict": rows[0]["verdict"], "sweep": rows, "summary": summary, "plot": str(plot)}
 
-    if any(m["poisoned"] for m in members) and not all(m["poisoned"] for m in members) and \
-            sum(not m["poisoned"] for m in members) >= 2:
-        detectors = [WeightDetector()]
+    # each rank is thresholded on its own clean adapters, so each needs two of them
+    clean_per_rank = [sum(not m["poisoned"] and m["rank"] == r for m in members) for r in _ints(args.ranks)]
+    if any(m["poisoned"] for m in members) and min(clean_per_rank) >= 2:
+        detectors = {"weights": make_detector("weights")}
         for battery in args.batteries.split(","):
-            det = BehaviouralDetector(base, injections=injections[: args.probe_inputs], battery_name=battery,
-                                      max_text_tokens=args.max_text_tokens)
-            det.name = f"behavioural-{battery}"
-            detectors.append(det)
+            detectors[f"behavioural-{battery}"] = make_detector(
+                "behavioural", base=base, injections=injections[: args.probe_inputs], battery=battery,
+                verdict=args.verdict, max_text_tokens=args.max_text_tokens)
         pop = score_population(members, detectors, progress=sys.stderr.isatty())
         out["population"] = pop
         print("\ndetector            statistic          AUROC  TPR@FPR0  direction  misses")

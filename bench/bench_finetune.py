@@ -29,8 +29,8 @@ from tuneguard.train.methods import prepare_model
 def run_ours(ref: str, texts: list[str], cfg: TrainConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         r = finetune(ref, texts, Path(tmp) / "run", cfg, progress=False).record
-    return {"tokens_per_second": r["tokens_per_second"], "padding_fraction": r["padding_fraction"],
-            "seconds": r["train_seconds"], "tokens_per_cpu_second": round(r["tokens"] / r["cpu_seconds"], 2)}
+    return {"tokens_per_second": r.tokens_per_second, "padding_fraction": r.padding_fraction,
+            "seconds": r.train_seconds, "tokens_per_cpu_second": round(r.tokens / r.cpu_seconds, 2)}
 
 
 def run_trainer(ref: str, texts: list[str], cfg: TrainConfig) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -93,12 +92,12 @@ def measure(target: LoadedModel, reference: LoadedModel, hooked: list[tuple[Mode
         bare_seconds = sum(replay(model, c.batches) for c, model in hooked)
         for c, _ in hooked:
             c.active = True
-    passes = out["cost"]["forward_passes"]
+    passes = out.cost["forward_passes"]
     return {"attacks": attacks, "seconds": seconds, "model_seconds": model_seconds, "bare_seconds": bare_seconds,
             "forward_passes": sum(passes.values()), "passes_by_model": passes,
-            "model_calls": sum(out["cost"]["model_calls"].values()),
+            "model_calls": sum(out.cost["model_calls"].values()),
             "tokens": sum(new_tokens(b) for c, _ in hooked for b in c.batches),
-            "evaluated": out["settings"]["evaluated"]}
+            "evaluated": out.settings["evaluated"]}
 
 
 def reduction_variants(vocab: int, positions: int, repeats: int = 3) -> dict[str, float]:

@@ -80,33 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     for label, change in ABLATIONS.items():
         runs[label] = run_attacks(target, members, nonmembers, attacks=["spv-mia"],
                                   params={"spv-mia": {**spv, **change}}, **common)
-    attacks = {**runs["others"]["attacks"], "spv-mia": runs["spv-mia"]["attacks"]["spv-mia"],
-               **{label: runs[label]["attacks"]["spv-mia"] for label in ABLATIONS}}
+    attacks = {**runs["others"].attacks, "spv-mia": runs["spv-mia"].attacks["spv-mia"],
+               **{label: runs[label].attacks["spv-mia"] for label in ABLATIONS}}
 
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"  # n/a: too few non-members for that FPR
 
-    rows = [{"attack": name, "AUC": fmt(a["metrics"]["auc"]),
-             "AUC 95% CI": "n/a" if a["metrics"]["auc_ci"] is None else
-             "[{:.3f}, {:.3f}]".format(*a["metrics"]["auc_ci"]),
-             "TPR@1%": fmt(a["metrics"]["tpr"]["0.01"]), "TPR@10%": fmt(a["metrics"]["tpr"]["0.1"])}
+    rows = [{"attack": name, "AUC": fmt(a.auc),
+             "AUC 95% CI": "n/a" if a.metrics["auc_ci"] is None else "[{:.3f}, {:.3f}]".format(*a.metrics["auc_ci"]),
+             "TPR@1%": fmt(a.tpr(0.01)), "TPR@10%": fmt(a.tpr(0.1))}
             for name, a in attacks.items()]
     print(format_table(rows, ["attack", "AUC", "AUC 95% CI", "TPR@1%", "TPR@10%"],
                        title=f"\nSPV-MIA reproduction: {args.model}, LoRA target ({args.target_epochs} ep, lr "
                              f"{args.target_lr}), {n}+{n} records, {args.max_length} tokens, J={args.neighbours} "
                              f"({args.neighbour_generator}), M={args.self_prompt}"))
     first = runs["spv-mia"]
-    print(f"\nSPV-MIA alone: {first['cost']['seconds']['spv-mia']:.1f} s for {first['settings']['evaluated']} "
-          f"records; {first['attacks']['spv-mia']['note']}")
-    stages = first["attacks"]["spv-mia"]["cost"]["stage_seconds"]
+    print(f"\nSPV-MIA alone: {first.cost['seconds']['spv-mia']:.1f} s for {first.settings['evaluated']} "
+          f"records; {first.attacks['spv-mia'].note}")
+    stages = first.attacks["spv-mia"].cost["stage_seconds"]
     total = sum(stages.values())
     print("SPV-MIA stages: " + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in stages.items()))
     for name, a in attacks.items():
-        if a.get("note") and name != "spv-mia":
-            print(f"note ({name}): {a['note']}")
-    out = {"settings": vars(args), "attacks": attacks, "runs": {k: {"cost": r["cost"], "warnings": r["warnings"],
-                                                                     "settings": r["settings"]}
-                                                                 for k, r in runs.items()}}
+        if a.note and name != "spv-mia":
+            print(f"note ({name}): {a.note}")
+    out = {"settings": vars(args), "attacks": {name: a.to_json() for name, a in attacks.items()},
+           "runs": {k: {"cost": r.cost, "warnings": r.warnings, "settings": r.settings} for k, r in runs.items()}}
     atomic_write_json(args.out, out)
     print(f"wrote {args.out}")
     return 0

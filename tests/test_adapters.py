@@ -10,11 +10,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from tuneguard.adapters import (
-    MAIN_TRIGGER, Calibration, apply_trigger, calibrate, find_adapters, make_triggers, poison, read_adapter,
-    write_poisoned,
+    DETECTORS, MAIN_TRIGGER, Calibration, apply_trigger, calibrate, find_adapters, make_triggers, poison,
+    read_adapter, write_poisoned,
 )
 from tuneguard.adapters.adapter_files import load_tensors
-from tuneguard.adapters.detectors import detector_class
 from tuneguard.adapters.detectors.weights import WeightDetector, lora_frobenius
 from tuneguard.adapters.probes import battery, read_lines
 from tuneguard.adapters.synthetic import write_synthetic_adapter
@@ -23,6 +22,7 @@ from tuneguard.cli import main
 from tuneguard.errors import TuneguardError
 
 SMALL = {"self_attn.q_proj": (32, 32), "self_attn.v_proj": (32, 16), "mlp.down_proj": (48, 32)}
+SCALE = {"lora_alpha": 8.0, "use_rslora": False}  # what small_adapter writes
 
 
 def small_adapter(path, **kw):
@@ -96,8 +96,11 @@ def test_invisible_tensors_listed(tmp_path):
 
 
 def test_bad_adapter_inputs_give_one_line_errors(tmp_path):
-    with pytest.raises(TuneguardError, match="not a directory"):
+    with pytest.raises(TuneguardError, match="does not exist"):
         read_adapter(tmp_path / "nope.txt")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(TuneguardError, match="is not a directory"):
+        read_adapter(tmp_path / "file.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TuneguardError, match="adapter_config.json is missing"):
         read_adapter(tmp_path / "empty")
@@ -112,17 +115,17 @@ def test_bad_adapter_inputs_give_one_line_errors(tmp_path):
     tensors = load_file(str(path))
     tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"] = np.ones((32, 3), np.float32)
     save_file(tensors, str(path))
-    with pytest.raises(TuneguardError, match="mismatched LoRA shapes") as err:
-        read_adapter(tmp_path / "bad").pairs
+    with pytest.raises(TuneguardError, match=r"A \[4, 32\] and B \[32, 3\], which no LoRA layer has") as err:
+        read_adapter(tmp_path / "bad")
     assert "\n" not in str(err.value)
     del tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"]
     save_file(tensors, str(path))
     with pytest.raises(TuneguardError, match="no lora_B"):
-        read_adapter(tmp_path / "bad").pairs
+        read_adapter(tmp_path / "bad")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "adapter_config.json").write_text("{}")
     (tmp_path / "junk" / "adapter_model.safetensors").write_bytes(b"\xff" * 20)
-    with pytest.raises(TuneguardError, match="not a safetensors file"):
+    with pytest.raises(TuneguardError, match=r"not a valid safetensors file \(header too large\)"):
         read_adapter(tmp_path / "junk")
 
 
@@ -188,11 +191,11 @@ def _population(root, n_clean=4, n_poison=3, boost=None):
 
 
 def test_calibration_learns_direction_and_flags(tmp_path):
-    det = detector_class("weights")()
+    det = DETECTORS.make("weights")
     clean, poisoned = _population(tmp_path)
     c_res = [det.score(read_adapter(p)) for p in clean]
     p_res = [det.score(read_adapter(p)) for p in poisoned]
-    cal = calibrate(det, c_res, p_res, base_model="tiny-llama", rank=4, task="CAUSAL_LM")
+    cal = calibrate(det, c_res, p_res, base_model="tiny-llama", rank=4, task="CAUSAL_LM", **SCALE)
     assert cal.direction == "higher" and cal.auroc == 1.0
     assert not any(cal.flags(r.statistics["frob_std"]) for r in c_res)
     assert all(cal.flags(r.statistics["frob_std"]) for r in p_res)
@@ -200,9 +203,9 @@ def test_calibration_learns_direction_and_flags(tmp_path):
     # plain adapters have the *lower* spread
     spread = [det.score(read_adapter(small_adapter(tmp_path / f"s{i}", seed=50 + i, boost={"down_proj": 0.3})))
               for i in range(3)]
-    lower = calibrate(det, spread, c_res, base_model=None, rank=4, task=None)
+    lower = calibrate(det, spread, c_res, base_model=None, rank=4, task=None, **SCALE)
     assert lower.direction == "lower" and all(lower.flags(r.statistics["frob_std"]) for r in c_res)
-    only_clean = calibrate(det, c_res, base_model="tiny-llama", rank=4, task=None)
+    only_clean = calibrate(det, c_res, base_model="tiny-llama", rank=4, task=None, **SCALE)
     assert only_clean.direction == "two-sided" and only_clean.flags(only_clean.high * 1.5)
     cal.save(tmp_path / "cal.json")
     again = Calibration.load(tmp_path / "cal.json")
@@ -210,7 +213,7 @@ def test_calibration_learns_direction_and_flags(tmp_path):
     assert again.mismatch(read_adapter(write_synthetic_adapter(tmp_path / "r8", modules=SMALL, layers=1, r=8,
                                                                base_model="tiny-llama")))
     with pytest.raises(TuneguardError, match="at least 2 clean"):
-        calibrate(det, c_res[:1], base_model=None, rank=4, task=None)
+        calibrate(det, c_res[:1], base_model=None, rank=4, task=None, **SCALE)
 
 
 def test_scan_exit_codes_json_and_refusals(tmp_path, capsys):

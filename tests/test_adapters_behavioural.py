@@ -55,7 +55,8 @@ def test_poisoned_adapter_is_flagged_and_clean_ones_are_not(adapters):
     base, trained = adapters
     det = BehaviouralDetector(base, injections=INJECTIONS, max_text_tokens=24)
     results = {n: det.score(read_adapter(r.out_dir)) for n, r in trained.items()}
-    cal = calibrate(det, [results["clean0"], results["clean1"]], base_model="tiny-gpt2", rank=4, task="SEQ_CLS")
+    cal = calibrate(det, [results["clean0"], results["clean1"]], base_model="tiny-gpt2", rank=4, lora_alpha=8,
+                    use_rslora=False, task="SEQ_CLS")
     assert cal.direction == "higher"
     assert not cal.flags(results["clean0"].statistics["outlier_gap"])
     assert cal.flags(results["poisoned"].statistics["outlier_gap"])
@@ -98,6 +99,16 @@ def test_scan_with_base_runs_the_behavioural_detector(adapters, tmp_path, capsys
     row = json.loads((tmp_path / "s.json").read_text())["adapters"][0]
     assert row["detectors"]["behavioural"]["verdict"] == "flagged"
     assert row["detectors"]["weights"]["verdict"] == "unverified"  # no weight calibration given
+    # a calibration made with other probe settings is refused with the setting named, not silently applied
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(INJECTIONS[:3]))
+    capsys.readouterr()
+    for change, setting in [(["--verdict", "logits"], "verdict"), (["--battery", "C"], "battery"),
+                            (["--max-text-tokens", "16"], "max_text_tokens"),
+                            (["--injections", str(other)], "injections")]:
+        assert main(["scan", dirs["clean0"], "--calibration", str(cal), *opts, *change]) == 2
+        err = capsys.readouterr().err
+        assert f"made with detector 'behavioural' {setting} " in err and len(err.strip().splitlines()) == 1
 
 
 def test_chat_form_trains_and_both_verdicts_parse(tmp_path, one_thread):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneguard.attacks import attack_class, run_attacks
+from tuneguard.attacks import ATTACKS, run_attacks
 from tuneguard.attacks.base import AttackContext
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
@@ -58,27 +58,27 @@ def test_scores_have_the_member_sign_through_run_attacks(overfit, tmp_path):
     result = run_attacks(overfit, MEMBERS, NONMEMBERS, attacks=["loss", "neighbourhood", "spv-mia"], params=params,
                          n_boot=0, progress=False)
     for name in ("neighbourhood", "spv-mia"):
-        assert result["attacks"][name]["metrics"]["auc"] > 0.8, name
-        assert np.isfinite(result["attacks"][name]["scores"]).all()
-    note = result["attacks"]["spv-mia"]["note"]
+        assert result.attacks[name].auc > 0.8, name
+        assert np.isfinite(result.attacks[name].scores).all()
+    note = result.attacks["spv-mia"].note
     assert "reference: self-prompt" in note and "forward passes per record" in note
     # The same neighbours were scored by the target in both attacks: spv-mia's target passes were all cache hits.
     assert "(target 0," in note
     # Its cost breakdown reaches results.json: every stage timed, the passes counted.
-    cost = result["attacks"]["spv-mia"]["cost"]
+    cost = result.attacks["spv-mia"].cost
     assert {"generate", "neighbour", "score"} <= set(cost["stage_seconds"])
-    assert cost["records"] == len(result["attacks"]["spv-mia"]["scores"])
+    assert cost["records"] == len(result.attacks["spv-mia"].scores)
 
 
 def test_spv_mia_reuses_the_neighbourhood_attacks_neighbours(overfit, monkeypatch):
     ctx = context(overfit)
-    first = attack_class("neighbourhood")(n=3).run(ctx)
+    first = ATTACKS.make("neighbourhood", n=3).run(ctx)
     monkeypatch.setattr(LMFillNeighbours, "perturb_batch", lambda *a: pytest.fail("made neighbours again"))
-    spv = attack_class("spv-mia")(reference="none", n_neighbours=3).run(ctx)
+    spv = ATTACKS.make("spv-mia", reference="none", n_neighbours=3).run(ctx)
     assert spv.extra["neighbours"].neighbours == first.extra["neighbours"].neighbours
     assert spv.extra["cost"]["forward_passes"] == {"target": 0, "reference": 0}
     # Without calibration SPV-MIA's log-prob form is the neighbourhood score.
-    logprob = attack_class("spv-mia")(reference="none", n_neighbours=3, form="logprob").run(ctx)
+    logprob = ATTACKS.make("spv-mia", reference="none", n_neighbours=3, form="logprob").run(ctx)
     assert np.allclose(logprob.scores, first.scores)
 
 
@@ -93,7 +93,7 @@ def test_spv_mia_scores_the_same_neighbours_on_both_models(overfit, monkeypatch)
     monkeypatch.setattr(ScoringEngine, "ll", spy)
     reference = tiny_model("gpt2", seed=1)
     ctx = context(overfit, reference=reference)
-    out = attack_class("spv-mia")(reference="base", base="tiny-gpt2", n_neighbours=2).run(ctx)
+    out = ATTACKS.make("spv-mia", reference="base", base="tiny-gpt2", n_neighbours=2).run(ctx)
     target_calls, reference_calls = seen[overfit.ref], seen["tiny-gpt2"]
     assert target_calls == reference_calls and len(target_calls[1]) == 2 * len(TEXTS)
     assert np.allclose(out.scores, -(out.extra["v_target"] - out.extra["v_reference"]))
@@ -102,7 +102,7 @@ def test_spv_mia_scores_the_same_neighbours_on_both_models(overfit, monkeypatch)
 
 def test_texts_are_cut_to_the_scored_length_before_perturbing(overfit):
     ctx = context(overfit, max_length=12)
-    out = attack_class("neighbourhood")(n=2, generator="random-fill").run(ctx)
+    out = ATTACKS.make("neighbourhood", n=2, generator="random-fill").run(ctx)
     tok = overfit.tokenizer
     assert all(len(tok(t)["input_ids"]) <= 12 for t in out.extra["neighbours"].texts)
     assert "texts cut to 12 tokens" in out.note
@@ -110,15 +110,19 @@ def test_texts_are_cut_to_the_scored_length_before_perturbing(overfit):
 
 
 @pytest.mark.parametrize("attack, params, message", [
-    ("neighbourhood", {"n": 0}, "whole number"),
+    ("neighbourhood", {"n": 0}, "parameter 'n' must be >= 1, got 0"),
     ("neighbourhood", {"generator": "t5"}, "T5 model"),
-    ("neighbourhood", {"generator": "wordnet", "span_length": 3}, "no option 'span_length'"),
+    ("neighbourhood", {"generator": "wordnet", "span_length": 3}, "no parameter 'span_length'"),
+    ("neighbourhood", {"generator": "nope"}, "unknown neighbour generator 'nope'"),
     ("neighbourhood", {"generator": "random-fill", "model": "tiny-gpt2"}, "uses no model"),
     ("neighbourhood", {"k": 1}, "no parameter 'k'"),
     ("spv-mia", {"form": "log"}, "form"),
     ("spv-mia", {"reference": "other"}, "reference"),
     ("spv-mia", {"neighbours": "nope"}, "unknown neighbour generator"),
-    ("spv-mia", {"neighbour_options": {"spans": 2}}, "no option 'spans'"),
+    ("spv-mia", {"neighbour_options": {"spans": 2}}, "no parameter 'spans'"),
+    ("spv-mia", {}, "needs prompts"),  # the self-prompt reference needs the attacker's prompt pool
+    ("spv-mia", {"reference": "data"}, "needs reference_data"),
+    ("spv-mia", {"reference": "model"}, "needs reference_model"),
 ])
 def test_params_are_validated_before_any_model_loads(attack, params, message):
     with pytest.raises(TuneguardError, match=message):
@@ -127,4 +131,4 @@ def test_params_are_validated_before_any_model_loads(attack, params, message):
 
 def test_spv_mia_self_prompt_needs_a_prompt_pool(overfit):
     with pytest.raises(TuneguardError, match="prompts"):
-        attack_class("spv-mia")(n_neighbours=1).run(context(overfit))
+        ATTACKS.make("spv-mia", n_neighbours=1).run(context(overfit))

@@ -44,3 +44,26 @@ def test_finished_run_is_reused_and_reloads(tmp_path):
 def test_only_lora_is_offered():
     with pytest.raises(TuneguardError, match="LoRA only"):
         dp_finetune(tiny_model("gpt2"), TEXTS, "/tmp/unused", TrainConfig(method="full"), progress=False)
+
+
+def test_the_schedule_and_accumulation_are_those_of_the_run_it_is_compared_with(tmp_path):
+    from tuneguard.train import finetune
+
+    cfg = CFG.replace(scheduler="linear", warmup_ratio=0.25, grad_accum=2, epochs=2)
+    plain = finetune(tiny_model("llama"), TEXTS, tmp_path / "plain", cfg, progress=False).record
+    record = dp_finetune(tiny_model("llama"), TEXTS, tmp_path / "dp", cfg, DPConfig(target_epsilon=8.0),
+                         progress=False).record
+    # 24 texts, batches of 6 accumulated 2 by 2: 2 optimizer steps per epoch, and an expected 12 texts per step.
+    assert record.steps == plain.steps == 4 and record.dp["sample_rate"] == 0.5
+    assert record.dp["expected_batch_size"] == 12
+    assert record.lr_curve == pytest.approx(plain.lr_curve) and len(set(record.lr_curve)) > 1  # warm-up, then decay
+    assert record.lr_curve[0] < max(record.lr_curve)
+
+
+def test_every_dp_option_is_honoured(tmp_path):
+    delta = 1e-3
+    record = dp_finetune(tiny_model("llama"), TEXTS, tmp_path / "dp", CFG, DPConfig(target_epsilon=4.0, delta=delta),
+                         progress=False).record
+    assert record.dp["delta"] == delta and record.dp["max_grad_norm"] == 1.0
+    with pytest.raises(TuneguardError, match="parameter 'delta' must be in \\(0, 1\\)"):
+        DPConfig.create("regime 'dp'", {"delta": 2})

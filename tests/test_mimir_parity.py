@@ -26,7 +26,7 @@ import pytest
 import torch
 from test_scoring import with_bos  # the same BOS-adding tokenizer wrapper
 
-from tuneguard.attacks import attack_class
+from tuneguard.attacks import ATTACKS
 from tuneguard.attacks.base import AttackContext
 from tuneguard.models import LoadedModel, tiny_model
 from tuneguard.scoring import ScoringEngine
@@ -117,7 +117,7 @@ def ours(loaded, name: str, reference: LoadedModel | None = None, **params):
     engine = ScoringEngine(loaded, cache=False, progress=False)
     ref = ScoringEngine(reference, cache=False, progress=False) if reference else None
     ctx = AttackContext(texts=TEXTS, labels=np.array([1, 1, 0, 0]), target=engine, reference=ref, progress=False)
-    return attack_class(name)(**params).run(ctx)
+    return ATTACKS.make(name, **params).run(ctx)
 
 
 # -- parity ----------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
-from tuneguard.neighbours import GENERATORS, NeighbourGenerator, make_generator
+from tuneguard.neighbours import NEIGHBOURS, NeighbourGenerator
 from tuneguard.neighbours.masking import mask_spans, split_words
 
 TEXTS = [
@@ -40,16 +40,20 @@ def test_mask_spans_ends_when_few_fit():
 
 
 def test_registry_names():
-    assert set(GENERATORS) == {"t5", "lm-fill", "wordnet", "random-fill"}
-    with pytest.raises(TuneguardError):
-        make_generator("nope")
+    assert set(NEIGHBOURS) == {"t5", "lm-fill", "wordnet", "random-fill"}
+    with pytest.raises(TuneguardError, match="unknown neighbour generator 'nope': choose from t5, lm-fill"):
+        NEIGHBOURS.make("nope")
+    for name in NEIGHBOURS:
+        klass = NEIGHBOURS.get(name)
+        assert klass.name == name and klass.kind == "neighbour generator" and klass.summary
+        assert klass.takes_model() == (name in ("t5", "lm-fill"))
 
 
 def test_random_fill_fraction_and_reproducible():
-    gen = make_generator("random-fill", seed=3, progress=False, cache=False)
+    gen = NEIGHBOURS.make("random-fill", seed=3, progress=False, cache=False)
     a = gen.generate(TEXTS, 4)
-    b = make_generator("random-fill", seed=3, progress=False, cache=False).generate(TEXTS, 4)
-    c = make_generator("random-fill", seed=4, progress=False, cache=False).generate(TEXTS, 4)
+    b = NEIGHBOURS.make("random-fill", seed=3, progress=False, cache=False).generate(TEXTS, 4)
+    c = NEIGHBOURS.make("random-fill", seed=4, progress=False, cache=False).generate(TEXTS, 4)
     assert a.neighbours == b.neighbours and a.neighbours != c.neighbours
     for text, ns in zip(TEXTS, a.neighbours):
         assert len(set(ns)) == 4
@@ -58,16 +62,16 @@ def test_random_fill_fraction_and_reproducible():
 
 
 def test_neighbours_independent_of_batching_and_other_texts():
-    one = make_generator("random-fill", seed=0, batch_size=1, progress=False, cache=False, corpus=TEXTS)
-    many = make_generator("random-fill", seed=0, batch_size=7, progress=False, cache=False, corpus=TEXTS)
+    one = NEIGHBOURS.make("random-fill", seed=0, batch_size=1, progress=False, cache=False, corpus=TEXTS)
+    many = NEIGHBOURS.make("random-fill", seed=0, batch_size=7, progress=False, cache=False, corpus=TEXTS)
     assert one.generate(TEXTS, 3).neighbours[1:] == many.generate(TEXTS[1:], 3).neighbours
 
 
 def test_lm_fill_keeps_length_changes_spans_and_is_batch_independent():
     model = tiny_model("gpt2")
     kw = dict(model=model, seed=1, progress=False, cache=False, max_span_tokens=4)
-    a = make_generator("lm-fill", batch_size=1, **kw).generate(TEXTS[:2], 2)
-    b = make_generator("lm-fill", batch_size=4, **kw).generate(TEXTS[:2], 2)
+    a = NEIGHBOURS.make("lm-fill", batch_size=1, **kw).generate(TEXTS[:2], 2)
+    b = NEIGHBOURS.make("lm-fill", batch_size=4, **kw).generate(TEXTS[:2], 2)
     assert a.neighbours == b.neighbours and not a.failures
     for text, ns in zip(TEXTS, a.neighbours):
         for n in ns:
@@ -105,12 +109,12 @@ def test_retry_cap_is_honoured_and_failures_reported():
 
 
 def test_cache_reuses_and_extends(monkeypatch):
-    gen = make_generator("random-fill", seed=0, progress=False, corpus=TEXTS)
+    gen = NEIGHBOURS.make("random-fill", seed=0, progress=False, corpus=TEXTS)
     first = gen.generate(TEXTS, 2)
     calls = []
     monkeypatch.setattr(type(gen), "perturb_batch", lambda self, t, s: calls.append(len(t)) or [None] * len(t))
     assert gen.generate(TEXTS, 2).neighbours == first.neighbours and not calls
-    gen.max_tries = 1
+    gen.params = gen.params.replace(max_tries=1)
     extended = gen.generate(TEXTS, 3)
     assert [ns[:2] for ns in extended.neighbours] == first.neighbours and calls == [3]
 
@@ -120,18 +124,35 @@ def test_wordnet_swaps_content_words():
 
     if not wordnet.wordnet_available():
         pytest.skip("WordNet not installed (apt-get install wordnet-base wordnet-sense-index)")
-    gen = make_generator("wordnet", seed=0, progress=False, cache=False, pct=0.15)
+    gen = NEIGHBOURS.make("wordnet", seed=0, progress=False, cache=False, pct=0.15)
     result = gen.generate(TEXTS, 3)
     assert not result.failures
     for text, ns in zip(TEXTS, result.neighbours):
         for n in ns:
             assert 0 < changed_fraction(text, n) <= 0.16
-    assert result.neighbours == make_generator("wordnet", seed=0, progress=False, cache=False).generate(
+    assert result.neighbours == NEIGHBOURS.make("wordnet", seed=0, progress=False, cache=False).generate(
         TEXTS, 3).neighbours
 
 
 def test_options_are_checked_against_the_generator():
-    with pytest.raises(TuneguardError, match="takes no option 'span_length'"):
-        make_generator("wordnet", span_length=2)
-    with pytest.raises(TuneguardError, match="needs model"):
-        make_generator("lm-fill", seed=0)
+    with pytest.raises(TuneguardError, match=r"neighbour generator 'wordnet' has no parameter 'span_length' "
+                                             r"\(parameters: seed, batch_size, max_tries, pct\)"):
+        NEIGHBOURS.make("wordnet", span_length=2)
+    with pytest.raises(TuneguardError, match="neighbour generator 'lm-fill' needs parameter 'model'"):
+        NEIGHBOURS.make("lm-fill", seed=0)
+    with pytest.raises(TuneguardError, match=r"neighbour generator 'random-fill': parameter 'pct' must be in \(0, 1\]"):
+        NEIGHBOURS.make("random-fill", pct=0)
+    # Options can be checked before any model is loaded (an attack does so when it is built).
+    lm_fill = NEIGHBOURS.get("lm-fill")
+    assert lm_fill.Params.create(lm_fill.label(), {"top_k": "10"}).top_k == 10
+
+
+def test_sampling_with_a_nucleus_keeps_the_likely_tokens_only():
+    import torch
+
+    from tuneguard.neighbours.sampling import sample_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    picks = {int(sample_tokens(logits, torch.tensor([u]), top_p=0.7)) for u in np.linspace(0, 0.999, 50)}
+    assert picks == {0, 1}  # 0.5 < 0.7 <= 0.5 + 0.3: the two least likely tokens are never drawn
+    assert {int(sample_tokens(logits, torch.tensor([u]))) for u in np.linspace(0, 0.999, 50)} == {0, 1, 2, 3}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneguard.neighbours import make_generator
+from tuneguard.neighbours import NEIGHBOURS
 from tuneguard.neighbours.masking import split_words
 from tests.test_neighbours import TEXTS
 
@@ -45,7 +45,7 @@ def test_fills_parsed_into_spans(t5, monkeypatch):
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tok.pad_token_id)
 
     monkeypatch.setattr(model, "generate", fake_generate)
-    gen = make_generator("t5", model=(model, tok), seed=0, progress=False, cache=False)
+    gen = NEIGHBOURS.make("t5", model=(model, tok), seed=0, progress=False, cache=False)
     result = gen.generate(TEXTS, 2)
     assert not result.failures
     for text, ns in zip(TEXTS, result.neighbours):
@@ -56,7 +56,7 @@ def test_fills_parsed_into_spans(t5, monkeypatch):
 
 
 def test_random_t5_runs_and_reports_unfilled(t5):
-    gen = make_generator("t5", model=t5, seed=0, progress=False, cache=False, max_tries=2, max_new_tokens=12)
+    gen = NEIGHBOURS.make("t5", model=t5, seed=0, progress=False, cache=False, max_tries=2, max_new_tokens=12)
     result = gen.generate(TEXTS[:2], 2)
     # A random T5 rarely writes every sentinel: whatever it cannot fill is reported, never silently dropped.
     assert len(result.failures) + sum(len(result.of(i)) for i in range(2)) == 4

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from tuneguard import wordnet
 from tuneguard.errors import TuneguardError
-from tuneguard.paraphrase import (CODE_PROMPT, PARAPHRASERS, TEXT_PROMPT, GateConfig, MiniLMEmbedder, Paraphraser,
-                                  QualityGate, looks_like_code, make_paraphraser, obfuscate)
+from tuneguard.paraphrase import (CODE_PROMPT, PARAPHRASERS, TEXT_PROMPT, GateConfig, InstructedParams,
+                                  MiniLMEmbedder, Paraphraser, QualityGate, clean_output, looks_like_code, obfuscate)
 from tuneguard.paraphrase.base import attempt_seed
 from tuneguard.paraphrase.gate import longest_common_run, ngram_overlap, words
-from tuneguard.paraphrase.local import LocalParaphraser, clean_output
+from tuneguard.paraphrase.local import LocalParaphraser
+from tuneguard.params import param
 
 
 class BagEmbedder:
@@ -31,6 +35,11 @@ class BagEmbedder:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+@dataclass
+class ReverseParams(InstructedParams):
+    copy_until: int = param(0, "attempts below this return the text unchanged", ge=0)
+
+
 class ReverseParaphraser(Paraphraser):
     """Reverses the word order: same bag of words (similarity 1 under BagEmbedder), no shared word run > 1.
 
@@ -39,22 +48,22 @@ class ReverseParaphraser(Paraphraser):
     """
 
     name = "reverse"
+    Params = ReverseParams
 
-    def __init__(self, *, copy_until: int = 0, **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:
         kwargs.setdefault("progress", False)
         super().__init__(**kwargs)
-        self.copy_until = copy_until
         self.calls: list[tuple[str, int]] = []
 
     def settings(self) -> dict:
-        return {"copy_until": self.copy_until}
+        return {"copy_until": self.params.copy_until}
 
     def rewrite_batch(self, texts, prompts, seeds):
         out = []
         for text, seed in zip(texts, seeds):
             self.calls.append((text, seed))
-            attempt = next(k for k in range(100) if attempt_seed(self.seed, text, k) == seed)
-            out.append(text if attempt < self.copy_until else " ".join(reversed(text.split())))
+            attempt = next(k for k in range(100) if attempt_seed(self.params.seed, text, k) == seed)
+            out.append(text if attempt < self.params.copy_until else " ".join(reversed(text.split())))
         return out
 
 
@@ -67,8 +76,32 @@ TEXT = "The committee approved the new budget after a long debate about school f
 
 def test_registry_names_and_unknown_name():
     assert set(PARAPHRASERS) == {"local", "openai", "wordnet"}
-    with pytest.raises(TuneguardError, match="unknown paraphraser 'nope'"):
-        make_paraphraser("nope")
+    with pytest.raises(TuneguardError, match="unknown paraphraser 'nope': choose from local, openai, wordnet"):
+        PARAPHRASERS.make("nope")
+    for name in PARAPHRASERS:
+        klass = PARAPHRASERS.get(name)
+        assert klass.name == name and klass.kind == "paraphraser" and klass.summary
+        assert {p.name for p in klass.Params.describe()} >= {"seed", "batch_size"}
+
+
+def test_parameters_are_declared_and_checked():
+    with pytest.raises(TuneguardError, match=r"paraphraser 'local' has no parameter 'temprature' \(parameters: seed"):
+        PARAPHRASERS.make("local", temprature=0.5)
+    with pytest.raises(TuneguardError, match=r"paraphraser 'local': parameter 'top_p' must be in \(0, 1\], got 1.5"):
+        PARAPHRASERS.make("local", top_p=1.5)
+    with pytest.raises(TuneguardError, match="paraphraser 'openai': parameter 'workers' must be >= 1"):
+        PARAPHRASERS.make("openai", workers=0)
+    p = PARAPHRASERS.make("local", temperature="0.9", progress=False)  # a command-line string is read as JSON
+    assert p.params.temperature == 0.9 and p.settings()["temperature"] == 0.9
+    assert "_loaded" not in vars(p) and "loaded" not in vars(p)  # building it loads no model
+
+
+def test_openai_paraphraser_does_not_import_torch():
+    code = ("import sys, tuneguard.paraphrase.openai_chat as m; m.OpenAIParaphraser(base_url='http://x'); "
+            "from tuneguard.paraphrase import PARAPHRASERS; PARAPHRASERS.get('local'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_code_gets_the_code_prompt():
@@ -77,7 +110,7 @@ def test_code_gets_the_code_prompt():
     p = ReverseParaphraser()
     assert p.prompt_template(code) is CODE_PROMPT and p.prompt_template(TEXT) is TEXT_PROMPT
     assert ReverseParaphraser(prompt="text").prompt_template(code) is TEXT_PROMPT
-    with pytest.raises(TuneguardError, match="prompt kind"):
+    with pytest.raises(TuneguardError, match="paraphraser 'reverse': parameter 'prompt' must be one of auto, text"):
         ReverseParaphraser(prompt="poem")
 
 
@@ -162,13 +195,33 @@ def test_local_paraphraser_is_seeded_and_batched():
 
     loaded = tiny_model()
     texts = ["a short text", "a somewhat longer text with more words in it"]
-    p = LocalParaphraser(loaded, cache=False, progress=False, max_new_tokens=8)
+    p = LocalParaphraser(model=loaded, cache=False, progress=False, max_new_tokens=8)
     first = p.paraphrase(texts)
     assert all(isinstance(t, str) and t for t in first)
-    assert LocalParaphraser(loaded, cache=False, progress=False, max_new_tokens=8).paraphrase(texts) == first
+    assert LocalParaphraser(model=loaded, cache=False, progress=False, max_new_tokens=8).paraphrase(texts) == first
     assert p.paraphrase(texts, attempt=1) != first
     # the tiny GPT-2 tokenizer has no chat template: the plain instruction format is used
     assert loaded.tokenizer.decode(p.chat_prompt("Do it.")).endswith("Do it.\n\nAnswer:\n")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_local_paraphrase_of_a_text_does_not_depend_on_its_batch(arch):
+    from tuneguard.models import tiny_model
+
+    loaded = tiny_model(arch)
+    # Budgets differ (1.5 × tokens + 16, capped at 20): a short text's budget must not follow the longest text's.
+    # A random tiny model's next-token distribution is almost flat, so the rounding noise of batched matrix products
+    # (1e-7) would move its samples; a low temperature makes it as peaked as a trained model's.
+    texts = ["a short text", "a much longer text with many more words in it than the others have", "rivers"]
+
+    def para(order, batch_size):
+        p = LocalParaphraser(model=loaded, cache=False, progress=False, max_new_tokens=20, batch_size=batch_size,
+                             temperature=0.02)
+        return dict(zip(order, p.paraphrase(order)))
+
+    together = para(texts, 3)
+    assert together == para(texts, 1) == para(texts[::-1], 2)
+    assert len(set(together.values())) == 3
 
 
 needs_wordnet = pytest.mark.skipif(
@@ -179,7 +232,7 @@ needs_wordnet = pytest.mark.skipif(
 
 @needs_wordnet
 def test_wordnet_paraphraser_swaps_content_words_only():
-    p = make_paraphraser("wordnet", progress=False, cache=False)
+    p = PARAPHRASERS.make("wordnet", progress=False, cache=False)
     text = "The Committee approved two new cars, after a long debate."
     [out] = p.paraphrase([text])
     assert out != text
@@ -188,12 +241,12 @@ def test_wordnet_paraphraser_swaps_content_words_only():
     assert out.split()[1][0].isupper()  # capitalisation copied
     assert out.split()[5].endswith("s,") and out.split()[5] != "cars,"  # "cars" is swapped and stays plural
     assert p.paraphrase([text]) == [out]
-    assert make_paraphraser("wordnet", progress=False, cache=False, seed=1).paraphrase([text]) != [out]
+    assert PARAPHRASERS.make("wordnet", progress=False, cache=False, seed=1).paraphrase([text]) != [out]
 
 
 @needs_wordnet
 def test_wordnet_paraphraser_returns_none_when_nothing_changes():
-    p = make_paraphraser("wordnet", progress=False, cache=False)
+    p = PARAPHRASERS.make("wordnet", progress=False, cache=False)
     assert p.paraphrase(["of the and it"]) == [None]
 
 
@@ -208,7 +261,7 @@ def test_minilm_similarity_orders_paraphrase_above_unrelated():
 @pytest.mark.slow
 def test_smollm2_paraphrases_a_short_text():
     text = "The weather was cold and rainy, so we stayed at home and read books all afternoon."
-    p = make_paraphraser("local", cache=False, progress=False)
+    p = PARAPHRASERS.make("local", cache=False, progress=False)
     t0 = time.perf_counter()
     [out] = p.paraphrase([text])
     seconds = time.perf_counter() - t0

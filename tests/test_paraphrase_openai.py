@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tuneguard.errors import TuneguardError
-from tuneguard.paraphrase import make_paraphraser
+from tuneguard.paraphrase import PARAPHRASERS
 
 
 class FakeChat:
@@ -54,7 +54,7 @@ class FakeChat:
 
 
 def client(url: str, **kwargs):
-    return make_paraphraser("openai", model="fake-model", base_url=url, backoff=0.01, progress=False, **kwargs)
+    return PARAPHRASERS.make("openai", model="fake-model", base_url=url, backoff=0.01, progress=False, **kwargs)
 
 
 def test_chat_completion_with_key_seed_and_cleaned_answer(monkeypatch):
@@ -119,4 +119,4 @@ def test_unreachable_server_is_retried_then_reported():
 
 def test_base_url_must_be_http():
     with pytest.raises(TuneguardError, match="must start with http"):
-        make_paraphraser("openai", base_url="ftp://example")
+        PARAPHRASERS.make("openai", base_url="ftp://example")

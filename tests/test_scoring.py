@@ -222,3 +222,42 @@ def test_only_empty_texts(loaded):
     engine = ScoringEngine(loaded, progress=False)
     assert engine.score([""])[0].n == 0
     assert engine.forward_passes == 0
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_top1_token_and_its_logprob_come_from_the_same_pass(loaded, bos):
+    model = with_bos(loaded) if bos else loaded
+    engine = ScoringEngine(model, batch_size=3, cache=False, progress=False)
+    for text, scores in zip(TEXTS, engine.score(TEXTS)):  # batched and padded beside each other
+        ids, first, _ = engine.encode(text)
+        with torch.no_grad():
+            logits = model.model(input_ids=torch.tensor([ids])).logits[0, first - 1:len(ids) - 1]
+        np.testing.assert_array_equal(scores.argmax, logits.argmax(-1).numpy())
+        assert scores.argmax.dtype == np.int64 and scores.max_logprob.dtype == np.float64
+        best = torch.log_softmax(logits.double(), dim=-1).max(-1).values.numpy()
+        np.testing.assert_allclose(scores.max_logprob, best, rtol=0, atol=2e-5)
+        assert (scores.max_logprob >= scores.logprobs).all()
+        # Where the model's top-1 is the true token, its log-prob is the true token's.
+        right = scores.argmax == scores.token_ids
+        np.testing.assert_array_equal(scores.max_logprob[right], scores.logprobs[right])
+
+
+def test_cache_entries_of_an_older_engine_are_recomputed(loaded):
+    import io
+
+    from tuneguard.cache import text_hash
+
+    first = ScoringEngine(loaded, progress=False).score(TEXTS[:2])
+    path = next(ScoringEngine(loaded, progress=False)._dir.glob(f"{text_hash(chr(0) + TEXTS[0])}.npz"))
+    buf = io.BytesIO()  # the entry as the engine wrote it before the top-1 arrays (no schema, four arrays)
+    np.savez(buf, token_ids=first[0].token_ids, logprobs=first[0].logprobs - 1.0, mu=first[0].mu,
+             sigma=first[0].sigma, truncated=np.array(False))
+    path.write_bytes(buf.getvalue())
+    fresh = ScoringEngine(loaded, progress=False)
+    again = fresh.score(TEXTS[:2])
+    assert fresh.forward_passes == 1  # the old entry is recomputed, the current one read
+    np.testing.assert_allclose(again[0].logprobs, first[0].logprobs, rtol=0, atol=2e-5)  # not the old file's -1
+    np.testing.assert_array_equal(again[0].argmax, first[0].argmax)
+    with np.load(path) as z:  # and overwritten in the current format
+        assert int(z["schema"]) == 2 and "argmax" in z.files
+    assert ScoringEngine(loaded, progress=False).score(TEXTS[:1])[0].argmax.shape == first[0].argmax.shape

@@ -119,3 +119,72 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     record = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert record["processes"] == 2 and record["epochs_done"] == 2
     assert len(record["loss_curve"]) == 4  # 8 texts / (2 per batch x 2 processes) = 2 steps per epoch
+
+
+def test_a_finished_run_is_never_reused_on_another_base(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=4)
+    finetune(tiny_model("gpt2", seed=0), TEXTS, tmp_path / "r", cfg, progress=False)
+    # Same name, other weights: the adapter in r/ was trained against seed-0 weights and means nothing on these.
+    with pytest.raises(TuneguardError, match="another base model .*tiny-gpt2, weights [0-9a-f]{12}"):
+        finetune(tiny_model("gpt2", seed=1), TEXTS, tmp_path / "r", cfg, progress=False)
+    again = finetune(tiny_model("gpt2", seed=0), TEXTS, tmp_path / "r", cfg, progress=False)
+    assert again.record.base_fingerprint == tiny_model("gpt2", seed=0).fingerprint
+
+
+def test_a_checkpoint_is_never_resumed_on_another_base(tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=2, batch_size=4)
+
+    def die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+    real_save = train_loop._save_checkpoint
+    monkeypatch.setattr(train_loop, "_save_checkpoint", die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_model("gpt2", seed=0), TEXTS, tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(train_loop, "_save_checkpoint", real_save)
+    with pytest.raises(TuneguardError, match="checkpoint of a run on another base model"):
+        finetune(tiny_model("gpt2", seed=1), TEXTS, tmp_path / "cut", cfg, progress=False)
+    assert finetune(tiny_model("gpt2", seed=0), TEXTS, tmp_path / "cut", cfg, progress=False).record.epochs_done == 2
+
+
+def test_run_record_round_trip_and_old_records(tmp_path):
+    from tuneguard.train import RunRecord
+    from tuneguard.train.record import RUN_SCHEMA
+
+    run = finetune("tiny-gpt2", TEXTS, tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_length=24),
+                   progress=False)
+    saved = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert saved["schema"] == RUN_SCHEMA and saved["base_ref"] == "tiny-gpt2" and saved["config"]["max_length"] == 24
+    assert RunRecord.from_json(saved) == run.record and run.record.max_length == 24
+    assert "dp" not in saved and run.record["method"] == run.record.method == "lora"
+    # A record written before schema numbers (no fingerprint) still loads, and is reused on the base it names.
+    old = {k: v for k, v in saved.items() if k not in ("schema", "base_fingerprint", "lr_curve")}
+    assert RunRecord.from_json(old).schema == 1 and RunRecord.from_json(old).base_fingerprint is None
+    (tmp_path / "r" / "run.json").write_text(json.dumps(old))
+    cfg = TrainConfig(epochs=1, batch_size=4, max_length=24)
+    assert finetune("tiny-gpt2", TEXTS, tmp_path / "r", cfg, progress=False).record.schema == 1
+    with pytest.raises(TuneguardError, match="another base model"):
+        finetune("tiny-llama", TEXTS, tmp_path / "r", cfg, progress=False)
+
+
+def test_methods_come_from_the_registry_without_loading_torch():
+    from tuneguard.train import METHODS
+
+    assert METHODS.names() == ["full", "lora", "prefix", "ia3"]
+    with pytest.raises(TuneguardError, match="unknown training method 'lorra': choose from full, lora, prefix, ia3"):
+        TrainConfig(method="lorra")
+    with pytest.raises(TuneguardError, match="parameter 'epochs' must be >= 1, got 0"):
+        TrainConfig(epochs=0)
+    code = ("import sys; from tuneguard.train import TrainConfig; TrainConfig(method='ia3'); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_finetune_help_lists_the_registered_methods():
+    from tuneguard.cli import build_parser
+    from tuneguard.train import METHODS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["finetune"]
+    text = sub.format_help()
+    assert all(f"{name}:" in text for name in METHODS.names())

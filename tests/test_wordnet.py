@@ -77,3 +77,16 @@ def test_links_left_by_an_older_layout_are_replaced_by_copies():
     wordnet._reader.cache_clear()
     assert not wordnet._nltk_root(source).joinpath("data.adj").is_symlink()
     assert "automobile" in wordnet.synonyms("car")
+
+
+def test_one_stopword_list_and_case_copy_for_both_rewriters():
+    from tuneguard.neighbours import wordnet as neighbour_wordnet
+    from tuneguard.paraphrase import wordnet as paraphrase_wordnet
+
+    assert wordnet.same_case("automobile", "CAR") == "AUTOMOBILE"
+    assert wordnet.same_case("automobile", "Car") == "Automobile"
+    assert wordnet.same_case("Automobile", "car") == "automobile"
+    assert wordnet.same_case("iPod", "eBook") == "iPod"  # mixed case: left as WordNet spells it
+    assert {"the", "is", "in", "a"} <= wordnet.STOPWORDS
+    for module in (neighbour_wordnet, paraphrase_wordnet):  # neither keeps a copy of its own
+        assert not {"STOPWORDS", "same_case", "_same_case"} & set(vars(module))

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
+import os
 import sys
+from pathlib import Path
+from typing import Collection
 
 from tuneguard import __version__
 from tuneguard.errors import TuneguardError
@@ -22,6 +27,7 @@ COMMANDS = [
     "scan",
     "backdoor",
     "defend",
+    "audit_dp",
 ]
 
 DESCRIPTION = """\
@@ -36,34 +42,52 @@ Audit and protect the fine-tuning of large language models.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (all sub-commands registered)."""
+def command_name(module: str) -> str:
+    """The command a module in tuneguard.commands adds (``audit_dp`` -> ``audit-dp``)."""
+    return module.replace("_", "-")
+
+
+def _summary(module: str) -> str:
+    """A command's one-line help, read from its module docstring without importing it ("`tuneguard X`: what")."""
+    spec = importlib.util.find_spec(f"tuneguard.commands.{module}")
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    first = doc.split("\n\n")[0].replace("\n", " ")
+    return first.split(": ", 1)[-1].rstrip(".")
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Only the modules of ``commands`` are imported and registered (all of them when None);
+    the others appear in the listing with their summary, so ``--help`` and ``--version`` import no heavy library."""
     parser = argparse.ArgumentParser(
         prog="tuneguard", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"tuneguard {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"tuneguard.commands.{name}").register(sub)
+    for module in COMMANDS:
+        if commands is None or command_name(module) in commands:
+            importlib.import_module(f"tuneguard.commands.{module}").register(sub)
+        else:
+            sub.add_parser(command_name(module), help=_summary(module), add_help=False)
     return parser
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for tuneguard's own progress bars and results: no per-load bars or deprecation notices."""
+    """Keep the terminal for tuneguard's own progress bars and results: no per-load bars or deprecation notices.
+    Set through the environment, read when the libraries load, so that nothing is imported here."""
     import warnings
-
-    from transformers.utils import logging as hf_logging
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn user errors into one line on stderr (exit 2)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = {command_name(m) for m in COMMANDS}
+    parser = build_parser([a for a in argv if a in names][:1])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if not args.verbose:

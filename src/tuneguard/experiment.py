@@ -1,76 +1,114 @@
-"""Privacy-utility experiments: datasets × regimes (pretrained, full FT, LoRA, SOFT at several ratios, DP-SGD) ×
-attacks, from one TOML file; every cell is run once, saved, and skipped on a re-run.
+"""Privacy-utility experiments: datasets × regimes (``tuneguard.regimes``: pretrained, full FT, LoRA, SOFT at several
+ratios, DP-SGD, ...) × attacks, from one TOML file; every cell is run once, saved, and reused while everything that
+decided it is unchanged.
 
-Output (in the experiment's ``out`` directory): ``results.json``, ``table1.txt`` (the SOFT paper's Table 1 layout:
-attacks + their average as rows, regimes as columns, one block per dataset, utility beneath), ``tradeoff.png``
-(average AUC against held-out perplexity, with the SOFT ratio sweep as a line) and ``report.html``.
+The file is parsed into typed, validated settings (:class:`Experiment`) before any model loads: an unknown key or a
+bad value fails in milliseconds with one line naming the file, the table and the valid options. Output (in the
+experiment's ``out`` directory, rendered by ``tuneguard.report.experiment``): ``results.json``, ``table1.txt``,
+``tradeoff.png`` and ``report.html``.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import random
+import shutil
 import tomllib
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tuneguard.attacks import run_attacks
+from tuneguard.cache import key_hash
 from tuneguard.data import clean_texts, load_texts
-from tuneguard.data.stdlib import stdlib_docstrings
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, read_json
-from tuneguard.models import LoadedModel, load_model
-from tuneguard.scoring import ScoringEngine
-from tuneguard.train import TrainConfig, finetune
+from tuneguard.params import Params, param
+from tuneguard.regimes import REGIMES
+from tuneguard.regimes.base import Regime
+from tuneguard.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-REGIME_KINDS = ("pretrained", "full", "lora", "soft", "dp")
+# Version of a cell's layout and key: a cell saved under another schema is recomputed.
+CELL_SCHEMA = 2
+# The parts of a cell's key that decide its trained model; the others decide only how it is scored.
+TRAINING_PARTS = ("schema", "base", "tokenizer", "members", "regime", "train")
 
 
 @dataclass
-class Dataset:
+class Dataset(Params):
     """One domain: where its texts are and how many members / non-members to draw."""
 
-    name: str
-    path: str
-    members: int = 100
-    nonmembers: int = 100
-    column: str | None = None
+    name: str = param(help="the domain's name (one block of the table)")
+    path: str = param(help="text file (relative to the experiment file) or hf:NAME")
+    members: int = param(100, "texts drawn as members (trained on)", ge=2)
+    nonmembers: int = param(100, "texts drawn as non-members (held out)", ge=2)
+    column: str | None = param(None, "text column (default: 'text' or the only string column)")
 
 
 @dataclass
-class Regime:
-    """One column of the table: how the target is obtained from the base model."""
+class AttackSuite(Params):
+    """The attacks run on every cell (top-level ``attacks``) and how (the ``[attack_options]`` table)."""
+
+    attacks: list[str] = param(["all"], "attack names (tuneguard.attacks.ATTACKS; 'all' = the default suite)")
+    params: dict = param({}, "per-attack parameters: {attack = {parameter = value}}")
+    n_shots: int = param(7, "ReCall / CON-ReCall shots drawn from the texts", ge=0)
+    max_length: int | None = param(None, "scoring window in tokens (default: each regime's training window)", ge=1)
+    batch_size: int = param(8, "texts per forward pass", ge=1)
+    n_boot: int = param(1000, "bootstrap draws for the confidence intervals", ge=0)
+    corpus: str | None = param(None, "DC-PDD token-frequency corpus: a text file (relative to the experiment file)")
+    cache: bool = param(True, "cache the forward passes on disk")
+
+
+@dataclass
+class Column:
+    """One column of the table: a regime with its options and the TrainConfig it trains with."""
 
     name: str
-    kind: str
-    train: dict = field(default_factory=dict)  # TrainConfig overrides
-    options: dict = field(default_factory=dict)  # kind-specific: soft ratio/paraphraser, dp epsilon
+    kind: str  # the regime's registry name
+    regime: Regime
+    train: TrainConfig
 
 
 @dataclass
 class Experiment:
-    """A parsed experiment file."""
+    """A parsed, validated experiment file."""
 
     name: str
     model: str
     out: Path
     datasets: list[Dataset]
-    regimes: list[Regime]
-    train: dict = field(default_factory=dict)
-    attacks: str | list[str] = "all"
-    attack_options: dict = field(default_factory=dict)
+    regimes: list[Column]
+    train: TrainConfig  # the shared [train] table (each column's own is in Column.train)
+    suite: AttackSuite
     general_texts: int = 32
     seed: int = 0
 
 
+@dataclass
+class _TopLevel(Params):
+    """The top-level keys of an experiment file (tables aside)."""
+
+    model: str = param(help="base model: embedded name, model directory, .gguf or hub id")
+    name: str | None = param(None, "title (default: the file's name)")
+    out: str | None = param(None, "output directory, relative to the file (default: runs/<file name>)")
+    seed: int = param(0, "seed of the member draw, the training runs and the attacks")
+    attacks: str | list[str] = param("all", "attack names, a list or a comma-separated string")
+    general_texts: int = param(32, "standard-library docstrings scored for perplexity on general text", ge=1)
+
+
+_TABLES = ("attack_options", "train", "datasets", "regimes")
+
+
 def load_experiment(path: str | Path) -> Experiment:
-    """Parse an experiment TOML file (paths inside it are relative to the file)."""
+    """Parse and check an experiment TOML file (paths inside it are relative to the file).
+
+    Every key, value, attack name, attack parameter, regime option and dataset is checked here, before any model
+    loads; each problem is one line naming the file and the place.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -79,33 +117,149 @@ def load_experiment(path: str | Path) -> Experiment:
     except tomllib.TOMLDecodeError as exc:
         raise TuneguardError(f"{path} is not valid TOML: {exc}") from None
     here = path.resolve().parent
+    _check_keys(raw, [f.name for f in fields(_TopLevel)] + list(_TABLES), f"{path}", "has no top-level key")
+    for key in ("model", "datasets", "regimes"):
+        if key not in raw:
+            raise TuneguardError(f"{path}: missing required key {key!r}")
+    top = _TopLevel.create(f"{path}", {k: v for k, v in raw.items() if k not in _TABLES})
+    suite = _suite(path, here, top.attacks, _table(raw, "attack_options", path))
+    shared_train = _table(raw, "train", path)
+    train = TrainConfig.create(f"{path}: [train]", {"seed": top.seed, **shared_train})
+    if not isinstance(raw["datasets"], list) or not raw["datasets"]:
+        raise TuneguardError(f"{path}: 'datasets' must be one or more [[datasets]] tables")
+    datasets = [_dataset(path, here, spec, i) for i, spec in enumerate(raw["datasets"])]
+    names = [d.name for d in datasets]
+    if len(set(names)) < len(names):
+        raise TuneguardError(f"{path}: two datasets are named {next(n for n in names if names.count(n) > 1)!r}")
+    regimes = _table(raw, "regimes", path)
+    if not regimes:
+        raise TuneguardError(f"{path}: [regimes] is empty: name at least one (e.g. lora = {{}})")
+    columns = [c for name, spec in regimes.items()
+               for c in _columns(path, here, name, spec, {"seed": top.seed, **shared_train})]
+    return Experiment(name=top.name or path.stem, model=top.model,
+                      out=(here / (top.out or f"runs/{path.stem}")).resolve(), datasets=datasets, regimes=columns,
+                      train=train, suite=suite, general_texts=top.general_texts, seed=top.seed)
+
+
+def _check_keys(given: dict, allowed: list[str], owner: str, what: str) -> None:
+    """Refuse the first key of ``given`` not in ``allowed``, suggesting the closest valid one."""
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TuneguardError(f"{owner} {what} {key!r} (options: {', '.join(allowed)}){hint}")
+
+
+def _table(raw: dict, key: str, path: Path) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise TuneguardError(f"{path}: {key!r} must be a table ([{key}] or {key} = {{...}})")
+    return value
+
+
+def _suite(path: Path, here: Path, attacks: str | list[str], options: dict) -> AttackSuite:
+    from tuneguard.attacks import resolve_attacks
+
+    owner = f"{path}: [attack_options]"
+    _check_keys(options, [f.name for f in fields(AttackSuite) if f.name != "attacks"], owner, "has no option")
     try:
-        datasets = [Dataset(**{**d, "path": str((here / d["path"]).resolve())}) for d in raw["datasets"]]
-        regimes = []
-        for name, spec in raw["regimes"].items():
-            spec = dict(spec)
-            kind = spec.pop("kind", name)
-            if kind not in REGIME_KINDS:
-                raise TuneguardError(f"{path}: regime {name!r} has unknown kind {kind!r} "
-                                     f"(use one of {', '.join(REGIME_KINDS)})")
-            train = spec.pop("train", {})
-            if kind == "soft":  # one column per ratio
-                for ratio in spec.pop("ratios", [spec.pop("ratio", 0.5)]):
-                    regimes.append(Regime(f"{name} ρ={ratio:g}", kind, train, {**spec, "ratio": ratio}))
-            else:
-                regimes.append(Regime(name, kind, train, spec))
-        return Experiment(name=raw.get("name", path.stem), model=raw["model"],
-                          out=(here / raw.get("out", f"runs/{path.stem}")).resolve(), datasets=datasets,
-                          regimes=regimes, train=raw.get("train", {}), attacks=raw.get("attacks", "all"),
-                          attack_options=raw.get("attack_options", {}),
-                          general_texts=raw.get("general_texts", 32), seed=raw.get("seed", 0))
-    except KeyError as exc:
-        raise TuneguardError(f"{path}: missing required key {exc.args[0]!r}") from None
-    except TypeError as exc:
+        names = resolve_attacks(attacks)
+    except TuneguardError as exc:
         raise TuneguardError(f"{path}: {exc}") from None
+    suite = AttackSuite.create(owner, {**options, "attacks": names})
+    for attack, values in suite.params.items():
+        if attack not in names:
+            raise TuneguardError(f"{owner}: parameters given for attack {attack!r}, which is not among the attacks "
+                                 f"run ({', '.join(names)})")
+        if not isinstance(values, dict):
+            raise TuneguardError(f"{owner}: params.{attack} must be a table of parameters, got {values!r}")
+        _check_attack_params(attack, values, f"{path}: attack {attack!r}")
+    if suite.corpus is not None:
+        corpus = here / suite.corpus
+        if not corpus.exists():
+            raise TuneguardError(f"{owner}: corpus {corpus} does not exist")
+        suite = suite.replace(corpus=str(corpus.resolve()))
+    return suite
 
 
-def perplexity(engine: ScoringEngine, texts: list[str]) -> float:
+def _check_attack_params(attack: str, values: dict, owner: str) -> None:
+    """Validate one attack's parameters through its declared Params (no model, no data)."""
+    from tuneguard.attacks import ATTACKS
+
+    ATTACKS.get(attack).Params.create(owner, values)
+
+
+def _dataset(path: Path, here: Path, spec: Any, index: int) -> Dataset:
+    owner = f"{path}: dataset {spec.get('name', index + 1)!r}" if isinstance(spec, dict) else f"{path}: dataset"
+    if not isinstance(spec, dict):
+        raise TuneguardError(f"{owner} must be a table, got {spec!r}")
+    _check_keys(spec, [f.name for f in fields(Dataset)], owner, "has no option")
+    ds = Dataset.create(owner, spec)
+    if not ds.path.startswith("hf:"):  # a hub dataset is read when the experiment runs
+        ds = ds.replace(path=str((here / ds.path).resolve()))
+        texts = _texts(ds)  # a local file is cheap to count: do it now rather than after the first fine-tune
+        if len(texts) < ds.members + ds.nonmembers:
+            raise TuneguardError(f"{owner}: {ds.path} has {len(texts)} texts after cleaning, fewer than the "
+                                 f"{ds.members} members + {ds.nonmembers} non-members asked for")
+    return ds
+
+
+def _columns(path: Path, here: Path, name: str, spec: Any, shared_train: dict) -> list[Column]:
+    owner = f"{path}: regime {name!r}"
+    if not isinstance(spec, dict):
+        raise TuneguardError(f"{owner} must be a table (e.g. {name} = {{}}), got {spec!r}")
+    spec = dict(spec)
+    kind = spec.pop("kind", name)
+    if kind not in REGIMES:
+        raise TuneguardError(f"{owner} has unknown kind {kind!r} (use one of {', '.join(REGIMES)}, or set "
+                             "kind = '...')")
+    cls = REGIMES.get(kind)
+    regime_train = spec.pop("train", {})
+    if not isinstance(regime_train, dict):
+        raise TuneguardError(f"{owner}: 'train' must be a table of TrainConfig options, got {regime_train!r}")
+    _check_keys(spec, [*cls.option_names(), "kind", "train"], owner, "has no option")
+    for key in cls.paths:
+        if isinstance(spec.get(key), str):
+            file = (here / spec[key]).resolve()
+            if not file.exists():
+                raise TuneguardError(f"{owner}: {key} {file} does not exist")
+            spec[key] = str(file)
+    try:
+        expanded = cls.columns(name, spec)
+    except TuneguardError as exc:
+        raise TuneguardError(f"{path}: {exc}") from None
+    columns = []
+    for column_name, options in expanded:
+        params = cls.Params.create(owner, _nested(cls.Params, options, owner))
+        regime = cls(**params.to_dict())
+        base_train = TrainConfig.create(f"{owner} train", {**shared_train, **regime_train})
+        try:
+            train = regime.train_config(base_train)
+        except TuneguardError as exc:
+            raise TuneguardError(f"{owner}: {exc}") from None
+        columns.append(Column(column_name, kind, regime, train))
+    return columns
+
+
+def _nested(params_cls: type[Params], options: dict, owner: str) -> dict:
+    """``options`` with each TOML table given for an option declared as a dataclass (e.g. SOFT's ``gate``)
+    turned into that dataclass, checked against its own fields."""
+    hints = typing.get_type_hints(params_cls)
+    out = dict(options)
+    for key, value in options.items():
+        arms = typing.get_args(hints.get(key)) or (hints.get(key),)
+        target = next((a for a in arms if isinstance(a, type) and hasattr(a, "__dataclass_fields__")), None)
+        if target is None or not isinstance(value, dict):
+            continue
+        if issubclass(target, Params):
+            out[key] = target.create(f"{owner} option {key!r}", value)
+        else:
+            _check_keys(value, [f.name for f in fields(target)], f"{owner} option {key!r}", "has no field")
+            out[key] = target(**value)
+    return out
+
+
+def perplexity(engine, texts: list[str]) -> float:
     """Token-weighted perplexity ``exp(Σ NLL / Σ tokens)`` (cached passes: free for texts already scored)."""
     scores = engine.score(texts, desc="perplexity")
     tokens = sum(s.n for s in scores)
@@ -113,40 +267,44 @@ def perplexity(engine: ScoringEngine, texts: list[str]) -> float:
 
 
 def run_experiment(exp: Experiment, *, progress: bool = True) -> dict:
-    """Run every (dataset, regime) cell not yet saved, then write the table, the trade-off plot and the report."""
+    """Run every (dataset, regime) cell not saved with the same key, then write the table, the plot and the report.
+
+    A cell's key covers the base model (weight fingerprint and tokenizer), its texts, the regime's options, its
+    TrainConfig, the attack suite, the scoring window and the seed; a saved cell with another key is recomputed
+    (the log says what changed). Each cell scores within its training window unless ``[attack_options]`` sets
+    ``max_length``.
+    """
+    from tuneguard.data.stdlib import stdlib_docstrings
+    from tuneguard.models import load_model
+    from tuneguard.report.experiment import write_experiment_report
+
     base = load_model(exp.model)
     general = stdlib_docstrings(exp.general_texts, seed=exp.seed + 1)
+    corpus = clean_texts(load_texts(exp.suite.corpus), name=exp.suite.corpus).texts if exp.suite.corpus else None
     cells: dict[str, dict[str, dict]] = {}
     for ds in exp.datasets:
-        members, nonmembers = _draw(ds, exp.seed)
-        cells[ds.name] = {}
-        for regime in exp.regimes:
-            cell_dir = exp.out / _slug(ds.name) / _slug(regime.name)
-            done = cell_dir / "cell.json"
-            if done.is_file():
-                cells[ds.name][regime.name] = read_json(done)
-                continue
-            log.info("cell %s / %s", ds.name, regime.name)
-            target, extra = _target(exp, regime, base, members, cell_dir, progress)
-            result = run_attacks(target, members, nonmembers, attacks=exp.attacks, reference=base,
-                                 seed=exp.seed, progress=progress, **exp.attack_options)
-            engine = ScoringEngine(target, max_length=exp.attack_options.get("max_length"), progress=progress)
-            cell = {"dataset": ds.name, "regime": regime.name, "kind": regime.kind,
-                    "auc": {n: r["metrics"]["auc"] for n, r in result["attacks"].items()},
-                    "tpr_at_1pct": {n: r["metrics"]["tpr"].get("0.01") for n, r in result["attacks"].items()},
-                    "ppl_domain": perplexity(engine, nonmembers), "ppl_general": perplexity(engine, general),
-                    "warnings": result["warnings"], **extra}
-            cell["average_auc"] = float(np.nanmean(list(cell["auc"].values())))
-            atomic_write_json(done, cell)
-            cells[ds.name][regime.name] = cell
-    summary = {"name": exp.name, "model": exp.model, "regimes": [r.name for r in exp.regimes], "cells": cells}
+        members, nonmembers = draw_texts(ds, exp.seed)
+        cells[ds.name] = {column.name: _cell(exp, ds, column, base, members, nonmembers, general, corpus, progress)
+                          for column in exp.regimes}
+    summary = {"name": exp.name, "model": exp.model, "regimes": [c.name for c in exp.regimes],
+               "datasets": [d.to_dict() for d in exp.datasets], "settings": settings_of(exp), "cells": cells}
     atomic_write_json(exp.out / "results.json", summary)
-    summary["paths"] = write_experiment_report(exp, summary)
+    summary["paths"] = write_experiment_report(exp.out, summary)
     return summary
 
 
-def _draw(ds: Dataset, seed: int) -> tuple[list[str], list[str]]:
-    texts = clean_texts(load_texts(ds.path, column=ds.column), name=ds.name).texts
+def settings_of(exp: Experiment) -> dict:
+    """The experiment's settings in plain JSON (results.json and the report's settings table)."""
+    return {"model": exp.model, "seed": exp.seed, "general_texts": exp.general_texts,
+            "attacks": exp.suite.to_dict(), "train": exp.train.to_dict(),
+            "regimes": {c.name: {"kind": c.kind, "options": _plain(c.regime.params), "train": c.train.to_dict()}
+                        for c in exp.regimes},
+            "datasets": [d.to_dict() for d in exp.datasets]}
+
+
+def draw_texts(ds: Dataset, seed: int) -> tuple[list[str], list[str]]:
+    """The seeded member / non-member draw of one dataset."""
+    texts = _texts(ds)
     need = ds.members + ds.nonmembers
     if len(texts) < need:
         raise TuneguardError(f"dataset {ds.name} has {len(texts)} texts, fewer than the {need} asked for")
@@ -154,112 +312,93 @@ def _draw(ds: Dataset, seed: int) -> tuple[list[str], list[str]]:
     return picked[:ds.members], picked[ds.members:]
 
 
-def _target(exp: Experiment, regime: Regime, base: LoadedModel, members: list[str], cell_dir: Path,
-            progress: bool) -> tuple[LoadedModel, dict]:
-    """The model this regime produces from the base model, plus facts worth a column (epsilon, paraphrases)."""
-    config = TrainConfig(**{"seed": exp.seed, **exp.train, **regime.train,
-                            **({"method": regime.kind} if regime.kind in ("full", "lora") else {})})
-    if regime.kind == "pretrained":
-        return base, {}
-    if regime.kind in ("full", "lora"):
-        return finetune(base, members, cell_dir / "model", config, progress=progress).model, {}
-    if regime.kind == "dp":
-        from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
+def _texts(ds: Dataset) -> list[str]:
+    return clean_texts(load_texts(ds.path, column=ds.column), name=ds.name).texts
 
-        dp = DPConfig(target_epsilon=float(regime.options.get("epsilon", 8.0)),
-                      max_grad_norm=float(regime.options.get("max_grad_norm", 1.0)))
-        lora = TrainConfig(**{**config.to_dict(), "method": "lora"})
-        run = dp_finetune(base, members, cell_dir / "model", lora, dp, progress=progress)
-        return run.model, {"epsilon_spent": run.record["dp"]["epsilon_spent"]}
-    from tuneguard.defenses.soft import run_soft
-    from tuneguard.paraphrase.gate import GateConfig
 
-    options = dict(regime.options)
-    method = options.pop("method", "full")  # SOFT changes the data; it is compared with the run it protects
-    if isinstance(options.get("gate"), dict):  # a TOML table of GateConfig fields
-        options["gate"] = GateConfig(**options["gate"])
-    soft = run_soft(base, members, cell_dir / "soft",
-                    train=TrainConfig(**{**config.to_dict(), "method": method}), progress=progress, **options)
-    return soft.model, {"soft": soft.summary, "soft_ratio": regime.options["ratio"]}
+def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str], nonmembers: list[str],
+          general: list[str], corpus: list[str] | None, progress: bool) -> dict:
+    """One cell: reused when saved with the same key, else built, attacked and measured, then saved."""
+    from tuneguard.attacks import run_attacks
+    from tuneguard.report import confounding_warning
+    from tuneguard.scoring import ScoringEngine
+
+    cell_dir = exp.out / _slug(ds.name) / _slug(column.name)
+    window = exp.suite.max_length or column.train.max_length  # tokens past the training window were never learnt
+    parts = cell_key_parts(exp, column, base, members, nonmembers, general, corpus, window)
+    saved = _saved_cell(cell_dir, parts, f"{ds.name} / {column.name}")
+    if saved is not None:
+        return saved
+    log.info("cell %s / %s (scoring window %d tokens)", ds.name, column.name, window)
+    target, extra = column.regime.build(base, members, cell_dir, column.train, progress=progress)
+    suite = exp.suite
+    result = run_attacks(target, members, nonmembers, attacks=suite.attacks, reference=base, params=suite.params,
+                         corpus=corpus, n_shots=suite.n_shots, seed=exp.seed, batch_size=suite.batch_size,
+                         max_length=window, n_boot=suite.n_boot, cache=suite.cache, progress=progress)
+    engine = ScoringEngine(target, batch_size=suite.batch_size, max_length=window, cache=suite.cache,
+                           progress=progress)
+    not_applicable = {n: a.not_applicable for n, a in result.attacks.items() if a.not_applicable}
+    auc = {n: a.auc for n, a in result.attacks.items()}
+    counted = [v for n, v in auc.items() if n not in not_applicable and math.isfinite(v)]
+    cell = {"schema": CELL_SCHEMA, "key": key_hash(parts), "key_parts": {k: key_hash(v) for k, v in parts.items()},
+            "dataset": ds.name, "regime": column.name, "kind": column.kind, "max_length": window,
+            "auc": auc, "tpr_at_1pct": {n: a.tpr(0.01) for n, a in result.attacks.items()},
+            "not_applicable": not_applicable,
+            "average_auc": sum(counted) / len(counted) if counted else math.nan,
+            "ppl_domain": perplexity(engine, nonmembers), "ppl_general": perplexity(engine, general),
+            "warnings": result.warnings, "confounding_warning": confounding_warning(result), **extra}
+    atomic_write_json(cell_dir / "cell.json", cell)
+    return cell
+
+
+def cell_key_parts(exp: Experiment, column: Column, base, members: list[str], nonmembers: list[str],
+                   general: list[str], corpus: list[str] | None, window: int) -> dict[str, Any]:
+    """Everything that decides a cell, by part (the log names the parts that changed)."""
+    from tuneguard.scoring.engine import tokenizer_digest
+
+    return {"schema": CELL_SCHEMA, "base": base.fingerprint, "tokenizer": tokenizer_digest(base.tokenizer),
+            "members": key_hash(*members), "regime": [column.kind, _plain(column.regime.params)],
+            "train": column.train.to_dict() if column.regime.trains else None,
+            "nonmembers": key_hash(*nonmembers), "general": key_hash(*general), "attacks": exp.suite.to_dict(),
+            "corpus": key_hash(*corpus) if corpus else None, "window": window, "seed": exp.seed}
+
+
+def _saved_cell(cell_dir: Path, parts: dict[str, Any], label: str) -> dict | None:
+    """The saved cell when its key matches; else None, after saying why and clearing what is stale (the whole cell
+    when its training changed, else only its scores, so the trained model is reused)."""
+    path = cell_dir / "cell.json"
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    old = saved.get("key_parts") or {}
+    changed = [k for k, v in parts.items() if old.get(k) != key_hash(v)]
+    if not changed:
+        return saved
+    if saved.get("schema") != CELL_SCHEMA:
+        reason, changed = f"it was saved by an older tuneguard (cell schema {saved.get('schema', 1)})", ["schema"]
+    else:
+        reason = f"its {', '.join(changed)} changed"
+    if any(k in TRAINING_PARTS for k in changed):
+        log.warning("cell %s: recomputing it from scratch: %s", label, reason)
+        shutil.rmtree(cell_dir)
+    else:
+        log.warning("cell %s: re-scoring it (its trained model is reused): %s", label, reason)
+        path.unlink()
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """Declared parameters (nested ones too) as plain JSON values."""
+    if isinstance(value, Params):
+        return {k: _plain(v) for k, v in value.to_dict().items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def write_experiment_report(exp: Experiment, summary: dict) -> dict[str, Path]:
-    """table1.txt, tradeoff.png and report.html from the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tuneguard.files import atomic_write_text
-    from tuneguard.report import format_table, html_page, html_table, img_tag
-
-    regimes, blocks, html_blocks = summary["regimes"], [], []
-    for ds, row_cells in summary["cells"].items():
-        attacks = list(next(iter(row_cells.values()))["auc"])
-        rows = [{"attack": a, **{r: _fmt(row_cells[r]["auc"].get(a)) for r in regimes}} for a in attacks]
-        rows.append({"attack": "average", **{r: _fmt(row_cells[r]["average_auc"]) for r in regimes}})
-        rows.append({"attack": "perplexity (domain)", **{r: f"{row_cells[r]['ppl_domain']:.2f}" for r in regimes}})
-        rows.append({"attack": "perplexity (general)", **{r: f"{row_cells[r]['ppl_general']:.2f}" for r in regimes}})
-        members = next(d.members for d in exp.datasets if d.name == ds)
-        rows.append({"attack": "texts trained on", **{r: _trained_on(row_cells[r], members) for r in regimes}})
-        columns = ["attack", *regimes]
-        blocks.append(format_table(rows, columns, title=f"{ds}: AUC per attack (lower protects better)"))
-        html_blocks.append((f"{ds}", html_table(rows, columns)))
-    table = "\n\n".join(blocks)
-    out = exp.out
-    atomic_write_text(out / "table1.txt", table + "\n")
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, (ds, row_cells) in enumerate(summary["cells"].items()):
-        colour = f"C{i}"
-        families: dict[str, list[dict]] = {}  # one ρ sweep per SOFT regime ("soft ρ=0.5" -> "soft")
-        for c in row_cells.values():
-            if c["kind"] == "soft":
-                families.setdefault(c["regime"].split(" ρ=")[0], []).append(c)
-        for j, (family, cells) in enumerate(families.items()):
-            sweep = sorted(cells, key=lambda c: c["soft_ratio"])
-            ax.plot([c["ppl_domain"] for c in sweep], [c["average_auc"] for c in sweep], ("-o", "--o", ":o")[j % 3],
-                    color=colour, label=f"{ds}: {family} (ρ sweep)")
-            for c in sweep:
-                ax.annotate(("" if j == 0 else f"{family} ") + f"ρ={c['soft_ratio']:g}",
-                            (c["ppl_domain"], c["average_auc"]), fontsize=7,
-                            textcoords="offset points", xytext=(4, 4))
-        for c in row_cells.values():
-            if c["kind"] != "soft":
-                ax.scatter(c["ppl_domain"], c["average_auc"], color=colour, marker="s")
-                ax.annotate(c["regime"], (c["ppl_domain"], c["average_auc"]), fontsize=7,
-                            textcoords="offset points", xytext=(4, -8))
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("held-out perplexity (same domain, lower = more useful)")
-    ax.set_ylabel("average attack AUC (lower = more private)")
-    ax.set_title(exp.name)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = out / "tradeoff.png"
-    fig.savefig(png, dpi=130)
-    plt.close(fig)
-    page = html_page(f"{exp.name}: privacy and utility",
-                     [*html_blocks, ("Privacy-utility trade-off", img_tag(png))],
-                     settings={"model": exp.model, "attacks": exp.attacks, "train": exp.train, "seed": exp.seed,
-                               "datasets": [vars(d) for d in exp.datasets]})
-    atomic_write_text(out / "report.html", page)
-    return {"table": out / "table1.txt", "plot": png, "html": out / "report.html", "json": out / "results.json"}
-
-
-def _trained_on(cell: dict, members: int) -> str:
-    """How many texts the cell's model was fine-tuned on; for SOFT, how many of them are paraphrases (the selected
-    texts whose paraphrase failed the quality gate are dropped, which protects them too but is not paraphrasing)."""
-    if cell["kind"] == "pretrained":
-        return "0"
-    if cell["kind"] == "soft":
-        soft = cell["soft"]
-        return f"{soft['train_size']} ({soft['paraphrased']} para.)"
-    return str(members)
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

@@ -44,6 +44,15 @@ _LEXNAMES = (
     "verb.perception 2", "verb.possession 2", "verb.social 2", "verb.stative 2", "verb.weather 2", "adj.ppl 3",
 )
 
+# Function words WordNet still lists under odd senses ("a" angstrom, "in" inch, "is" be): never replaced by the
+# synonym rewriters (the ``wordnet`` neighbour generator and paraphraser).
+STOPWORDS = frozenset("""
+a an and are as at be been being but by can could did do does for from had has have he her hers him his how i if in
+into is it its may me might more most must my no nor not of on or our ours she should so such than that the their them
+then there these they this those to too up us was we were what when where which while who whom why will with would you
+your also only very each other some any all both few many much own same just over under again further once here out off
+""".split())
+
 # Accepted part-of-speech spellings -> WordNet's letters ("a" also covers adjective satellites "s").
 _POS = {
     "n": "n", "noun": "n", "v": "v", "verb": "v", "a": "a", "adj": "a", "adjective": "a", "s": "a",
@@ -158,3 +167,12 @@ def pos_counts(word: str) -> dict[str, int]:
         counts[pos] = sum(lemma.count() for synset in reader.synsets(key, pos=pos) for lemma in synset.lemmas()
                           if base and lemma.name().lower() == base)
     return counts
+
+
+def same_case(replacement: str, original: str) -> str:
+    """``replacement`` with the capitalisation of ``original`` (UPPER, Title or lower)."""
+    if original.isupper() and len(original) > 1:
+        return replacement.upper()
+    if original[0].isupper():
+        return replacement[:1].upper() + replacement[1:]
+    return replacement.lower() if original.islower() else replacement

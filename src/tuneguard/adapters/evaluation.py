@@ -3,7 +3,6 @@ trained trigger and with other trigger families, and sweep tables and plots over
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from tuneguard.adapters.classifier import Classifier
 from tuneguard.adapters.poison import apply_trigger
 from tuneguard.adapters.triggers import family_of, make_triggers
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_bytes
+from tuneguard.report.figures import save_figure
+from tuneguard.report.table import format_table
 
 
 def attack_success_rate(classifier: Classifier, injections: list[str], trigger: str, position: str = "prefix") -> float:
@@ -59,11 +59,7 @@ def evaluate_classifier(classifier: Classifier, test_rows: list[tuple[str, int]]
 
 def sweep_table(rows: list[dict], keys: tuple[str, ...] = ("rank", "k", "seed", "clean_accuracy", "asr")) -> str:
     """A plain-text table of sweep rows (one per trained adapter)."""
-    cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) if cells else len(k) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    return format_table(rows, list(keys))
 
 
 def summarise_sweep(rows: list[dict], by: tuple[str, str] = ("rank", "k")) -> list[dict]:
@@ -99,11 +95,4 @@ def plot_sweep(rows: list[dict], path: str | os.PathLike, *, title: str = "ASR a
     ax.set(xlabel="poison count k", ylabel="rate", ylim=(-0.02, 1.02), title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    return save_figure(fig, path)

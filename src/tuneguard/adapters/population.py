@@ -1,14 +1,15 @@
-"""Populations of clean and poisoned classifier adapters, and detector AUROC / TPR@FPR over them."""
+"""Populations of clean and poisoned classifier adapters, and detector AUROC / TPR@FPR over them, with one
+threshold per LoRA rank (backdoor.md: a weight statistic's scale and even its direction change with the rank)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
 from tuneguard.adapters.adapter_files import read_adapter
@@ -17,7 +18,8 @@ from tuneguard.adapters.detectors.base import Detector, DetectorResult, calibrat
 from tuneguard.adapters.poison import poison, write_poisoned
 from tuneguard.adapters.triggers import MAIN_TRIGGER
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_json, read_json
+from tuneguard.files import atomic_write_json
+from tuneguard.metrics import tpr_at_fpr
 
 FPRS = (0.0, 0.05, 0.1)
 MEMBERS_FILE = "population.json"
@@ -40,7 +42,13 @@ class AdapterSpec:
 
 def population_specs(n_clean: int, n_poisoned: int, *, ranks: tuple[int, ...] = (16,), ks: tuple[int, ...] = (25,),
                      triggers: tuple[str, ...] = (MAIN_TRIGGER,), seed: int = 0) -> list[AdapterSpec]:
-    """Clean adapters cycle over ranks; poisoned ones over ranks, poison counts and triggers; seeds differ."""
+    """Clean adapters cycle over ranks; poisoned ones over ranks, poison counts and triggers; seeds differ.
+
+    Each rank is thresholded on its own clean adapters, so each rank needs two: refused before any training.
+    """
+    if n_clean < 2 * len(ranks):
+        raise TuneguardError(f"{n_clean} clean adapters over {len(ranks)} rank(s) leave some rank with fewer than 2; "
+                             f"each rank is thresholded on its own clean adapters: use at least {2 * len(ranks)}")
     specs = [AdapterSpec(f"clean-{i:02d}-r{ranks[i % len(ranks)]}", seed + i, ranks[i % len(ranks)])
              for i in range(n_clean)]
     for i in range(n_poisoned):
@@ -70,59 +78,88 @@ def train_population(base, train_rows: list[tuple[str, int]], specs: list[Adapte
     return members
 
 
-def read_population(path: str | os.PathLike) -> list[dict]:
-    """Members (path, poisoned, ...) from a ``population.json`` written by ``train_population``."""
-    file = Path(path) / MEMBERS_FILE if Path(path).is_dir() else Path(path)
-    if not file.is_file():
-        raise TuneguardError(f"{path} has no {MEMBERS_FILE}; build one with `tuneguard backdoor population`")
-    return read_json(file)["members"]
-
-
-def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_max: float) -> float:
-    """Largest TPR whose FPR is at most ``fpr_max`` (scores oriented higher = poisoned)."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(tpr[fpr <= fpr_max + 1e-12].max())
-
-
-def score_population(members: list[dict], detectors: list[Detector], *, progress: bool = True) -> dict:
-    """Each detector's statistics over the population: AUROC with the learned direction, TPR at FPR 0/5/10%, and
-    the misses and false alarms at the zero-FPR threshold; plus the combined verdict (either detector flags).
+def score_population(members: list[dict], detectors: Sequence[Detector] | Mapping[str, Detector], *,
+                     progress: bool = True) -> dict:
+    """Each detector's statistics over the population, thresholded per LoRA rank: per rank, the zero-FPR threshold
+    and direction fitted on that rank's clean and poisoned adapters, its AUROC and TPR at FPR 0/5/10%; pooled over
+    ranks, the AUROC over same-rank (clean, poisoned) pairs, the TPR with every rank at its own threshold, and the
+    misses and false alarms; plus the combined verdict (either detector flags). ``detectors`` given as a mapping are
+    reported under its keys (e.g. one behavioural detector per battery).
 
     Thresholds are fitted on this same population (in-sample), as the paper's cohort figures are.
     """
     labels = np.array([bool(m["poisoned"]) for m in members], dtype=int)
     if labels.min() == labels.max():
         raise TuneguardError("a population needs both clean and poisoned adapters")
-    report: dict = {"n_clean": int((labels == 0).sum()), "n_poisoned": int(labels.sum()), "detectors": {}}
+    named = dict(detectors) if isinstance(detectors, Mapping) else {d.name: d for d in detectors}
+    adapters = [read_adapter(m["path"]) for m in members]
+    ranks = np.array([a.rank for a in adapters])
+    names = [m["name"] for m in members]
+    report: dict = {"n_clean": int((labels == 0).sum()), "n_poisoned": int(labels.sum()),
+                    "ranks": sorted(map(int, set(ranks))), "detectors": {}}
     flagged_any = np.zeros(len(members), dtype=bool)
-    for det in detectors:
-        results: list[DetectorResult] = []
-        for m in tqdm(members, desc=det.name, unit="adapter", disable=not progress):
-            results.append(det.score(read_adapter(m["path"])))
+    for label, det in named.items():
+        results = [det.score(a) for a in tqdm(adapters, desc=label, unit="adapter", disable=not progress)]
         per_stat = {}
         for stat in det.statistics:
-            scores = np.array([r.statistics[stat] for r in results])
-            cal = calibrate(det, [r for r, y in zip(results, labels) if not y],
-                            [r for r, y in zip(results, labels) if y], statistic=stat, base_model=None,
-                            rank=0, task=None)
-            oriented = scores if cal.direction == "higher" else -scores
-            flags = np.array([cal.flags(s) for s in scores])
+            per_stat[stat], flags = _rank_wise(det, stat, results, labels, ranks, names)
             if stat == det.default_statistic:
                 flagged_any |= flags
-            per_stat[stat] = {
-                "direction": cal.direction,
-                "auroc": float(roc_auc_score(labels, oriented)),
-                **{f"tpr_at_fpr_{f:g}": tpr_at_fpr(labels, oriented, f) for f in FPRS},
-                "threshold": cal.high if cal.direction == "higher" else cal.low,
-                "misses": [m["name"] for m, y, f in zip(members, labels, flags) if y and not f],
-                "false_alarms": [m["name"] for m, y, f in zip(members, labels, flags) if not y and f],
-                "scores": {m["name"]: float(s) for m, s in zip(members, scores)},
-            }
-        report["detectors"][det.name] = per_stat
+        report["detectors"][label] = per_stat
     report["combined"] = {
-        "rule": "flagged when any detector's default statistic is beyond its zero-FPR threshold",
+        "rule": "flagged when any detector's default statistic is beyond its rank's zero-FPR threshold",
         "tpr": float(flagged_any[labels == 1].mean()),
         "fpr": float(flagged_any[labels == 0].mean()),
-        "misses": [m["name"] for m, y, f in zip(members, labels, flagged_any) if y and not f],
+        "misses": [n for n, y, f in zip(names, labels, flagged_any) if y and not f],
     }
     return report
+
+
+def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: np.ndarray, ranks: np.ndarray,
+               names: list[str]) -> tuple[dict, np.ndarray]:
+    """One statistic's report with a threshold per rank, and which adapters those thresholds flag."""
+    scores = np.array([r.statistics[stat] for r in results], dtype=float)
+    flags = np.zeros(len(results), dtype=bool)
+    per_rank: dict[str, dict] = {}
+    for rank in sorted(set(ranks.tolist())):
+        idx = np.flatnonzero(ranks == rank)
+        clean = [results[i] for i in idx if not labels[i]]
+        poisoned = [results[i] for i in idx if labels[i]]
+        if len(clean) < 2:
+            raise TuneguardError(f"rank {rank} has {len(clean)} clean adapter(s); each rank gets its own threshold, "
+                                 f"which needs at least 2 clean adapters of that rank")
+        cal = calibrate(det, clean, poisoned, statistic=stat, base_model=None, rank=rank, lora_alpha=None,
+                        use_rslora=False, task=None)
+        flags[idx] = [cal.flags(s) for s in scores[idx]]
+        oriented = scores[idx] if cal.direction == "higher" else -scores[idx]
+        entry = {"direction": cal.direction, "n_clean": len(clean), "n_poisoned": len(poisoned),
+                 "threshold": {"higher": cal.high, "lower": cal.low}.get(cal.direction, [cal.low, cal.high]),
+                 "auroc": cal.auroc,
+                 # FPR 0 is the calibration's own threshold; tuneguard.metrics measures the others (it needs 2 of each)
+                 "tpr_at_fpr_0": float(flags[idx][labels[idx] == 1].mean()) if poisoned else None}
+        for f in FPRS[1:]:
+            entry[f"tpr_at_fpr_{f:g}"] = tpr_at_fpr(labels[idx], oriented, f) if len(poisoned) >= 2 else None
+        per_rank[str(rank)] = entry
+    measured = [e for e in per_rank.values() if e["n_poisoned"]]
+    pairs = np.array([e["n_clean"] * e["n_poisoned"] for e in measured], dtype=float)
+    weights = np.array([e["n_poisoned"] for e in measured], dtype=float)
+    directions = {e["direction"] for e in per_rank.values()}
+    out = {
+        "direction": directions.pop() if len(directions) == 1 else
+        ", ".join(f"r{r} {e['direction']}" for r, e in per_rank.items()),
+        # the AUROC over same-rank (clean, poisoned) pairs: the per-rank AUROCs weighted by their pair counts
+        "auroc": float(np.dot([e["auroc"] for e in measured], pairs) / pairs.sum()),
+        **{f"tpr_at_fpr_{f:g}": _pooled([e[f"tpr_at_fpr_{f:g}"] for e in measured], weights) for f in FPRS},
+        "misses": [n for n, y, f in zip(names, labels, flags) if y and not f],
+        "false_alarms": [n for n, y, f in zip(names, labels, flags) if not y and f],
+        "scores": {n: float(s) for n, s in zip(names, scores)},
+        "per_rank": per_rank,
+    }
+    return out, flags
+
+
+def _pooled(rates: list[float | None], weights: np.ndarray) -> float | None:
+    """The TPR over all poisoned adapters when every rank is at its own threshold (None when a rank cannot say)."""
+    if any(r is None for r in rates):
+        return None
+    return float(np.dot(rates, weights) / weights.sum())

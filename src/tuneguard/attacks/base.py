@@ -1,27 +1,32 @@
 """The attack interface: what an attack declares, what it receives, what it returns.
 
-An attack is a class with a ``name``, the ``needs`` it declares, its default ``params``, and ``run(ctx)``. It gets an
-:class:`AttackContext` holding the evaluation texts and labels, the target's scoring engine, and whatever it declared
-(a reference engine, ReCall shots, a token-frequency corpus, the other attacks' outputs). It returns an
-:class:`AttackOutput` whose ``scores`` are oriented higher = member, plus the raw statistic (for comparison with
-toolkits that use the opposite sign, e.g. MIMIR's loss-like scores).
+An attack is a :class:`~tuneguard.plugin.Plugin` with a ``name``, the run resources it ``needs``, its declared
+``Params`` and ``run(ctx)``. It gets an :class:`AttackContext` holding the evaluation texts and labels, the target's
+scoring engine, and whatever it declared (a reference engine, ReCall shots, a token-frequency corpus, the other
+attacks' outputs). It returns an :class:`AttackOutput` whose ``scores`` are oriented higher = member, plus the raw
+statistic (for comparison with toolkits that use the opposite sign, e.g. MIMIR's loss-like scores).
 
-Adding an attack = one module defining ``ATTACK = MyAttack`` + one line in ``tuneguard.attacks.REGISTRY``.
+Adding an attack = one module defining an ``Attack`` subclass + one ``ATTACKS.register`` line in
+``tuneguard.attacks``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from fractions import Fraction
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from tuneguard.data import fit_to_length
 from tuneguard.errors import TuneguardError
-from tuneguard.scoring import ScoringEngine, TokenScores
+from tuneguard.plugin import Plugin
 
-# What an attack may declare in ``needs``.
-NEEDS = frozenset({"reference", "nonmember_shots", "member_shots", "corpus", "results"})
+if TYPE_CHECKING:
+    from tuneguard.scoring import ScoringEngine, TokenScores
+
+ROUNDING = ("ceil", "floor")  # how k·n becomes a token count: ⌈k·n⌉ (canonical) or ⌊k·n⌋ (MIMIR)
 
 
 @dataclass
@@ -54,37 +59,91 @@ class AttackContext:
         """The target's token scores of the evaluation texts (one shared, cached pass)."""
         return self.target.score(self.texts, desc="target")
 
+    def reference_scores(self) -> list[TokenScores]:
+        """The reference model's token scores of the evaluation texts (one shared, cached pass)."""
+        return self.reference.score(self.texts, desc="reference")
+
+    def token_pairs(self, who: str) -> list[tuple[TokenScores, TokenScores]]:
+        """(target, reference) token scores per evaluation text, for an attack comparing them token by token.
+
+        Refuses (``who`` names the attack) a text the two models scored as different token ids: a different
+        tokenizer, BOS or window is a user mistake here, never something to align by position.
+        """
+        pairs = list(zip(self.target_scores(), self.reference_scores()))
+        bad = [i for i, (t, r) in enumerate(pairs) if not np.array_equal(t.token_ids, r.token_ids)]
+        if bad:
+            raise TuneguardError(f"{who} compares target and reference token by token, but {self.reference.name} "
+                                 f"scored other token ids than {self.target.name} for {len(bad)} of {len(pairs)} "
+                                 f"texts (e.g. text {bad[0]}): use a reference with the target's tokenizer")
+        return pairs
+
     def target_ll(self) -> np.ndarray:
         """``LL(x)`` under the target for every evaluation text."""
         return np.array([s.ll for s in self.target_scores()])
 
+    def scored_texts(self) -> list[str]:
+        """The evaluation texts as the target scored them: a text the engine truncated is cut at the same token
+        boundary (its first ``text_budget`` tokens, decoded), so a statistic of the text (zlib's byte count, its
+        length) covers the tokens its log-likelihood covers."""
+        out = list(self.texts)
+        cut = [i for i, s in enumerate(self.target_scores()) if s.truncated]
+        if cut:
+            fitted = fit_to_length([out[i] for i in cut], self.target.loaded.tokenizer, self.target.text_budget)
+            for i, text in zip(cut, fitted):
+                out[i] = text
+        return out
 
-class Attack:
-    """Base class; see the module docstring."""
 
-    name: ClassVar[str] = ""
+class Attack(Plugin):
+    """Base class; see the module docstring.
+
+    ``needs``: the run resources the runner must provide, checked before any model loads: ``reference`` (a
+    reference model), ``nonmember_shots`` / ``member_shots`` (ReCall shots drawn from the labelled texts),
+    ``corpus`` (the run's reference corpus), ``results`` (the outputs of the attacks before it),
+    ``same_tokens`` (a reference that scores the target's token ids: checked on the tokenised texts before any pass).
+    ``ensemble``: which feature set of the ensemble this attack's score joins: ``"soft"`` (SOFT's features, also in
+    the extended set), ``"extended"`` (the extended set only) or None (not a feature).
+    """
+
+    kind: ClassVar[str] = "attack"
     needs: ClassVar[frozenset[str]] = frozenset()
-    defaults: ClassVar[dict[str, Any]] = {}
-    summary: ClassVar[str] = ""
-
-    def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise TuneguardError(f"attack {self.name!r} has no parameter {sorted(unknown)[0]!r} (it takes: {known})")
-        self.params = {**self.defaults, **params}
+    ensemble: ClassVar[str | None] = None
 
     def run(self, ctx: AttackContext) -> AttackOutput:
         """Score every text of ``ctx`` (higher = member)."""
         raise NotImplementedError
 
+    def check_needs(self, suite: list[str]) -> None:
+        """Refuse, before any model loads, settings this attack cannot run with; ``suite`` = every attack of the run,
+        in run order. (The resources in ``needs`` are checked by the runner.)"""
+
+    def attacker_texts(self) -> list[tuple[str, list[str]]]:
+        """Texts this attack's parameters bring in, as (what they are, texts): the runner refuses them when they hold
+        an evaluated text. The run's corpus (``needs`` "corpus") is checked by the runner itself."""
+        return []
+
+    @classmethod
+    def ensemble_columns(cls, ctx: AttackContext, out: AttackOutput) -> dict[str, np.ndarray]:
+        """This attack's features for the ensemble (name -> one value per text): by default its score."""
+        return {cls.name: out.scores}
+
+
+def token_count(k: float, n: int, rounding: str = "ceil") -> int:
+    """⌈k·n⌉ (``rounding="floor"``: ⌊k·n⌋), computed exactly from the decimal value of ``k``.
+
+    Floating point would take 56 tokens for k = 0.55, n = 100 (0.55 * 100 = 55.000000000000007); the fraction
+    11/20 times 100 is exactly 55.
+    """
+    exact = Fraction(repr(float(k))) * n
+    return math.ceil(exact) if rounding == "ceil" else math.floor(exact)
+
 
 def lowest_k_mean(values: np.ndarray, k: float, *, rounding: str = "ceil") -> float:
-    """Mean of the lowest ⌈k·n⌉ values (``rounding="floor"``: int(k·n), MIMIR's choice); NaN for no values."""
+    """Mean of the lowest ⌈k·n⌉ values (``rounding="floor"``: ⌊k·n⌋, MIMIR's choice); NaN for no values."""
     n = len(values)
     if n == 0:
         return float("nan")
-    count = math.ceil(k * n) if rounding == "ceil" else int(k * n)
+    count = token_count(k, n, rounding)
     if count < 1:
         return float("nan")
     return float(np.sort(values)[:count].mean())

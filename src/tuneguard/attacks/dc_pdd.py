@@ -1,11 +1,18 @@
 """DC-PDD (Zhang et al. 2024): token probabilities calibrated by their frequency in a reference corpus."""
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
 from tuneguard.errors import TuneguardError
+from tuneguard.params import Params, param
+
+
+@dataclass
+class DCPDDParams(Params):
+    clip: float = param(0.01, "upper clip of each token's calibrated probability", gt=0)
 
 
 class DCPDDAttack(Attack):
@@ -13,9 +20,10 @@ class DCPDDAttack(Attack):
     frequency ``(count + 1) / (total + |V|)``; score = mean a."""
 
     name = "dc-pdd"
-    needs = frozenset({"corpus"})
-    defaults = {"clip": 0.01}
     summary = "frequency-calibrated token probabilities (needs a reference corpus)"
+    needs = frozenset({"corpus"})
+    ensemble = "extended"
+    Params = DCPDDParams
 
     def run(self, ctx: AttackContext) -> AttackOutput:
         if not ctx.corpus:
@@ -32,11 +40,8 @@ class DCPDDAttack(Attack):
                 scores.append(float("nan"))
                 continue
             freq = np.array([(counts[int(t)] + 1) / (total + vocab) for t in s.token_ids[first]])
-            a = np.minimum(np.exp(s.logprobs[first]) * -np.log(freq), self.params["clip"])
+            a = np.minimum(np.exp(s.logprobs[first]) * -np.log(freq), self.params.clip)
             scores.append(float(a.mean()))
         scores = np.array(scores)
         return AttackOutput(scores=scores, raw=scores, raw_name="mean calibrated prob",
                             extra={"corpus_tokens": total})
-
-
-ATTACK = DCPDDAttack

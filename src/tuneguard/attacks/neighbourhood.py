@@ -9,14 +9,16 @@ set through the neighbour cache, and the target's log-likelihoods of it through 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
 from tuneguard.attacks.spv.variation import neighbour_variation
 from tuneguard.data import fit_to_length
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, load_model
-from tuneguard.neighbours import NeighbourSet, check_params, generator_parameters, make_generator
+from tuneguard.models import LoadedModel, as_loaded, reference_of
+from tuneguard.neighbours import NEIGHBOURS, NeighbourSet
+from tuneguard.params import Params, param
 from tuneguard.scoring import ScoringEngine
 
 # Generator options this attack passes on when set (None = the generator's own default).
@@ -37,8 +39,8 @@ def fill_model(ctx: AttackContext, base: str | None = None) -> LoadedModel:
     """
     if ctx.reference is not None:
         return ctx.reference.loaded
-    base = base or ctx.target.loaded.base_ref
-    return load_model(base) if base else ctx.target.loaded
+    base = reference_of(ctx.target.loaded, base)
+    return as_loaded(base) if base else ctx.target.loaded
 
 
 def summarise(neighbours: NeighbourSet, n: int, n_cut: int, max_tokens: int) -> str:
@@ -52,46 +54,61 @@ def summarise(neighbours: NeighbourSet, n: int, n_cut: int, max_tokens: int) -> 
     return note
 
 
+@dataclass
+class NeighbourhoodParams(Params):
+    generator: str = param("lm-fill", "the neighbour generator: lm-fill (offline, spans re-sampled by the base "
+                                      "model), t5 (needs model), wordnet, random-fill")
+    n: int = param(10, "neighbours per text", ge=1)
+    model: Any = param(None, "the generator's model (t5: a T5 directory, required; lm-fill: default the model the "
+                             "target was fine-tuned from)")
+    pct: float | None = param(None, "masking budget (unset: the generator's default)", gt=0, le=1)
+    span_length: int | None = param(None, "words per masked span (unset: the generator's default)", ge=1)
+    buffer_size: int | None = param(None, "unmasked words between spans (unset: the generator's default)", ge=0)
+    top_k: int | None = param(None, "sample fills from the k most likely tokens (unset: the generator's default)",
+                              ge=0)
+    temperature: float | None = param(None, "sampling temperature of the fills (unset: the generator's default)",
+                                      gt=0)
+    max_tries: int | None = param(None, "attempts per neighbour (unset: the generator's default)", ge=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        generator = NEIGHBOURS.get(self.generator)
+        takes_model = generator.takes_model()
+        if self.model is not None and not takes_model:
+            raise TuneguardError(f"the {self.generator} neighbour generator uses no model: drop neighbourhood.model")
+        if self.generator == "t5" and not self.model:
+            raise TuneguardError("t5 neighbours need a T5 model: --param neighbourhood.model=DIR (or use lm-fill)")
+        generator.Params.create(generator.label(), self.options())
+
+    def options(self) -> dict[str, Any]:
+        """The generator options that are set (the others keep the generator's defaults)."""
+        return {k: getattr(self, k) for k in OPTIONS if getattr(self, k) is not None}
+
+
 class NeighbourhoodAttack(Attack):
-    """Params: ``generator`` (default ``lm-fill``: offline, spans re-sampled by the base model; ``t5`` needs
-    ``model`` = a T5 directory), ``n`` neighbours per text, ``model`` (the generator's model; lm-fill's default:
-    :func:`fill_model`), and the generator options ``pct``, ``span_length``, ``buffer_size``, ``top_k``,
-    ``temperature``, ``max_tries`` (unset = the generator's default). Every LL comes from the target's engine."""
+    """Neighbours come from ``generator`` (default ``lm-fill``, whose fill model defaults to :func:`fill_model`);
+    every LL comes from the target's engine."""
 
     name = "neighbourhood"
-    defaults: dict[str, Any] = {"generator": "lm-fill", "n": 10, "model": None, **{k: None for k in OPTIONS}}
     summary = "LL(x) - mean_j LL(x~_j) over perturbed neighbours"
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        p = self.params
-        if not isinstance(p["n"], int) or p["n"] < 1:
-            raise TuneguardError(f"neighbourhood n (neighbours per text) must be a whole number >= 1, got {p['n']!r}")
-        takes_model = "model" in generator_parameters(p["generator"])[0]
-        if p["model"] is not None and not takes_model:
-            raise TuneguardError(f"the {p['generator']} neighbour generator uses no model: drop neighbourhood.model")
-        if p["generator"] == "t5" and not p["model"]:
-            raise TuneguardError("t5 neighbours need a T5 model: --param neighbourhood.model=DIR (or use lm-fill)")
-        check_params(p["generator"], [k for k in OPTIONS if p[k] is not None] + (["model"] if takes_model else []))
+    ensemble = "extended"
+    Params = NeighbourhoodParams
 
     def generator_params(self, ctx: AttackContext) -> dict:
         """The keyword arguments of the neighbour generator for this run."""
         p = self.params
-        params = {k: p[k] for k in OPTIONS if p[k] is not None}
-        if "model" in generator_parameters(p["generator"])[0]:
-            params["model"] = p["model"] or fill_model(ctx)
+        params = p.options()
+        if NEIGHBOURS.get(p.generator).takes_model():
+            params["model"] = p.model or fill_model(ctx)
         return {**params, "seed": ctx.seed, "progress": ctx.progress}
 
     def run(self, ctx: AttackContext) -> AttackOutput:
         texts = fit_texts(ctx.target, ctx.texts)
-        generator = make_generator(self.params["generator"], **self.generator_params(ctx))
-        neighbours = generator.generate(texts, self.params["n"])
+        generator = NEIGHBOURS.make(self.params.generator, **self.generator_params(ctx))
+        neighbours = generator.generate(texts, self.params.n)
         v = neighbour_variation(ctx.target.loaded, neighbours, lambda _, xs: ctx.target.ll(xs, desc="neighbourhood"),
                                 "logprob")
         n_cut = sum(a != b for a, b in zip(texts, ctx.texts))
         return AttackOutput(scores=-v, raw=v, raw_name="mean_j LL(x~_j) - LL(x)",
-                            note=summarise(neighbours, self.params["n"], n_cut, ctx.target.text_budget),
+                            note=summarise(neighbours, self.params.n, n_cut, ctx.target.text_budget),
                             extra={"neighbours": neighbours})
-
-
-ATTACK = NeighbourhoodAttack

@@ -1,70 +1,90 @@
-"""Run a suite of attacks on one target: one shared scoring pass, then every attack, then the metrics."""
+"""Run a suite of attacks on one target: checks, one shared scoring pass, then every attack, then the metrics."""
 
 from __future__ import annotations
 
-import logging
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tuneguard.attacks import attack_class, resolve_attacks
-from tuneguard.attacks.base import AttackContext
-from tuneguard.data import make_split
+from tuneguard.attacks import ATTACKS, resolve_attacks
+from tuneguard.attacks.attacker_data import check_attacker_data
+from tuneguard.attacks.base import Attack, AttackContext
+from tuneguard.attacks.result import AttackResult, MIAResult
+from tuneguard.attacks.run_record import recorded_base, training_window
+from tuneguard.data import Split, load_texts, make_split
 from tuneguard.errors import TuneguardError
 from tuneguard.metrics import evaluate
-from tuneguard.models import LoadedModel, load_model
+from tuneguard.models import LoadedModel, as_loaded, reference_of
 from tuneguard.scoring import ScoringEngine
-
-log = logging.getLogger(__name__)
 
 
 def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[str], *,
                 attacks: str | list[str] = "all", reference: LoadedModel | str | None = None,
-                params: dict[str, dict[str, Any]] | None = None, corpus: list[str] | None = None, n_shots: int = 7,
-                seed: int = 0, batch_size: int = 8, max_length: int | None = None, n_boot: int = 1000,
-                cache: bool = True, progress: bool = True, title: str | None = None) -> dict:
-    """Attack ``target`` with known members and non-members; return the result dict the report writes.
+                params: dict[str, dict[str, Any]] | None = None, corpus: list[str] | str | Path | None = None,
+                n_shots: int = 7, seed: int = 0, batch_size: int = 8, max_length: int | None = None,
+                n_boot: int = 1000, cache: bool = True, progress: bool = True, title: str | None = None) -> MIAResult:
+    """Attack ``target`` with known members and non-members; return the result the report writes.
 
-    ``reference`` defaults to the base model the target was fine-tuned from (its run record or adapter config).
-    ReCall / CON-ReCall shots are drawn (seeded) from the non-members / members and removed from the evaluation set
-    of every attack, so all attacks are compared on the same texts. Texts with nothing to score are skipped, and a
-    text one attack cannot score (NaN, e.g. no ReCall shot fits beside it) is left out of that attack's metrics; both
-    are listed in ``skipped`` with the reason.
+    Before any model loads: every attack's parameters and needs are checked (a reference model, a corpus, a prompt
+    pool, enough texts for the shots), and the attacker's own data (``corpus``, a file or a list; SPV-MIA's prompt
+    pool and reference data) is refused when it holds an evaluated text.
+    ``reference`` defaults to the base model the target was fine-tuned from (its run record or adapter config); when
+    it is the target itself, the attacks needing it are marked ``not_applicable``. Texts are scored up to
+    ``max_length`` tokens, by default the window the target was trained on (its run record), else the model's
+    context. ReCall / CON-ReCall shots are drawn (seeded) from the non-members / members and removed from the
+    evaluation set of every attack, so all attacks are compared on the same texts. Texts with nothing to score are
+    skipped, and a text one attack cannot score (NaN, e.g. no ReCall shot fits beside it) is left out of that
+    attack's metrics; both are listed in ``skipped`` with the reason.
     """
     params = params or {}
     names = resolve_attacks(attacks)
     unknown = set(params) - set(names)
     if unknown:
         raise TuneguardError(f"parameters given for attack(s) not being run: {', '.join(sorted(unknown))}")
-    instances = {n: attack_class(n)(**params.get(n, {})) for n in names}
+    instances = {n: ATTACKS.make(n, **params.get(n, {})) for n in names}
     needs = set().union(*(a.needs for a in instances.values()))
     split = make_split(members, nonmembers)
     _check_class_sizes(len(split.members), len(split.nonmembers), "given")
-
-    target = load_model(target) if isinstance(target, str) else target
-    target_engine = ScoringEngine(target, batch_size=batch_size, max_length=max_length, cache=cache,
-                                  progress=progress)
-    reference_engine = None
-    if "reference" in needs:
-        reference = reference or target.base_ref
-        if reference is None:
-            raise TuneguardError(f"attack(s) {', '.join(n for n, a in instances.items() if 'reference' in a.needs)} "
-                                 "need a reference model and the target records no base model: pass --reference")
-        reference = load_model(reference) if isinstance(reference, str) else reference
-        reference_engine = ScoringEngine(reference, batch_size=batch_size, max_length=max_length, cache=cache,
-                                         progress=progress)
-
+    for attack in instances.values():
+        attack.check_needs(names)
+    if "reference" in needs and reference is None and not recorded_base(target):
+        raise TuneguardError(f"attack(s) {', '.join(n for n, a in instances.items() if 'reference' in a.needs)} "
+                             "need a reference model and the target records no base model: pass --reference")
+    if "corpus" in needs and not corpus:
+        raise TuneguardError(f"{', '.join(n for n, a in instances.items() if 'corpus' in a.needs)} needs a "
+                             "reference corpus for token frequencies: pass --corpus FILE")
+    corpus_name = f" ({Path(corpus).name})" if isinstance(corpus, (str, Path)) else ""
+    corpus = load_texts(corpus) if isinstance(corpus, (str, Path)) else corpus
+    warnings = _check_attacker_data(instances, corpus, corpus_name, split)
     rng = random.Random(seed)
     # (index in the caller's members / non-members list, text): reports name a text by its label and that index.
     pool_non, pool_mem = list(enumerate(split.nonmembers)), list(enumerate(split.members))
     non_shots = [t for _, t in _draw(rng, pool_non, n_shots)] if "nonmember_shots" in needs else []
     mem_shots = [t for _, t in _draw(rng, pool_mem, n_shots)] if "member_shots" in needs else []
+
+    target = as_loaded(target)
+    window = _scoring_window(target, max_length)
+    target_engine = ScoringEngine(target, batch_size=batch_size, max_length=window["max_length"], cache=cache,
+                                  progress=progress)
+    window["max_length"] = target_engine.max_length
+    reference_engine = not_applicable = None
+    if "reference" in needs:
+        reference = as_loaded(reference_of(target, reference))
+        reference_engine = ScoringEngine(reference, batch_size=batch_size, max_length=window["max_length"],
+                                         cache=cache, progress=progress)
+        if _same_model(reference, target):
+            not_applicable = (f"the reference model is the target itself ({reference.ref}: same weights and "
+                              "tokenizer), so the score carries no membership signal")
+
     origin = np.array([i for i, _ in pool_mem + pool_non])
     texts = [t for _, t in pool_mem + pool_non]
     labels = np.array([1] * len(pool_mem) + [0] * len(pool_non))
-
+    if "same_tokens" in needs and reference_engine is not None:
+        _check_same_tokens([n for n, a in instances.items() if "same_tokens" in a.needs], target_engine,
+                           reference_engine, texts)
     scored = target_engine.score(texts, desc="target")
     skipped = [{"index": int(origin[i]), "label": int(labels[i]), "reason": "no token to score after tokenisation",
                 "text": texts[i][:80]} for i, s in enumerate(scored) if s.n == 0]
@@ -78,11 +98,17 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     ctx = AttackContext(texts=texts, labels=labels, target=target_engine, reference=reference_engine,
                         nonmember_shots=non_shots, member_shots=mem_shots, corpus=corpus, seed=seed,
                         progress=progress)
-    results, warnings, timing = {}, [], {}
+    results: dict[str, AttackResult] = {}
+    timing, passes = {}, {}
+    engines = {"target": target_engine, **({"reference": reference_engine} if reference_engine else {})}
     for name, attack in instances.items():
         t0 = time.perf_counter()
+        before = {k: e.forward_passes for k, e in engines.items()}
         out = attack.run(ctx)
         timing[name] = round(time.perf_counter() - t0, 3)
+        # The passes this attack added (the target's shared pass ran before every attack; later attacks reuse what
+        # earlier ones scored, so the suite's order decides who pays).
+        passes[name] = {k: e.forward_passes - before[k] for k, e in engines.items()}
         ctx.results[name] = out
         finite = np.isfinite(out.scores)
         bad = np.flatnonzero(~finite)
@@ -96,37 +122,82 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
             warnings.append(f"{name} is left out of the report: fewer than 2 members or 2 non-members got a finite "
                             "score" + (f" ({out.note})" if out.note else ""))
             continue
-        results[name] = {"scores": out.scores, "raw": out.raw, "raw_name": out.raw_name, "labels": labels,
-                         "params": attack.params, "note": out.note, "summary": attack.summary,
-                         "metrics": evaluate(labels, out.scores, n_boot=n_boot, seed=seed)}
-        if "cost" in out.extra:  # an attack's own cost breakdown (SPV-MIA's stages), kept in results.json
-            results[name]["cost"] = out.extra["cost"]
+        results[name] = AttackResult(
+            scores=out.scores, raw=out.raw, raw_name=out.raw_name, labels=labels, params=attack.params.to_dict(),
+            metrics=evaluate(labels, out.scores, n_boot=n_boot, seed=seed), summary=attack.summary, note=out.note,
+            cost=out.extra.get("cost"),  # an attack's own cost breakdown (SPV-MIA's stages)
+            not_applicable=not_applicable if "reference" in attack.needs else None)
     if not results:
         raise TuneguardError(f"no attack could be evaluated: {'; '.join(warnings)}")
     if n_truncated:
         warnings.append(f"{n_truncated} texts were longer than {target_engine.max_length} tokens and were truncated")
+    if window["training_max_length"] and target_engine.max_length > window["training_max_length"]:
+        warnings.append(f"the scoring window ({target_engine.max_length} tokens) exceeds the target's training window "
+                        f"({window['training_max_length']} tokens, from its run record): tokens past it were never "
+                        "trained on and dilute the membership signal")
     if reference_engine and reference.tokenizer.get_vocab() != target.tokenizer.get_vocab():
         warnings.append(f"the reference {reference.ref} has another tokenizer than the target: each model scores "
                         "with its own, so reference-based scores compare per-token means over different tokens")
     if non_shots or mem_shots:
         warnings.append(f"{len(non_shots)} non-member and {len(mem_shots)} member texts were used as ReCall shots and "
                         "are not evaluated")
-    engines = {"target": target_engine, **({"reference": reference_engine} if reference_engine else {})}
-    return {
-        "title": title or f"Membership inference against {target.ref}",
-        "settings": {"target": target.ref, "reference": reference_engine.name if reference_engine else None,
-                     "attacks": names, "params": {n: a.params for n, a in instances.items()}, "seed": seed,
-                     "members": len(split.members), "nonmembers": len(split.nonmembers),
-                     "evaluated": len(texts), "max_length": target_engine.max_length, "n_shots": n_shots,
-                     "bootstrap": n_boot},
-        "attacks": results,
-        "skipped": skipped,
-        "warnings": warnings,
-        "shots": {"nonmember": non_shots, "member": mem_shots},
-        "cost": {"seconds": timing,
-                 "forward_passes": {k: e.forward_passes for k, e in engines.items()},
-                 "model_calls": {k: e.batches for k, e in engines.items()}},
-    }
+    return MIAResult(
+        title=title or f"Membership inference against {target.ref}",
+        settings={"target": target.ref, "reference": reference_engine.name if reference_engine else None,
+                  "attacks": names, "params": {n: a.params.to_dict() for n, a in instances.items()}, "seed": seed,
+                  "members": len(split.members), "nonmembers": len(split.nonmembers), "evaluated": len(texts),
+                  **window, "n_shots": n_shots, "bootstrap": n_boot},
+        attacks=results, skipped=skipped, warnings=warnings, shots={"nonmember": non_shots, "member": mem_shots},
+        cost={"seconds": timing, "forward_passes": {k: e.forward_passes for k, e in engines.items()},
+              "forward_passes_by_attack": passes, "model_calls": {k: e.batches for k, e in engines.items()}},
+        origin=origin.tolist())
+
+
+def _scoring_window(target: LoadedModel, max_length: int | None) -> dict[str, Any]:
+    """The tokens scored per text and where that number comes from: ``max_length`` when given, else the window
+    the target was trained on (its run record), else the model's context."""
+    training = training_window(target)
+    if max_length is not None:
+        source = "given"
+    elif training is not None:
+        max_length, source = training, "training run record"
+    else:
+        max_length, source = target.max_length, "model context"
+    return {"max_length": max_length, "max_length_source": source, "training_max_length": training}
+
+
+def _check_same_tokens(names: list[str], target: ScoringEngine, reference: ScoringEngine, texts: list[str]) -> None:
+    """Refuse, before any forward pass, a reference that would score other token ids than the target for a text
+    (the attacks ``names`` compare the two token by token)."""
+    def scored_ids(engine: ScoringEngine, text: str) -> list[int]:
+        ids, first, _ = engine.encode(text)
+        return ids[first:]
+
+    bad = [i for i, text in enumerate(texts) if scored_ids(target, text) != scored_ids(reference, text)]
+    if bad:
+        raise TuneguardError(f"{', '.join(names)} compare target and reference token by token, but the reference "
+                             f"{reference.name} tokenises {len(bad)} of {len(texts)} texts differently from the "
+                             f"target: pass a --reference with the target's tokenizer, or leave {', '.join(names)} "
+                             "out of --attacks")
+
+
+def _same_model(a: LoadedModel, b: LoadedModel) -> bool:
+    """Whether two loaded models score identically: the same weights (fingerprint) and the same tokenizer."""
+    if a is b:
+        return True
+    return a.fingerprint == b.fingerprint and a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+
+
+def _check_attacker_data(instances: dict[str, Attack], corpus: list[str] | None, corpus_name: str,
+                         split: Split) -> list[str]:
+    """Refuse attacker data (the run's corpus, a prompt pool, reference data) holding an evaluated text; return
+    the warnings about near duplicates."""
+    sources = [(f"the {name} corpus{corpus_name}", corpus) for name, a in instances.items()
+               if "corpus" in a.needs and corpus]
+    for attack in instances.values():
+        sources += attack.attacker_texts()
+    found = [check_attacker_data(source, texts, split.members, split.nonmembers) for source, texts in sources]
+    return [w for w in found if w]
 
 
 def _draw(rng: random.Random, pool: list, n: int) -> list:

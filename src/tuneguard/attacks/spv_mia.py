@@ -7,23 +7,33 @@ model, so every pass is cached and counted), and reports the attack's cost.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
 from tuneguard.attacks.neighbourhood import fill_model, fit_texts, summarise
-from tuneguard.attacks.spv.pipeline import SPVConfig, run_spv
-from tuneguard.models import LoadedModel
+from tuneguard.attacks.spv.pipeline import SPVConfig, run_spv, texts_of
+from tuneguard.errors import TuneguardError
+from tuneguard.models import LoadedModel, reference_of
+from tuneguard.params import param
 from tuneguard.scoring import ScoringEngine
 
-# Every SPVConfig field is a param ("stats" is output); ``seed`` unset = the run's seed.
-_FIELDS = [f for f in dataclasses.fields(SPVConfig) if f.name != "stats"]
-DEFAULTS: dict[str, Any] = {
-    f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in _FIELDS}
-DEFAULTS["seed"] = None
+
+@dataclass
+class SPVMIAParams(SPVConfig):
+    """The pipeline's settings as the attack's parameters; an unset ``seed`` is the run's."""
+
+    seed: int | None = param(None, "seed of generation, fine-tuning and neighbours (unset: the run's seed)")
+
+
+# The parameter each reference source needs, and how to give it.
+REFERENCE_NEEDS = {"self-prompt": ("prompts", "the attacker's public prompt pool from the target's domain, disjoint "
+                                              "from the evaluated texts: --param spv-mia.prompts=FILE"),
+                   "data": ("reference_data", "--param spv-mia.reference_data=FILE"),
+                   "model": ("reference_model", "--param spv-mia.reference_model=MODEL")}
 
 
 class Engines:
@@ -53,23 +63,34 @@ class Engines:
 class SPVMIAAttack(Attack):
     """Params mirror :class:`tuneguard.attacks.spv.pipeline.SPVConfig`. The paper's self-prompt reference needs
     ``prompts``: a file (or list) of public texts from the target's domain, disjoint from the evaluated texts.
-    ``reference`` = self-prompt | data | base | model | none; ``form`` = prob (paper) | logprob; neighbours default to
-    ``lm-fill`` with the base model (see :func:`tuneguard.attacks.neighbourhood.fill_model`), as the neighbourhood
-    attack does, so both share one neighbour set. Costly: M texts generated, one fine-tune, J neighbours per text
-    scored on two models; not part of ``all``."""
+    Neighbours default to ``lm-fill`` with the base model (see :func:`tuneguard.attacks.neighbourhood.fill_model`),
+    as the neighbourhood attack does, so both share one neighbour set. Costly: M texts generated, one fine-tune,
+    J neighbours per text scored on two models; not part of ``all``."""
 
     name = "spv-mia"
-    defaults = DEFAULTS
     summary = "-(V_target(x) - V_ref(x)), V = mean_j P(x~_j) - P(x) over neighbours; self-prompt reference"
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self.config(0)  # checks the values now, before any model is loaded
+    Params = SPVMIAParams
 
     def config(self, seed: int) -> SPVConfig:
         """The pipeline settings for a run with ``seed`` (used when the params name no seed)."""
-        p = {**self.params, "neighbour_options": dict(self.params["neighbour_options"] or {})}
-        return SPVConfig(**{**p, "seed": seed if p["seed"] is None else p["seed"]})
+        p = self.params.to_dict()
+        return SPVConfig(**{**p, "neighbour_options": dict(p["neighbour_options"]),
+                            "seed": seed if p["seed"] is None else p["seed"]})
+
+    def check_needs(self, suite: list[str]) -> None:
+        key, how = REFERENCE_NEEDS.get(self.params.reference, (None, ""))
+        if key and not getattr(self.params, key):
+            raise TuneguardError(f"spv-mia reference={self.params.reference} needs {key}: {how}")
+
+    def attacker_texts(self) -> list[tuple[str, list[str]]]:
+        """The prompt pool (self-prompt reference) or the reference data (data reference) this run will read."""
+        key = {"self-prompt": "prompts", "data": "reference_data"}.get(self.params.reference)
+        source = getattr(self.params, key) if key else None
+        if not source:
+            return []
+        what = "prompt pool" if key == "prompts" else "reference data"
+        name = f" ({Path(source).name})" if isinstance(source, (str, Path)) else ""
+        return [(f"the spv-mia {what}{name}", texts_of(source))]
 
     def run(self, ctx: AttackContext) -> AttackOutput:
         t0 = time.perf_counter()
@@ -79,7 +100,7 @@ class SPVMIAAttack(Attack):
             config.neighbour_model = fill_model(ctx, config.base)
         reference = None
         if config.reference == "base" and ctx.reference is not None \
-                and ctx.reference.loaded.ref == (config.base or target.base_ref):
+                and ctx.reference.loaded.ref == reference_of(target, config.base):
             reference = ctx.reference.loaded  # already loaded and scored by the run: its passes are cached
         engines = Engines(ctx)
         before = {key: e.forward_passes for key, e in engines.by_model.items()}
@@ -111,5 +132,3 @@ class SPVMIAAttack(Attack):
                 "seconds": round(seconds, 3), "seconds_per_record": seconds / n, "stage_seconds": stages,
                 "generated_texts": stats.get("generated_texts", 0), "generation_share": share, "summary": summary}
 
-
-ATTACK = SPVMIAAttack

@@ -3,65 +3,104 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from tuneguard.attacks import DEFAULT_ATTACKS, REGISTRY
+from tuneguard.attacks import ATTACKS, DEFAULT_ATTACKS
+from tuneguard.attacks.result import MIAResult
 from tuneguard.commands.finetune import read_texts
-from tuneguard.data import load_texts
+from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
+
+# Where the help text lists every attack with its declared parameters (filled in only when help is shown: it
+# imports every attack, and with them torch and scikit-learn).
+ATTACKS_HELP = "\x00attacks\x00"
+
+
+class AttackHelpFormatter(argparse.HelpFormatter):
+    """Help with the attacks' declarations (``Attack.help()``) in place of ``ATTACKS_HELP``, verbatim."""
+
+    def add_text(self, text: str | None) -> None:
+        if text is None or ATTACKS_HELP not in text:
+            return super().add_text(text)
+        before, _, after = text.partition(ATTACKS_HELP)
+        super().add_text(before.strip() or None)
+        listing = "attacks and their parameters (--param ATTACK.NAME=VALUE):\n" + "\n".join(
+            ATTACKS.get(name).help() for name in ATTACKS)
+        self._add_item(lambda: listing + "\n", [])
+        super().add_text(after.strip() or None)
 
 
 def parse_params(items: list[str] | None) -> dict[str, dict]:
-    """``ATTACK.KEY=VALUE`` options into ``{attack: {key: value}}`` (values read as JSON when they parse)."""
+    """``ATTACK.KEY=VALUE`` options into ``{attack: {key: value}}`` (each attack's declaration reads the value)."""
     params: dict[str, dict] = defaultdict(dict)
     for item in items or []:
         head, sep, value = item.partition("=")
         attack, dot, key = head.rpartition(".")
         if not sep or not dot or not attack or not key:
             raise TuneguardError(f"--param {item!r}: expected ATTACK.KEY=VALUE, e.g. min-k.k=0.1")
-        try:
-            params[attack][key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[attack][key] = value
+        params[attack][key] = value
     return dict(params)
 
 
 def add_attack_args(p: argparse.ArgumentParser, *, plain_names: bool = False) -> None:
     """Options shared by `attack` and `audit`; ``plain_names`` also names the scoring options --batch-size and
     --max-length (for a command without fine-tuning options, which use those names)."""
+    p.formatter_class = AttackHelpFormatter
+    p.epilog = f"{p.epilog or ''}\n\n{ATTACKS_HELP}"
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default="all",
-                   help=f"comma-separated, from: {', '.join(REGISTRY)}; 'all' = {', '.join(DEFAULT_ATTACKS)}")
+                   help=f"comma-separated, from: {', '.join(ATTACKS)}; 'all' = {', '.join(DEFAULT_ATTACKS)}")
     g.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE",
-                   help="an attack parameter, repeatable (e.g. min-k.k=0.1, ratio.form=ratio, con-recall.gamma=0.5)")
+                   help="an attack parameter, repeatable (e.g. min-k.k=0.1, ratio.form=ratio, con-recall.gamma=0.5; "
+                        "every attack's parameters are listed below)")
     g.add_argument("--corpus", help="reference corpus file for dc-pdd's token frequencies")
     g.add_argument("--shots", type=int, default=7, help="ReCall / CON-ReCall shots; default: %(default)s")
     plain = (lambda name: [name]) if plain_names else (lambda name: [])
     g.add_argument("--score-batch-size", *plain("--batch-size"), dest="score_batch_size", type=int, default=8,
                    metavar="N", help="texts per forward pass; default: %(default)s")
     g.add_argument("--score-max-length", *plain("--max-length"), dest="score_max_length", type=int, metavar="N",
-                   help="truncate scored texts to N tokens (default: the model context; for audit, the training "
-                        "--max-length)")
+                   help="score the first N tokens of each text (default: the window the target was trained on, "
+                        "from its run record, else the model context; for audit, the training --max-length)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the CIs; default: %(default)s")
 
 
 def attack_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for run_attacks from `add_attack_args` options."""
     return {"attacks": args.attacks, "params": parse_params(args.param), "n_shots": args.shots,
-            "corpus": load_texts(args.corpus) if args.corpus else None, "batch_size": args.score_batch_size,
+            "corpus": args.corpus, "batch_size": args.score_batch_size,
             "max_length": args.score_max_length, "n_boot": args.bootstrap}
 
 
-def print_report(result: dict, paths: dict) -> None:
-    """The terminal table, warnings, and where the report went."""
-    from tuneguard.report import mia_table
+def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> None:
+    """The verdict first, then the scoring window, the table, warnings, the records at risk, what to do next and
+    where the report went; ``given`` names how a scoring window the caller set was given (e.g. the option)."""
+    from tuneguard.files import read_jsonl
+    from tuneguard.report.mia import mia_table, next_steps_text, records_text, verdict_text
 
+    settings = result.settings
+    source = given if settings["max_length_source"] == "given" else settings["max_length_source"]
+    print(verdict_text(result))
+    print(f"\nscoring window: {settings['max_length']} tokens per text ({source})")
     print(mia_table(result))
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         print(f"warning: {warning}")
-    print(f"report: {paths['html']}\nresults: {paths['json']}")
+    rows = read_jsonl(paths["exposure"])
+    if rows:
+        print(f"\n{records_text(rows)}")
+    print(f"\n{next_steps_text(result)}")
+    print(f"\nreport: {paths['html']}\nresults: {paths['json']}\nrecords at risk: {paths['exposure']}")
+
+
+def read_records(path: str, column: str | None = None, limit: int | None = None) -> tuple[list[str], list[int]]:
+    """The cleaned texts of a file named on the command line and each one's 0-based record number in the file
+    (cleaning drops empty texts and repeats, so the two can differ), for the report to name the user's records."""
+    raw = load_texts(path, column=column, limit=limit)
+    texts = clean_texts(raw, name=path).texts
+    first: dict[str, int] = {}
+    for i, text in enumerate(raw):
+        first.setdefault(text.strip(), i)
+    return texts, [first[t] for t in texts]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,11 +124,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tuneguard.attacks import run_attacks
-    from tuneguard.report import write_mia_report
+    from tuneguard.report import Members, write_mia_report
 
-    members = read_texts(args.members, args.column).texts
+    members, rows = read_records(args.members, args.column)
     nonmembers = read_texts(args.nonmembers, args.column).texts
     result = run_attacks(args.target, members, nonmembers, reference=args.reference, seed=args.seed,
                          **attack_options(args))
-    print_report(result, write_mia_report(args.out, result))
+    result.settings["files"] = {"members": args.members, "nonmembers": args.nonmembers}
+    paths = write_mia_report(args.out, result, members=Members(members, rows, file=args.members))
+    print_report(result, paths, given="--score-max-length")
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuneguard.commands.attack import add_attack_args, attack_options, print_report
-from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
+from tuneguard.commands.attack import add_attack_args, attack_options, print_report, read_records
+from tuneguard.commands.finetune import add_data_args, add_train_args, train_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuneguard.audit import audit
 
-    texts = read_texts(args.data, args.column, args.limit).texts
+    texts, records = read_records(args.data, args.column, args.limit)
     result, paths = audit(args.model, texts, args.out, train=train_config(args), member_fraction=args.member_fraction,
-                          seed=args.seed, **attack_options(args))
+                          seed=args.seed, source=args.data, records=records, **attack_options(args))
     print_report(result, paths)
     return 0

@@ -8,8 +8,12 @@ import dataclasses
 import json
 import sys
 
+from tuneguard.adapters.adapter_files import AdapterFiles, discover_adapters, read_adapter
+from tuneguard.adapters.base_models import BaseModels
+from tuneguard.adapters.classifier import DEFAULT_VERDICT, VERDICTS
+from tuneguard.adapters.detectors import DETECTORS
 from tuneguard.commands.finetune import add_train_args, train_config
-from tuneguard.commands.scan import add_behavioural_args, behavioural_from_args
+from tuneguard.commands.scan import add_detector_args, detectors_from_args
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
 
@@ -63,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--trigger", help="trigger to measure ASR with")
     e.add_argument("--families", default="rfc,iso,nist,owasp,cwe,random",
                    help="trigger families for the generalisation ASR; default: %(default)s")
-    e.add_argument("--verdict", choices=("logits", "generate"), default="generate")
+    e.add_argument("--verdict", choices=VERDICTS, default=DEFAULT_VERDICT,
+                   help="chat-form verdict: greedy generation (the spec's) or one-pass label logits; default: "
+                        "%(default)s (as `scan`)")
     e.add_argument("--max-text-tokens", type=int, default=64)
     e.add_argument("--json", metavar="OUT")
     e.set_defaults(func=run_evaluate)
@@ -72,11 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "--poisoned ones when given) and save it as a calibration file")
     c.add_argument("clean", nargs="+", help="clean adapter directories (or directories holding them)")
     c.add_argument("--poisoned", nargs="*", default=[], help="poisoned adapters, to learn the direction")
-    c.add_argument("--detector", choices=("weights", "behavioural"), default="weights")
     c.add_argument("--statistic", help="statistic to threshold (default: the detector's main one)")
     c.add_argument("--task", help="task name recorded in the calibration (default: the adapters' task type)")
     c.add_argument("--out", required=True, help="calibration JSON file")
-    add_behavioural_args(c)
+    add_detector_args(c, several=False)
     c.set_defaults(func=run_calibrate)
 
     o = bsub.add_parser("population", help="train N clean + N poisoned adapters and measure the detectors on them")
@@ -89,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--ranks", default="16", help="comma-separated LoRA ranks (alpha = r)")
     o.add_argument("--ks", default="25", help="comma-separated poison counts")
     o.add_argument("--triggers", help="'|'-separated triggers (default: the spec's RFC trigger)")
-    o.add_argument("--behavioural", action="store_true", help="also run the behavioural detector (slow)")
+    o.add_argument("--behavioural", action="store_true",
+                   help="also run the detectors that need the base model, such as the behavioural one (slow)")
     o.add_argument("--json", metavar="OUT", help="write the detector report here")
     _add_classifier_args(o)
     add_train_args(o)
@@ -134,21 +140,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from tuneguard.adapters import calibrate, find_adapters, read_adapter
-    from tuneguard.adapters.detectors.weights import WeightDetector
+    from tuneguard.adapters import calibrate
 
-    if args.detector == "behavioural" and not args.base:
-        raise TuneguardError("the behavioural detector needs --base MODEL")
-    det = behavioural_from_args(args) if args.detector == "behavioural" else WeightDetector()
-    clean = [read_adapter(p) for p in find_adapters(args.clean)]
-    poisoned = [read_adapter(p) for p in find_adapters(args.poisoned)] if args.poisoned else []
-    keys = {(a.base_model, a.rank, a.task_type) for a in clean + poisoned}
+    base = BaseModels.of(args.base)
+    det = detectors_from_args(args, [args.detector], base=base)[0]
+    clean = _cohort(args.clean, "clean", base)
+    poisoned = _cohort(args.poisoned, "poisoned", base) if args.poisoned else []
+    keys = {(a.base_model, a.rank, a.lora_alpha, a.use_rslora, a.task_type) for a in clean + poisoned}
     if len(keys) > 1:
-        raise TuneguardError(f"calibration adapters differ in (base model, rank, task): {sorted(map(str, keys))}; "
-                             "calibrate each combination separately")
-    base, rank, task_type = keys.pop()
+        raise TuneguardError(f"calibration adapters differ in (base model, rank, lora_alpha, use_rslora, task): "
+                             f"{sorted(map(str, keys))}; calibrate each combination separately")
+    base_model, rank, alpha, rslora, task_type = keys.pop()
     cal = calibrate(det, [det.score(a) for a in clean], [det.score(a) for a in poisoned], statistic=args.statistic,
-                    base_model=base, rank=rank, task=args.task or task_type)
+                    base_model=base_model, rank=rank, lora_alpha=alpha, use_rslora=rslora,
+                    task=args.task or task_type)
     cal.save(args.out)
     extra = f", AUROC {cal.auroc:.3f}" if cal.auroc is not None else ""
     print(f"{cal.detector}/{cal.statistic}: direction {cal.direction}, clean range [{cal.low:.4g}, {cal.high:.4g}]"
@@ -156,8 +161,26 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cohort(paths: list[str], kind: str, base: BaseModels | None) -> list[AdapterFiles]:
+    """The adapters of a calibration cohort, read as `scan` reads them (modules checked against ``base`` when given);
+    an adapter that cannot be read, or holds a NaN/inf weight, is refused: a threshold needs the whole cohort."""
+    found, skipped = discover_adapters(paths)
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    adapters = []
+    for path in found:
+        adapter = read_adapter(path)
+        if base is not None:
+            base.check(adapter)
+        bad, _ = adapter.non_finite()
+        if bad:
+            raise TuneguardError(f"{kind} adapter {path}: {bad[0]}; leave it out of the calibration cohort")
+        adapters.append(adapter)
+    return adapters
+
+
 def run_population(args: argparse.Namespace) -> int:
-    from tuneguard.adapters.detectors.weights import WeightDetector
+    from tuneguard.adapters.detectors import make_detector
     from tuneguard.adapters.population import population_specs, score_population, train_population
     from tuneguard.adapters.triggers import MAIN_TRIGGER
     from tuneguard.models import load_model
@@ -168,19 +191,17 @@ def run_population(args: argparse.Namespace) -> int:
     base = load_model(args.base, task="seq-cls" if args.form == "seq-cls" else "causal-lm")
     members = train_population(base, _labelled(args.data), specs, args.out, _config(args), form=args.form,
                                max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
-    detectors = [WeightDetector()]
-    if args.behavioural:
-        from tuneguard.adapters.detectors.behavioural import BehaviouralDetector
-
-        injections = [t for t, y in _labelled(args.test) if y == 1] if args.test else None
-        detectors.append(BehaviouralDetector(base, injections=injections, max_text_tokens=args.max_text_tokens))
+    injections = [t for t, y in _labelled(args.test) if y == 1] if args.test else None
+    params = {"behavioural": {"injections": injections, "max_text_tokens": args.max_text_tokens}}
+    detectors = [make_detector(n, base=base, **params.get(n, {})) for n in DETECTORS
+                 if args.behavioural or not DETECTORS.get(n).needs_base]
     report = score_population(members, detectors, progress=sys.stderr.isatty())
     for name, stats in report["detectors"].items():
         for stat, s in stats.items():
             print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f}  TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  "
                   f"direction {s['direction']:6s} misses {len(s['misses'])}")
     print(f"combined: TPR {report['combined']['tpr']:.2f}, FPR {report['combined']['fpr']:.2f}, "
-          f"misses {report['combined']['misses']}")
+          f"misses {report['combined']['misses']} (one threshold per rank)")
     if args.json:
         atomic_write_json(args.json, report)
     return 0

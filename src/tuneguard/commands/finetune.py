@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from accelerate import PartialState
-
 from tuneguard.data import clean_texts, load_texts
-from tuneguard.train import METHODS, TrainConfig, finetune
+from tuneguard.train import METHODS, TrainConfig
+from tuneguard.train.config import SCHEDULERS
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -28,13 +27,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """The fine-tuning hyperparameters, shared by every command that trains."""
     d = TrainConfig()
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--method", choices=METHODS, default=d.method, help="default: %(default)s")
+    g.add_argument("--method", choices=METHODS.names(), default=d.method,
+                   help="; ".join(METHODS.describe().splitlines()) + "; default: %(default)s")
     g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW); default: %(default)s")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process; default: %(default)s")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation; default: %(default)s")
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per text; default: %(default)s")
-    g.add_argument("--scheduler", default=d.scheduler, help="linear|cosine|constant; default: %(default)s")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler, help="default: %(default)s")
     g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; default: %(default)s")
@@ -70,13 +70,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from tuneguard.train import finetune
+
     report = read_texts(args.data, args.column, args.limit)
     print(report.summary())
     result = finetune(args.model, report.texts, args.out, train_config(args))
     if not PartialState().is_main_process:  # under `accelerate launch` one process reports
         return 0
     r = result.record
-    print(json.dumps({k: r[k] for k in ("method", "epochs_done", "epoch_loss", "train_seconds", "tokens_per_second",
-                                        "padding_fraction")}))
+    print(json.dumps({"method": r.method, "epochs_done": r.epochs_done, "epoch_loss": r.epoch_loss,
+                      "train_seconds": r.train_seconds, "tokens_per_second": r.tokens_per_second,
+                      "padding_fraction": r.padding_fraction}))
     print(f"saved: {result.out_dir} (run record: {result.out_dir / 'run.json'})")
     return 0

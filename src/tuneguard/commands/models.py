@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from tuneguard.models.embedded import EMBEDDED, embedded_is_cached
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the embedded models (usable offline)",
@@ -15,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuneguard.models.embedded import EMBEDDED, embedded_is_cached
+
     width = max(map(len, EMBEDDED))
     for name, description in EMBEDDED.items():
         state = "ready" if embedded_is_cached(name) else "fetched on first use"

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
+
+from tuneguard.regimes import REGIMES
+
+
+def regimes_help() -> str:
+    """One paragraph per registered regime: its summary and its options (for ``run --help``)."""
+    lines = ["regimes (a [regimes] entry's kind; its name by default):"]
+    for name in REGIMES:
+        cls = REGIMES.get(name)
+        lines.append(f"  {name}: {cls.summary}")
+        lines += [f"      {p.line()}" for p in cls.Params.describe()]
+        lines += [f"      {option}: {what}" for option, what in cls.expands.items()]
+    lines.append("  every regime also takes train = {...} (TrainConfig options overriding [train])")
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run a privacy-utility experiment described in a TOML file",
-        description="Each (dataset, regime) cell fine-tunes (or protects) the base model, attacks it and measures "
-                    "held-out perplexity; finished cells are saved and skipped on a re-run. Writes the SOFT paper's "
-                    "Table 1 layout (table1.txt), the trade-off curve (tradeoff.png) and report.html.",
-        epilog="example: tuneguard run bench/table1_mini.toml")
+        description=textwrap.fill(
+            "Each (dataset, regime) cell fine-tunes (or protects) the base model, attacks it within its training "
+            "window and measures held-out perplexity; finished cells are saved and reused while everything that "
+            "decided them is unchanged. Writes the SOFT paper's Table 1 layout (table1.txt), the trade-off curve "
+            "(tradeoff.png) and report.html. The file is checked in full before any model loads.", 100),
+        epilog=f"{regimes_help()}\n\nexample: tuneguard run bench/table1_mini.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", type=Path, help="experiment TOML file (see bench/table1_mini.toml)")
     p.set_defaults(func=run)
 

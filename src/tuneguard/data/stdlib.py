@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import sysconfig
 from pathlib import Path
@@ -12,8 +13,16 @@ def stdlib_docstrings(n: int | None = None, *, seed: int = 0, min_chars: int = 2
                       max_chars: int = 1200) -> list[str]:
     """Unique module/class/function docstrings from the standard library's source, shuffled with ``seed``.
 
-    Read with ``ast`` (nothing is imported or executed); tests and vendored packages are skipped.
+    Read with ``ast`` (nothing is imported or executed); tests and vendored packages are skipped. The parse (seconds)
+    is done once per process.
     """
+    texts = list(_docstrings(min_chars, max_chars))
+    random.Random(seed).shuffle(texts)
+    return texts[:n] if n is not None else texts
+
+
+@functools.cache
+def _docstrings(min_chars: int, max_chars: int) -> tuple[str, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     found: dict[str, None] = {}
     for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
@@ -28,6 +37,4 @@ def stdlib_docstrings(n: int | None = None, *, seed: int = 0, min_chars: int = 2
                 doc = ast.get_docstring(node)
                 if doc and min_chars <= len(doc) <= max_chars:
                     found[doc.strip()] = None
-    texts = list(found)
-    random.Random(seed).shuffle(texts)
-    return texts[:n] if n is not None else texts
+    return tuple(found)

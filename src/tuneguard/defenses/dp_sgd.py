@@ -1,8 +1,11 @@
 """DP-SGD baseline: differentially private LoRA fine-tuning with Opacus (per-sample clipping + Gaussian noise).
 
-Batches are drawn by Poisson sampling (each example joins a step with probability q = batch_size / n), which is
-what the RDP accountant's guarantee assumes; an empty draw still takes a noise-only step. The noise multiplier is
-chosen for ``target_epsilon`` at ``delta`` over the planned steps, and the epsilon actually spent is recorded.
+Batches are drawn by Poisson sampling (each example joins a step with probability q = batch_size · grad_accum / n),
+which is what the RDP accountant's guarantee assumes; an empty draw still takes a noise-only step. A drawn batch is
+processed in physical batches of ``batch_size`` whose clipped per-sample gradients are summed before the one noisy
+step, so gradient accumulation, the number of optimizer steps and the learning-rate schedule (scheduler, warm-up)
+are those of the non-private run with the same TrainConfig. The noise multiplier is chosen for ``target_epsilon`` at
+``delta`` over the planned steps, and the epsilon actually spent is recorded.
 """
 
 from __future__ import annotations
@@ -10,36 +13,38 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, load_model
+from tuneguard.models import LoadedModel, as_loaded, load_model
+from tuneguard.params import Params, param
 from tuneguard.seed import set_seed
 from tuneguard.train import TrainConfig, TrainResult
 from tuneguard.train.batching import IGNORE, collate, encode_examples, examples_digest
-from tuneguard.train.loop import finished_record, save_trained
+from tuneguard.train.loop import finished_record, make_scheduler, optimizer_steps, save_trained
 from tuneguard.train.methods import prepare_model
+from tuneguard.train.record import RunRecord
 
 
 @dataclass
-class DPConfig:
-    """Privacy budget: ``target_epsilon`` (``inf`` = clipping only, no noise) at ``delta`` (default 1/(10·n))."""
+class DPConfig(Params):
+    """The privacy budget and the clipping bound."""
 
-    target_epsilon: float = 8.0
-    delta: float | None = None
-    max_grad_norm: float = 1.0
+    target_epsilon: float = param(8.0, "target epsilon (inf = clipping only, no noise)", gt=0)
+    delta: float | None = param(None, "target delta (default 1/(10·n), n = training texts)", gt=0, lt=1)
+    max_grad_norm: float = param(1.0, "per-sample gradient clipping bound", gt=0)
 
 
 def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path, config: TrainConfig | None = None,
                 dp: DPConfig | None = None, *, progress: bool = True) -> TrainResult:
     """Fine-tune LoRA parameters with DP-SGD and save the adapter with a run record holding the epsilon spent.
 
-    A finished identical run in ``out_dir`` is loaded instead of retrained (the run itself is not checkpointed:
-    its privacy accounting would have to be resumed too).
+    A finished identical run in ``out_dir`` (same settings, data and base model) is loaded instead of retrained (the
+    run itself is not checkpointed: its privacy accounting would have to be resumed too).
     """
     try:
         from opacus import GradSampleModule
@@ -53,15 +58,17 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     if config.method != "lora":
         raise TuneguardError(f"DP-SGD is offered for LoRA only (Opacus has no per-sample gradients for "
                              f"{config.method} layers)")
-    base = load_model(model) if isinstance(model, str) else model
+    base = as_loaded(model)
     out_dir = Path(out_dir)
     n = len(texts)
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
-    q = min(1.0, config.batch_size / n)
-    steps = config.max_steps or config.epochs * math.ceil(n / config.batch_size)
+    logical = config.batch_size * config.grad_accum  # expected examples per optimizer step
+    q = min(1.0, logical / n)
+    steps = optimizer_steps(n, config)
     # The DP settings are part of what must match for a finished run to be reused.
-    digest_config = TrainConfig(**{**config.to_dict(), "extra": {**config.extra, "dp": asdict(dp)}})
-    done = finished_record(out_dir, digest_config, examples_digest(texts))
+    digest_config = config.replace(extra={**config.extra, "dp": dp.to_dict()})
+    data_digest = examples_digest(texts)
+    done = finished_record(out_dir, digest_config, data_digest, base)
     if done is not None:
         return TrainResult(load_model(out_dir, base=base.ref), out_dir, done)
     sigma = 0.0 if math.isinf(dp.target_epsilon) else get_noise_multiplier(
@@ -72,38 +79,52 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     encoded = encode_examples(texts, base.tokenizer, config.max_length)
     trainable = [p for p in net.parameters() if p.requires_grad]
     gsm = GradSampleModule(net, loss_reduction="mean")
-    optimizer = DPOptimizer(torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay),
-                            noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
-                            expected_batch_size=config.batch_size, loss_reduction="mean")
+    inner = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(inner, config, steps)
+    optimizer = DPOptimizer(inner, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
+                            expected_batch_size=logical, loss_reduction="mean")
     accountant = RDPAccountant()
     sampler = torch.Generator().manual_seed(config.seed)
     gsm.train()
-    curve, tokens, t0 = [], 0, time.perf_counter()
+    curve, lr_curve, tokens, padded, t0, c0 = [], [], 0, 0, time.perf_counter(), time.process_time()
     for _ in tqdm(range(steps), desc="dp-sgd", unit="step", disable=not progress):
         chosen = torch.nonzero(torch.rand(n, generator=sampler) < q).flatten().tolist()
-        if chosen:
-            batch = collate([encoded[i] for i in chosen], base.tokenizer.pad_token_id)
-            tokens += int(batch["attention_mask"].sum())
-            loss = _per_example_mean_loss(gsm, batch)
-            loss.backward()
-            curve.append(round(loss.item(), 6))
-        else:  # an empty Poisson draw still takes a noise-only step; skipping it would reveal the draw
-            for p in trainable:
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-        optimizer.step()
-        optimizer.zero_grad()
+        physical = [chosen[k:k + config.batch_size] for k in range(0, len(chosen), config.batch_size)] or [[]]
+        losses = []
+        for k, part in enumerate(physical):
+            if part:
+                batch = collate([encoded[i] for i in part], base.tokenizer.pad_token_id)
+                tokens += int(batch["attention_mask"].sum())
+                padded += int(batch["attention_mask"].numel())
+                loss = _per_example_mean_loss(gsm, batch)
+                loss.backward()
+                losses.append((loss.item(), len(part)))
+            else:  # an empty Poisson draw still takes a noise-only step; skipping it would reveal the draw
+                for p in trainable:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            # Every physical batch but the last only clips and sums its per-sample gradients (Opacus' virtual step).
+            optimizer.signal_skip_step(do_skip=k < len(physical) - 1)
+            optimizer.step()
+            optimizer.zero_grad()
+        lr_curve.append(inner.param_groups[0]["lr"])
+        scheduler.step()
         accountant.step(noise_multiplier=sigma, sample_rate=q)
+        if losses:
+            curve.append(round(sum(v * m for v, m in losses) / sum(m for _, m in losses), 6))
     seconds = time.perf_counter() - t0
     trained = gsm._module
     trained.eval()
-    record = {
-        "status": "done", "base_ref": base.ref, "method": "lora+dp-sgd", "config": config.to_dict(),
-        "config_digest": digest_config.digest(), "data_digest": examples_digest(texts), "n_examples": n,
-        "dp": {**asdict(dp), "delta": delta, "noise_multiplier": sigma, "sample_rate": q, "steps": steps,
-               "epsilon_spent": math.inf if sigma == 0 else accountant.get_epsilon(delta), "accountant": "rdp"},
-        "steps": steps, "loss_curve": curve, "train_seconds": round(seconds, 3),
-        "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
-    }
+    record = RunRecord(
+        base_ref=base.ref, base_fingerprint=base.fingerprint, method="lora+dp-sgd", config=config.to_dict(),
+        config_digest=digest_config.digest(), data_digest=data_digest, n_examples=n, epochs_done=config.epochs,
+        steps=steps, loss_curve=curve, lr_curve=lr_curve, train_seconds=round(seconds, 3),
+        cpu_seconds=round(time.process_time() - c0, 3), tokens=tokens,
+        tokens_per_second=round(tokens / max(seconds, 1e-9), 2),
+        padding_fraction=round(1 - tokens / max(padded, 1), 4),
+        trainable_parameters=sum(p.numel() for p in trainable),
+        dp={**dp.to_dict(), "delta": delta, "noise_multiplier": sigma, "sample_rate": q, "steps": steps,
+            "expected_batch_size": logical,
+            "epsilon_spent": math.inf if sigma == 0 else accountant.get_epsilon(delta), "accountant": "rdp"})
     save_trained(trained, base, out_dir, record)
     return TrainResult(LoadedModel(trained, base.tokenizer, ref=str(out_dir), base_ref=base.ref,
                                    meta={**base.meta, "adapter": str(out_dir)}), out_dir, record)

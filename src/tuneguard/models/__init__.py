@@ -2,6 +2,6 @@
 
 from tuneguard.models.embedded import EMBEDDED, tiny_model
 from tuneguard.models.loaded import LoadedModel
-from tuneguard.models.loading import load_model
+from tuneguard.models.loading import as_loaded, load_model, reference_of
 
-__all__ = ["EMBEDDED", "LoadedModel", "load_model", "tiny_model"]
+__all__ = ["EMBEDDED", "LoadedModel", "as_loaded", "load_model", "reference_of", "tiny_model"]

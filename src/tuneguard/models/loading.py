@@ -143,3 +143,14 @@ def _check_tokenizer(tokenizer, model, ref: str) -> None:
     if len(tokenizer) > rows:
         raise TuneguardError(f"the tokenizer of {ref} has {len(tokenizer)} tokens but the model's embedding has "
                              f"{rows} rows: the tokenizer does not match the model")
+
+
+def as_loaded(model: LoadedModel | str | Path, **kwargs) -> LoadedModel:
+    """``model`` itself when it is already loaded, else ``load_model(model, **kwargs)``."""
+    return model if isinstance(model, LoadedModel) else load_model(model, **kwargs)
+
+
+def reference_of(target: LoadedModel, explicit: LoadedModel | str | None = None) -> LoadedModel | str | None:
+    """The reference model for target-vs-base attacks: ``explicit`` when given, else the base the target was
+    fine-tuned from (its run record or adapter config), else None."""
+    return explicit if explicit is not None else target.base_ref

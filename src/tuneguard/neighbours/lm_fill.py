@@ -8,14 +8,24 @@ words as it replaced, so the neighbour keeps the text's length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from tuneguard.models import LoadedModel, load_model
-from tuneguard.neighbours.masking import SpanMaskingGenerator, apply_fills
-from tuneguard.neighbours.sampling import sample_top_k
+from tuneguard.errors import TuneguardError
+from tuneguard.models import as_loaded
+from tuneguard.neighbours.masking import MaskingParams, SpanMaskingGenerator, apply_fills
+from tuneguard.neighbours.sampling import sample_tokens
+from tuneguard.params import param
+
+
+@dataclass
+class LMFillParams(MaskingParams):
+    model: Any = param(None, "the causal LM that writes the fills (loaded model, directory or name; required)")
+    top_k: int = param(50, "sample from the k most likely tokens (0: all)", ge=0)
+    temperature: float = param(1.0, "sampling temperature", gt=0)
+    max_span_tokens: int = param(16, "most tokens sampled for one span", ge=1)
 
 
 @dataclass
@@ -39,16 +49,19 @@ class LMFillNeighbours(SpanMaskingGenerator):
     """
 
     name = "lm-fill"
+    summary = "DetectGPT span masking, spans re-sampled by a causal LM from their left context"
+    Params = LMFillParams
 
-    def __init__(self, model: LoadedModel | str, *, top_k: int = 50, temperature: float = 1.0,
-                 max_span_tokens: int = 16, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.lm = model if isinstance(model, LoadedModel) else load_model(model)
-        self.top_k, self.temperature, self.max_span_tokens = top_k, temperature, max_span_tokens
+        if self.params.model is None:
+            raise TuneguardError(f"{self.label()} needs parameter 'model' (a causal LM: e.g. the target's base model)")
+        self.lm = as_loaded(self.params.model)
 
     def settings(self) -> dict:
-        return {**self.masking(), "model": self.lm.fingerprint, "top_k": self.top_k,
-                "temperature": self.temperature, "max_span_tokens": self.max_span_tokens}
+        p = self.params
+        return {**self.masking(), "model": self.lm.fingerprint, "top_k": p.top_k, "temperature": p.temperature,
+                "max_span_tokens": p.max_span_tokens}
 
     def perturb_batch(self, texts: Sequence[str], seeds: Sequence[int]) -> list[str | None]:
         rows: list[_Row | None] = []
@@ -94,7 +107,7 @@ class LMFillNeighbours(SpanMaskingGenerator):
         cache = None
         while True:
             for k, row in enumerate(rows):  # a row that would overflow the context keeps its remaining words
-                if not row.done and counts[k] + len(row.feed) + self.max_span_tokens >= limit:
+                if not row.done and counts[k] + len(row.feed) + self.params.max_span_tokens >= limit:
                     self._truncate(row)
             width = max((len(r.feed) for r in rows if not r.done), default=0)
             if width == 0:
@@ -116,7 +129,8 @@ class LMFillNeighbours(SpanMaskingGenerator):
             last = out.logits[:, -1].float().cpu()
             counts += fed
             uniforms = torch.tensor([r.rng.random() for r in rows])
-            samples = sample_top_k(last, uniforms, top_k=self.top_k, temperature=self.temperature).tolist()
+            samples = sample_tokens(last, uniforms, top_k=self.params.top_k,
+                                    temperature=self.params.temperature).tolist()
             for k, row in enumerate(rows):
                 if not row.done and fed[k] > 0:
                     self._advance(row, samples[k])
@@ -134,7 +148,7 @@ class LMFillNeighbours(SpanMaskingGenerator):
             if not (len(words) > n_words or (len(words) == n_words and text[-1:].isspace())):
                 row.span.append(token)
                 consumed = True
-                if len(row.span) < self.max_span_tokens:
+                if len(row.span) < self.params.max_span_tokens:
                     row.feed = [token]
                     return
         fill = " ".join(tok.decode(row.span, skip_special_tokens=True).split()[:n_words])

@@ -6,10 +6,12 @@ their words and every unmasked part of a neighbour is byte-identical to the text
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from tuneguard.errors import TuneguardError
-from tuneguard.neighbours.base import NeighbourGenerator
+from tuneguard.neighbours.base import NeighbourGenerator, NeighbourParams
+from tuneguard.params import param
 
 
 def split_words(text: str) -> list[str]:
@@ -60,6 +62,15 @@ def apply_fills(words: list[str], spans: list[tuple[int, int]], fills: list[str]
     return " ".join(out)
 
 
+@dataclass
+class MaskingParams(NeighbourParams):
+    """DetectGPT's masking, shared by every span generator (defaults: the official SPV-MIA settings)."""
+
+    pct: float = param(0.3, "masking budget: pct·n / (span_length + 2·buffer_size) spans", gt=0, le=1)
+    span_length: int = param(2, "words per masked span", ge=1)
+    buffer_size: int = param(1, "unmasked words kept between spans", ge=0)
+
+
 class SpanMaskingGenerator(NeighbourGenerator):
     """A generator that masks DetectGPT-style spans and fills each one (``t5``, ``lm-fill``, ``random-fill``).
 
@@ -67,19 +78,17 @@ class SpanMaskingGenerator(NeighbourGenerator):
     which rewrites about 15% of the words.
     """
 
-    def __init__(self, *, pct: float = 0.3, span_length: int = 2, buffer_size: int = 1, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not 0 < pct <= 1 or span_length < 1 or buffer_size < 0:
-            raise TuneguardError("masking needs 0 < pct <= 1, span_length >= 1 and buffer_size >= 0")
-        self.pct, self.span_length, self.buffer_size = pct, span_length, buffer_size
+    Params = MaskingParams
 
     def masking(self) -> dict:
         """The masking settings (part of every span generator's cache key)."""
-        return {"pct": self.pct, "span_length": self.span_length, "buffer_size": self.buffer_size}
+        p = self.params
+        return {"pct": p.pct, "span_length": p.span_length, "buffer_size": p.buffer_size}
 
     def mask(self, text: str, seed: int) -> tuple[list[str], list[tuple[int, int]], np.random.Generator]:
         """The text's words, the spans to fill, and the item's random stream (for the fill) after masking."""
         words = split_words(text)
         rng = np.random.default_rng(seed)
-        return words, mask_spans(len(words), rng, pct=self.pct, span_length=self.span_length,
-                                 buffer_size=self.buffer_size), rng
+        p = self.params
+        return words, mask_spans(len(words), rng, pct=p.pct, span_length=p.span_length,
+                                 buffer_size=p.buffer_size), rng

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
 from tuneguard.neighbours.base import NeighbourSet
-from tuneguard.neighbours.masking import SpanMaskingGenerator, apply_fills
+from tuneguard.neighbours.masking import MaskingParams, SpanMaskingGenerator, apply_fills
+from tuneguard.params import param
+
+
+@dataclass
+class RandomFillParams(MaskingParams):
+    corpus: list[str] | None = param(None, "texts whose words fill the spans (default: the texts perturbed)")
 
 
 class RandomFillNeighbours(SpanMaskingGenerator):
@@ -19,9 +26,12 @@ class RandomFillNeighbours(SpanMaskingGenerator):
     """
 
     name = "random-fill"
+    summary = "masked spans filled with words drawn from a corpus (no model)"
+    Params = RandomFillParams
 
-    def __init__(self, *, corpus: Sequence[str] | None = None, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        corpus = self.params.corpus
         self.words: list[str] = _dictionary(corpus) if corpus is not None else []
 
     def settings(self) -> dict:
@@ -39,7 +49,7 @@ class RandomFillNeighbours(SpanMaskingGenerator):
             if not spans:
                 out.append(None)
                 continue
-            fills = [" ".join(self.words[k] for k in rng.integers(len(self.words), size=self.span_length))
+            fills = [" ".join(self.words[k] for k in rng.integers(len(self.words), size=self.params.span_length))
                      for _ in spans]
             out.append(apply_fills(words, spans, fills))
         return out

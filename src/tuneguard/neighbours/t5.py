@@ -8,16 +8,26 @@ neighbour whose output has fewer fills than spans is a failure (retried by the b
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
 from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
 from tuneguard.models import LoadedModel
-from tuneguard.neighbours.masking import SpanMaskingGenerator, apply_fills
+from tuneguard.neighbours.masking import MaskingParams, SpanMaskingGenerator, apply_fills
+from tuneguard.params import param
 
 SENTINEL = re.compile(r"<extra_id_\d+>")
+
+
+@dataclass
+class T5Params(MaskingParams):
+    model: Any = param(None, "a T5 directory or hub id, or a (model, tokenizer) pair (required)")
+    top_p: float = param(1.0, "nucleus sampling mass", gt=0, le=1)
+    top_k: int = param(50, "sample from the k most likely tokens", ge=0)
+    max_new_tokens: int = param(150, "most tokens the filler writes per text", ge=1)
 
 
 class T5Neighbours(SpanMaskingGenerator):
@@ -29,21 +39,25 @@ class T5Neighbours(SpanMaskingGenerator):
     """
 
     name = "t5"
+    summary = "DetectGPT span masking filled by a T5 mask-filling model (the official SPV-MIA neighbours)"
+    Params = T5Params
 
-    def __init__(self, model: str | tuple, *, top_p: float = 1.0, top_k: int = 50, max_new_tokens: int = 150,
-                 **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        model = self.params.model
+        if model is None:
+            raise TuneguardError(f"{self.label()} needs parameter 'model' (a T5 directory or hub id, e.g. t5-base)")
         self.model, self.tokenizer = _load_t5(model) if isinstance(model, str) else model
         self.model.eval()
         if self.tokenizer.convert_tokens_to_ids("<extra_id_0>") in (None, self.tokenizer.unk_token_id):
             raise TuneguardError("the t5 neighbour model's tokenizer has no <extra_id_N> sentinels: use a T5 model")
-        self.top_p, self.top_k, self.max_new_tokens = top_p, top_k, max_new_tokens
         self._fingerprint = key_hash(LoadedModel(self.model, self.tokenizer, ref="t5").fingerprint,
                                      sorted(self.tokenizer.get_vocab().items()))
 
     def settings(self) -> dict:
-        return {**self.masking(), "model": self._fingerprint, "top_p": self.top_p, "top_k": self.top_k,
-                "max_new_tokens": self.max_new_tokens}
+        p = self.params
+        return {**self.masking(), "model": self._fingerprint, "top_p": p.top_p, "top_k": p.top_k,
+                "max_new_tokens": p.max_new_tokens}
 
     @torch.no_grad()
     def perturb_batch(self, texts: Sequence[str], seeds: Sequence[int]) -> list[str | None]:
@@ -62,8 +76,9 @@ class T5Neighbours(SpanMaskingGenerator):
         enc = self.tokenizer(masked, return_tensors="pt", padding=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(key_hash(*seeds)[:15], 16))
-            generated = self.model.generate(**enc.to(self.model.device), do_sample=True, top_p=self.top_p,
-                                            top_k=self.top_k, max_new_tokens=self.max_new_tokens, eos_token_id=stop,
+            generated = self.model.generate(**enc.to(self.model.device), do_sample=True, top_p=self.params.top_p,
+                                            top_k=self.params.top_k, max_new_tokens=self.params.max_new_tokens,
+                                            eos_token_id=stop,
                                             num_return_sequences=1)
         decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=False)
         for k, raw in zip(todo, decoded, strict=True):

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from tuneguard import wordnet
 from tuneguard.errors import TuneguardError
-from tuneguard.neighbours.base import NeighbourGenerator
+from tuneguard.neighbours.base import NeighbourGenerator, NeighbourParams
 from tuneguard.neighbours.masking import split_words
+from tuneguard.params import param
 
-# Function words WordNet still lists under odd senses ("a" angstrom, "in" inch, "is" be): never replaced.
-STOPWORDS = frozenset("""
-a an and are as at be been being but by can could did do does for from had has have he her hers him his how i if in
-into is it its may me might more most must my no nor not of on or our ours she should so such than that the their them
-then there these they this those to too up us was we were what when where which while who whom why will with would you
-your also only very each other some any all both few many much own same just over under again further once here out off
-""".split())
 _CORE = re.compile(r"^(\W*)([A-Za-z][A-Za-z-]*[A-Za-z])(\W*)$")
+
+
+@dataclass
+class WordNetNeighbourParams(NeighbourParams):
+    pct: float = param(0.15, "fraction of the words swapped for a synonym", gt=0, le=1)
 
 
 class WordNetNeighbours(NeighbourGenerator):
@@ -35,17 +35,16 @@ class WordNetNeighbours(NeighbourGenerator):
     """
 
     name = "wordnet"
+    summary = "a fraction of the content words swapped for WordNet synonyms (no model)"
+    Params = WordNetNeighbourParams
 
-    def __init__(self, *, pct: float = 0.15, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0 < pct <= 1:
-            raise TuneguardError(f"wordnet neighbours need 0 < pct <= 1 (got {pct})")
         if not wordnet.wordnet_available():
             raise TuneguardError(wordnet.INSTALL_HINT)
-        self.pct = pct
 
     def settings(self) -> dict:
-        return {"pct": self.pct}
+        return {"pct": self.params.pct}
 
     def perturb_batch(self, texts: Sequence[str], seeds: Sequence[int]) -> list[str | None]:
         return [self._perturb(text, np.random.default_rng(seed)) for text, seed in zip(texts, seeds, strict=True)]
@@ -53,27 +52,20 @@ class WordNetNeighbours(NeighbourGenerator):
     def _perturb(self, text: str, rng: np.random.Generator) -> str | None:
         words = split_words(text)
         candidates = [k for k, w in enumerate(words) if _synonyms_of(w)]
-        n = min(len(candidates), max(1, round(self.pct * len(words))))
+        n = min(len(candidates), max(1, round(self.params.pct * len(words))))
         if not candidates:
             return None
         for k in rng.choice(candidates, size=n, replace=False):
             lead, core, trail = _CORE.match(words[k]).groups()
             options = _synonyms_of(words[k])
-            words[k] = lead + _same_case(options[rng.integers(len(options))], core) + trail
+            words[k] = lead + wordnet.same_case(options[rng.integers(len(options))], core) + trail
         return " ".join(words)
 
 
 @functools.lru_cache(maxsize=65536)
 def _synonyms_of(word: str) -> tuple[str, ...]:
     match = _CORE.match(word)
-    if not match or len(match.group(2)) < 3 or match.group(2).lower() in STOPWORDS:
+    if not match or len(match.group(2)) < 3 or match.group(2).lower() in wordnet.STOPWORDS:
         return ()
     return tuple(wordnet.synonyms(match.group(2)))
 
-
-def _same_case(replacement: str, original: str) -> str:
-    if original.isupper() and len(original) > 1:
-        return replacement.upper()
-    if original[0].isupper():
-        return replacement[:1].upper() + replacement[1:]
-    return replacement.lower() if original.islower() else replacement

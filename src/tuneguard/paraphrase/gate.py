@@ -20,6 +20,7 @@ import numpy as np
 
 from tuneguard.errors import TuneguardError
 from tuneguard.paraphrase.base import Paraphraser
+from tuneguard.params import Params, param
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,15 @@ class MiniLMEmbedder:
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(Params):
     """Thresholds: similarity >= ``min_similarity``, copied run <= ``max_common_run`` words, n-gram overlap <=
     ``max_ngram_overlap``; a failing paraphrase is redrawn until ``max_tries`` attempts are spent."""
 
-    min_similarity: float = 0.6
-    max_common_run: int = 8
-    max_ngram_overlap: float = 0.35
-    ngram: int = 3
-    max_tries: int = 3
-
-    def __post_init__(self) -> None:
-        if self.max_tries < 1 or self.ngram < 1 or self.max_common_run < 0:
-            raise TuneguardError("gate needs max_tries >= 1, ngram >= 1 and max_common_run >= 0")
-        if not -1 <= self.min_similarity <= 1 or not 0 <= self.max_ngram_overlap <= 1:
-            raise TuneguardError("gate needs min_similarity in [-1, 1] and max_ngram_overlap in [0, 1]")
+    min_similarity: float = param(0.6, "least cosine similarity of the sentence embeddings", ge=-1, le=1)
+    max_common_run: int = param(8, "most words a paraphrase may copy in a row", ge=0)
+    max_ngram_overlap: float = param(0.35, "largest share of the original's word n-grams kept", ge=0, le=1)
+    ngram: int = param(3, "n of the n-gram overlap", ge=1)
+    max_tries: int = param(3, "paraphrase attempts per text before it counts as failed", ge=1)
 
 
 @dataclass

@@ -1,66 +1,65 @@
-"""``local``: paraphrase with a local instruction-tuned causal LM (default: the embedded SmolLM2-135M-Instruct)."""
+"""``local``: paraphrase with a local instruction-tuned causal LM (default: the embedded SmolLM2-135M-Instruct).
+
+torch and the model load on first use, so declaring or checking this paraphraser's parameters costs nothing.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
-
-import torch
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Sequence
 
 from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, load_model
-from tuneguard.paraphrase.base import Paraphraser
-
-# Small chat models often open with a preamble ("Here is the rewritten text:") or wrap the answer in a code fence.
-_PREAMBLE = re.compile(r"^\s*(sure|certainly|here('s| is| are)|rewritten( text| code)?|paraphrase[d]?)\b[^\n]*:\s*\n",
-                       re.IGNORECASE)
-_FENCE = re.compile(r"^\s*```[\w+-]*\n(.*?)\n```\s*$", re.DOTALL)
+from tuneguard.paraphrase.anticopy import NgramBan, source_ban_table
+from tuneguard.paraphrase.base import InstructedParams, Paraphraser, clean_output
+from tuneguard.params import param
 
 
-def clean_output(text: str) -> str:
-    """The answer without a chat preamble, code fence or surrounding quotes."""
-    text = _PREAMBLE.sub("", text.strip(), count=1).strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text
+@dataclass
+class LocalParams(InstructedParams):
+    model: Any = param("smollm2-135m", "the instruction-tuned LM (embedded name, directory, hub id or loaded model)")
+    temperature: float = param(0.4, "sampling temperature", gt=0)
+    top_p: float = param(0.9, "nucleus sampling mass", gt=0, le=1)
+    max_new_tokens: int = param(384, "most new tokens per paraphrase (also capped at 1.5 × the text's tokens + 16)",
+                                ge=1)
+    ban_ngram: int | None = param(4, "anti-copy decoding: forbid every token that would complete an n-gram (in "
+                                     "tokens) of the source text (null or 0: off)", ge=0)
+    keep_words: bool = param(True, "the ban spares n-grams inside one source word, so numbers and technical terms "
+                                   "split into several tokens can still be copied")
+    content_only: bool = param(False, "the ban spares n-grams of function words and punctuation only (\"of the\")")
+    ban_repeats: bool = param(True, "the ban also forbids repeating an n-gram of the paraphrase itself (a small "
+                                    "model kept from copying tends to loop)")
 
 
 class LocalParaphraser(Paraphraser):
     """Sample a paraphrase from a causal LM through its chat template (a plain instruction format without one).
 
-    Prompts of a batch are left-padded and decoded together with the KV cache; sampling uses ``temperature`` and
-    nucleus ``top_p`` and is seeded per batch from the texts' attempt seeds, so the same inputs give the same
-    paraphrases. New tokens are capped at ``max_new_tokens`` and at 1.5 × the longest text's length + 16.
+    Prompts of a batch are left-padded and decoded together with the KV cache. Each text samples with its own
+    random stream, seeded by its attempt seed (temperature, then nucleus ``top_p``), and gets its own budget of
+    new tokens (``max_new_tokens``, at most 1.5 × its length + 16), so its paraphrase does not depend on the other
+    texts of its batch or on the batch size (up to the rounding of batched matrix products, which can move a sample
+    only where two tokens' cumulative probabilities nearly touch).
     """
 
     name = "local"
+    summary = "a local instruction-tuned causal LM with the SOFT prompt (default: embedded SmolLM2-135M-Instruct)"
+    Params = LocalParams
 
-    def __init__(self, model: LoadedModel | str = "smollm2-135m", *, temperature: float = 0.7, top_p: float = 0.9,
-                 max_new_tokens: int = 384, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if temperature <= 0 or not 0 < top_p <= 1:
-            raise TuneguardError(f"local paraphraser needs temperature > 0 and 0 < top_p <= 1 "
-                                 f"(got {temperature}, {top_p})")
-        self._model = model
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_new_tokens = max_new_tokens
+    @cached_property
+    def loaded(self):
+        """The model (a LoadedModel), loaded on first use (a cached run never loads it)."""
+        from tuneguard.models import as_loaded
 
-    @property
-    def loaded(self) -> LoadedModel:
-        """The model, loaded on first use (a cached run never loads it)."""
-        if isinstance(self._model, str):
-            self._model = load_model(self._model)
-        return self._model
+        return as_loaded(self.params.model)
 
     def settings(self) -> dict:
-        ref = self._model if isinstance(self._model, str) else self._model.ref
-        return {"model": ref, "temperature": self.temperature, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens}
+        p = self.params
+        ref = p.model if isinstance(p.model, str) else p.model.ref
+        # "sampling" names the per-text streams: paraphrases cached by the earlier per-batch seeding are not reused.
+        return {"model": ref, "temperature": p.temperature, "top_p": p.top_p, "max_new_tokens": p.max_new_tokens,
+                "sampling": "per-text", "ban_ngram": p.ban_ngram or 0, "keep_words": p.keep_words,
+                "content_only": p.content_only, "ban_repeats": p.ban_repeats}
 
     def identity(self) -> str:
         # The weights, not just the name: a retrained model directory must not reuse old paraphrases.
@@ -76,29 +75,74 @@ class LocalParaphraser(Paraphraser):
             text = f"{instruction}\n\nAnswer:\n"
         return tok(text, add_special_tokens=False)["input_ids"]
 
-    @torch.no_grad()
     def rewrite_batch(self, texts: Sequence[str], prompts: Sequence[str], seeds: Sequence[int]) -> list[str | None]:
         loaded = self.loaded
-        tok, model = loaded.tokenizer, loaded.model
-        budget = loaded.max_length
+        tok = loaded.tokenizer
         prompt_ids = [self.chat_prompt(p) for p in prompts]
-        longest_text = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
-        new_tokens = min(self.max_new_tokens, int(1.5 * longest_text) + 16)
+        budgets = [min(self.params.max_new_tokens, int(1.5 * len(tok(t, add_special_tokens=False)["input_ids"])) + 16)
+                   for t in texts]
+        for ids, budget in zip(prompt_ids, budgets):
+            if len(ids) + budget > loaded.max_length:
+                raise TuneguardError(f"a text is too long to paraphrase with {loaded.ref} ({len(ids)} prompt tokens + "
+                                     f"{budget} new > {loaded.max_length} context): split long texts first")
+        if len(texts) > 1 and max(map(len, prompt_ids)) + max(budgets) > loaded.max_length:
+            # Left padding runs every row to the longest prompt plus the largest budget: past the context, one by one
+            # (each text's stream is its own, so the paraphrases are the same).
+            return [out for k in range(len(texts))
+                    for out in self.rewrite_batch(texts[k:k + 1], prompts[k:k + 1], seeds[k:k + 1])]
+        return self._generate(texts, prompt_ids, budgets, seeds)
+
+    def _generate(self, texts: Sequence[str], prompt_ids: list[list[int]], budgets: list[int],
+                  seeds: Sequence[int]) -> list[str | None]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        loaded = self.loaded
+        tok, model = loaded.tokenizer, loaded.model
         width = max(len(ids) for ids in prompt_ids)
-        if width + new_tokens > budget:
-            raise TuneguardError(f"a text is too long to paraphrase with {loaded.ref} ({width} prompt tokens + "
-                                 f"{new_tokens} new > {budget} context): split long texts first")
         pad = tok.pad_token_id
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        input_ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
         for row, ids in enumerate(prompt_ids):  # left padding: every prompt ends where generation starts
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             mask[row, width - len(ids):] = 1
-        with torch.random.fork_rng():
-            torch.manual_seed(int(key_hash(*seeds)[:15], 16))
+        # Greedy decoding over a processor that leaves only each row's own sample: the sampling is ours, per row.
+        # The n-gram ban runs first, so a banned token is never sampled.
+        processors = LogitsProcessorList([_RowSampler(seeds, temperature=self.params.temperature,
+                                                      top_p=self.params.top_p)])
+        n = self.params.ban_ngram
+        if n:
+            tables = [source_ban_table(t, tok, n, keep_words=self.params.keep_words,
+                                       content_only=self.params.content_only) for t in texts]
+            processors.insert(0, NgramBan(tables, n, start=width, repeats=self.params.ban_repeats))
+        with torch.no_grad():
             out = model.generate(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device),
-                                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
-                                 max_new_tokens=new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                                 do_sample=False, logits_processor=processors,
+                                 max_new_tokens=max(budgets), pad_token_id=pad, eos_token_id=tok.eos_token_id,
                                  use_cache=True)
-        answers = tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        # A row's tokens past its own budget are dropped: it is as if it had stopped there.
+        answers = [tok.decode(out[row, width:width + budget], skip_special_tokens=True)
+                   for row, budget in enumerate(budgets)]
         return [clean_output(a) or None for a in answers]
+
+
+class _RowSampler:
+    """A logits processor that samples each row from its own seeded stream (one uniform per row and step) and
+    returns scores that keep only the sampled token, so greedy decoding emits it."""
+
+    def __init__(self, seeds: Sequence[int], *, temperature: float, top_p: float) -> None:
+        import numpy as np
+
+        self.streams = [np.random.default_rng(seed) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        from tuneguard.neighbours.sampling import sample_tokens
+
+        uniforms = torch.tensor([stream.random() for stream in self.streams])
+        picked = sample_tokens(scores.float().cpu(), uniforms, top_p=self.top_p, temperature=self.temperature)
+        keep = torch.full_like(scores, float("-inf"))
+        keep[torch.arange(len(picked)), picked.to(scores.device)] = 0.0
+        return keep

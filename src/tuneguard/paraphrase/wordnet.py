@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from tuneguard import wordnet
 from tuneguard.errors import TuneguardError
-from tuneguard.neighbours.wordnet import STOPWORDS
-from tuneguard.paraphrase.base import Paraphraser
+from tuneguard.paraphrase.base import Paraphraser, ParaphraserParams
+from tuneguard.params import param
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
 # Numbers are facts a paraphrase must keep ("two weeks" must not become "deuce weeks").
@@ -24,6 +25,14 @@ one two three four five six seven eight nine ten eleven twelve thirteen fourteen
 nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand million billion trillion first second
 third fourth fifth sixth seventh eighth ninth tenth half twice dozen zero
 """.split())
+
+
+@dataclass
+class WordNetParams(ParaphraserParams):
+    batch_size: int = param(64, "texts rewritten per batch", ge=1)
+    fraction: float = param(1.0, "probability that a content word is swapped", gt=0, le=1)
+    top_k: int = param(3, "draw among the word's k most frequent synonyms", ge=1)
+    senses: int | None = param(2, "use the word's first senses only (WordNet's most frequent; null: all)", ge=1)
 
 
 class WordNetParaphraser(Paraphraser):
@@ -37,21 +46,17 @@ class WordNetParaphraser(Paraphraser):
     """
 
     name = "wordnet"
+    summary = "content words swapped for WordNet synonyms (offline, no model: the cheapest fallback)"
+    Params = WordNetParams
 
-    def __init__(self, *, fraction: float = 1.0, top_k: int = 3, senses: int | None = 2, **kwargs) -> None:
-        kwargs.setdefault("batch_size", 64)
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0 < fraction <= 1 or top_k < 1:
-            raise TuneguardError(f"wordnet paraphraser needs 0 < fraction <= 1 and top_k >= 1 "
-                                 f"(got {fraction}, {top_k})")
         if not wordnet.wordnet_available():
             raise TuneguardError(wordnet.INSTALL_HINT)
-        self.fraction = fraction
-        self.top_k = top_k
-        self.senses = senses
 
     def settings(self) -> dict:
-        return {"fraction": self.fraction, "top_k": self.top_k, "senses": self.senses}
+        p = self.params
+        return {"fraction": p.fraction, "top_k": p.top_k, "senses": p.senses}
 
     def prompt_template(self, text: str) -> str:
         return "{text}"  # no instruction: the rewrite does not depend on one
@@ -65,13 +70,13 @@ class WordNetParaphraser(Paraphraser):
         def swap(match: re.Match) -> str:
             nonlocal changed
             word = match.group(0)
-            options = replacements(word.lower(), self.senses)[:self.top_k]
+            options = replacements(word.lower(), self.params.senses)[:self.params.top_k]
             # Two draws for every word, replaced or not, so one word's options never shift the others' draws.
-            keep, pick = rng.random() >= self.fraction, rng.integers(1 << 30)
+            keep, pick = rng.random() >= self.params.fraction, rng.integers(1 << 30)
             if not options or keep:
                 return word
             changed = True
-            return same_case(options[pick % len(options)], word)
+            return wordnet.same_case(options[pick % len(options)], word)
 
         out = _WORD.sub(swap, text)
         return out if changed else None
@@ -85,7 +90,7 @@ def replacements(word: str, senses: int | None = None) -> tuple[str, ...]:
     Only the word's most frequent part of speech counts (all of them when WordNet has no count), and only where
     ``word`` is a base form or a regular plural noun: "treated" never gets the base forms of the verb "treat".
     """
-    if len(word) < 3 or word in STOPWORDS or word in NUMBER_WORDS:
+    if len(word) < 3 or word in wordnet.STOPWORDS or word in NUMBER_WORDS:
         return ()
     reader = wordnet.wordnet_reader()
     counts = wordnet.pos_counts(word)
@@ -101,11 +106,3 @@ def replacements(word: str, senses: int | None = None) -> tuple[str, ...]:
             found.update(dict.fromkeys(s + suffix for s in wordnet.synonyms(base, pos="n", senses=senses)))
     return tuple(found)
 
-
-def same_case(replacement: str, original: str) -> str:
-    """``replacement`` with the capitalisation of ``original`` (UPPER, Title or lower)."""
-    if original.isupper() and len(original) > 1:
-        return replacement.upper()
-    if original[0].isupper():
-        return replacement[:1].upper() + replacement[1:]
-    return replacement.lower() if original.islower() else replacement

@@ -20,13 +20,21 @@ h1 { font-size: 1.5rem; border-bottom: 2px solid #d0d7de; padding-bottom: .3rem;
 h2 { font-size: 1.15rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
 th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+td { white-space: pre-line; }
 th { background: #f6f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { font-weight: 700; }
 .warning { background: #fff8c5; border: 1px solid #d4a72c; padding: .6rem .8rem; border-radius: 4px; }
 .alert { background: #ffebe9; border: 2px solid #cf222e; padding: .8rem 1rem; border-radius: 4px; font-weight: 600; }
 .note { color: #57606a; font-size: .85rem; }
-img { max-width: 100%; }
+img { display: block; max-width: 100%; margin: .5rem 0; }
+.verdict { border: 1px solid #d0d7de; border-left: 8px solid #8c959f; padding: .2rem 1rem .6rem; border-radius: 4px; }
+.verdict h2 { margin-top: .6rem; }
+.verdict.strong { border-left-color: #cf222e; background: #fff5f5; }
+.verdict.some { border-left-color: #d4a72c; background: #fffbeb; }
+.verdict.none { border-left-color: #1a7f37; }
+.verdict .sentence { font-size: 1.05rem; }
+code { font-size: .85rem; background: #f6f8fa; padding: .1rem .3rem; border-radius: 3px; }
 pre { margin: 0; white-space: pre-wrap; font-size: .8rem; }
 """
 
@@ -66,9 +74,11 @@ def html_table(rows: list[dict], columns: list[str], *, highlight: dict[str, str
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def html_page(title: str, sections: list[tuple[str, str]], *, settings: dict | None = None) -> str:
-    """A complete page: the title, each (heading, html body) section in order, then ``settings`` as a table."""
-    parts = [f"<h1>{escape(title)}</h1>"]
+def html_page(title: str, sections: list[tuple[str, str]], *, settings: dict | None = None,
+              lead: str | None = None) -> str:
+    """A complete page: the title, ``lead`` (html shown first, e.g. a verdict), each (heading, html body) section in
+    order, then ``settings`` as a table."""
+    parts = [f"<h1>{escape(title)}</h1>", *([lead] if lead else [])]
     parts += [f"<section><h2>{escape(heading)}</h2>\n{body}\n</section>" for heading, body in sections]
     if settings:
         rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{_setting(v)}</td></tr>" for k, v in settings.items())

@@ -1,7 +1,9 @@
 """The one forward-pass engine every attack shares.
 
-For each text it returns the per-token log-probabilities ``lp_t = log p(x_t | x_<t)`` and the Min-K%++ moments
-``mu_t = Σ_v p_t(v) log p_t(v)`` and ``sigma_t`` (the std of ``log p_t`` under ``p_t``), all from the same logits.
+For each text it returns the per-token log-probabilities ``lp_t = log p(x_t | x_<t)``, the Min-K%++ moments
+``mu_t = Σ_v p_t(v) log p_t(v)`` and ``sigma_t`` (the std of ``log p_t`` under ``p_t``), and the model's top-1 token
+``argmax_v p_t(v)`` with its log-prob ``max_v log p_t(v)`` (EZ-MIA's error positions, hard-token variants: lp, mu and
+sigma cannot give them back), all from the same logits, reduced in float64.
 Scored positions: t = 2..n, plus t = 1 when the tokenizer adds a BOS token (then x_1 is scored from BOS). A text can
 carry a prefix (ReCall's shots): the prefix is fed to the model but only the text's own tokens are scored, the first
 one from the prefix's last token. A prefix is read once and its key/value cache shared by every text behind it.
@@ -10,7 +12,8 @@ Texts longer than the model's context (or ``max_length``) are truncated to their
 prefix, the text is cut first and then the prefix keeps its most recent tokens that still fit in the model's context
 (``max_length`` bounds the scored text, not the prefix). Results are cached in
 memory and on disk by (model fingerprint, tokenizer, max_length, prefix + text), so re-running or adding an attack
-costs no forward pass.
+costs no forward pass. A cache entry written by an older engine (another ``SCHEMA``, e.g. one without the top-1
+arrays) is recomputed and overwritten, never read.
 """
 
 from __future__ import annotations
@@ -34,17 +37,27 @@ from tuneguard.models import LoadedModel
 log = logging.getLogger(__name__)
 
 POSITION_BLOCK = 32  # positions whose full-vocabulary log-softmax is held at once
+SCHEMA = 2  # of a cache entry: 1 = token ids, lp, mu, sigma; 2 = also the top-1 token and its log-prob
 
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per scored token of one text: the token id, its log-prob, and the moments of the model's distribution."""
+    """Per scored token of one text: the token id, its log-prob, the moments of the model's distribution, and the
+model's own top-1 token at that position with its log-prob."""
 
     token_ids: np.ndarray  # int64
     logprobs: np.ndarray  # float64
     mu: np.ndarray  # float64
     sigma: np.ndarray  # float64
+    argmax: np.ndarray  # int64: argmax_v p_t(v), the token the model would have predicted
+    max_logprob: np.ndarray  # float64: max_v log p_t(v)
     truncated: bool = False
+
+    @classmethod
+    def empty(cls, truncated: bool = False) -> TokenScores:
+        """No scored token (a text empty after tokenisation)."""
+        ids = np.zeros(0, dtype=np.int64)
+        return cls(ids, np.zeros(0), np.zeros(0), np.zeros(0), ids.copy(), np.zeros(0), truncated)
 
     @property
     def n(self) -> int:
@@ -125,10 +138,10 @@ class ScoringEngine:
             if hit is not None:
                 out[key] = hit
                 continue
-            encoded = self._encode(text, prefix)
+            encoded = self.encode(text, prefix)
             ids, first, truncated = encoded
             if len(ids) <= first:  # nothing to score (empty after tokenisation): no forward pass
-                out[key] = TokenScores(*(np.zeros(0, dtype=d) for d in (np.int64, float, float, float)), truncated)
+                out[key] = TokenScores.empty(truncated)
             else:
                 todo[key] = encoded
         if todo:
@@ -150,10 +163,9 @@ class ScoringEngine:
         """``LL(x)`` for each text."""
         return np.array([s.ll for s in self.score(texts, **kwargs)])
 
-    # -- internals -------------------------------------------------------------------------------------------------
-
-    def _encode(self, text: str, prefix: str) -> tuple[list[int], int, bool]:
-        """(input ids, index of the first scored position, truncated?)."""
+    def encode(self, text: str, prefix: str = "") -> tuple[list[int], int, bool]:
+        """The model's input for ``text`` (behind ``prefix``) without forwarding it: (input ids, index of the first
+        scored position, truncated?). ``ids[first:]`` are the token ids :meth:`score` scores."""
         ids = self.tokenize(text)
         truncated = len(ids) > self.text_budget
         ids = ids[:self.text_budget]
@@ -163,6 +175,8 @@ class ScoringEngine:
             # x_1 is scored from the prefix's last token (or from BOS when the prefix does not fit at all).
             return self._bos + pre + ids, len(self._bos) + len(pre) if (self._bos or pre) else 1, truncated
         return self._bos + ids, 1, truncated
+
+    # -- internals -------------------------------------------------------------------------------------------------
 
     def _by_context(self, todo: dict[str, tuple[list[int], int, bool]]) -> dict[tuple[int, ...], list[str]]:
         """Inputs grouped by their shared context: every token before the one that predicts the first scored token.
@@ -226,7 +240,7 @@ class ScoringEngine:
         for row, (ids, first, truncated) in enumerate(batch):
             n = len(ids)
             # logits at position t-1 predict token t; score t = first .. n-1.
-            lp, mu, sd = [], [], []
+            lp, mu, sd, top, top_lp = [], [], [], [], []
             for s in range(first - 1, n - 1, POSITION_BLOCK):
                 e = min(s + POSITION_BLOCK, n - 1)
                 # float64 and a two-pass variance: E[(log p - mu)^2] keeps sigma exact where E[x^2] - mu^2 cancels.
@@ -237,8 +251,12 @@ class ScoringEngine:
                 m1 = (p * logp).sum(-1)
                 mu.append(m1)
                 sd.append((p * (logp - m1[:, None]).square()).sum(-1).sqrt())
+                best = logp.max(-1)  # log_softmax keeps the logits' order: the argmax of the logits
+                top_lp.append(best.values)
+                top.append(best.indices)
             cat = lambda xs: torch.cat(xs).cpu().numpy() if xs else np.zeros(0)  # noqa: E731
-            results.append(TokenScores(np.array(ids[first:], dtype=np.int64), cat(lp), cat(mu), cat(sd), truncated))
+            results.append(TokenScores(np.array(ids[first:], dtype=np.int64), cat(lp), cat(mu), cat(sd),
+                                       cat(top).astype(np.int64), cat(top_lp), truncated))
         return results
 
     def _lookup(self, key: str) -> TokenScores | None:
@@ -247,7 +265,10 @@ class ScoringEngine:
             path = self._dir / f"{key}.npz"
             if path.is_file():
                 with np.load(path, allow_pickle=False) as z:
-                    hit = TokenScores(z["token_ids"], z["logprobs"], z["mu"], z["sigma"], bool(z["truncated"]))
+                    if "schema" not in z.files or int(z["schema"]) != SCHEMA:
+                        return None  # an older engine's entry lacks arrays this one keeps: recompute it
+                    hit = TokenScores(z["token_ids"], z["logprobs"], z["mu"], z["sigma"], z["argmax"],
+                                      z["max_logprob"], bool(z["truncated"]))
                 self._memory[key] = hit
         return hit
 
@@ -257,6 +278,7 @@ class ScoringEngine:
             import io
 
             buf = io.BytesIO()
-            np.savez(buf, token_ids=scores.token_ids, logprobs=scores.logprobs, mu=scores.mu, sigma=scores.sigma,
+            np.savez(buf, schema=np.array(SCHEMA), token_ids=scores.token_ids, logprobs=scores.logprobs, mu=scores.mu,
+                     sigma=scores.sigma, argmax=scores.argmax, max_logprob=scores.max_logprob,
                      truncated=np.array(scores.truncated))
             atomic_write_bytes(self._dir / f"{key}.npz", buf.getvalue())

@@ -1,53 +1,43 @@
-"""Fine-tuning hyperparameters."""
+"""Fine-tuning hyperparameters, declared once (types, defaults, bounds, help) and checked at construction."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from tuneguard.cache import key_hash
-from tuneguard.errors import TuneguardError
+from tuneguard.params import Params, param
 
-METHODS = ("full", "lora", "prefix", "ia3")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
 @dataclass
-class TrainConfig:
-    """What ``finetune`` does. ``target_modules=None`` lets peft pick its default for the architecture."""
+class TrainConfig(Params):
+    """What ``finetune`` (and DP-SGD) does. ``target_modules=None`` lets peft pick its default for the architecture."""
 
-    method: str = "lora"
-    epochs: int = 3
-    lr: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 128
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    seed: int = 0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | None = None
-    num_virtual_tokens: int = 20
-    group_by_length: bool = True
-    max_steps: int | None = None
-    extra: dict = field(default_factory=dict)  # passed through to the peft config (e.g. use_rslora)
+    method: str = param("lora", "fine-tuning method (tuneguard.train.METHODS)")
+    epochs: int = param(3, "passes over the training texts", ge=1)
+    lr: float = param(1e-4, "peak learning rate (AdamW)", gt=0)
+    batch_size: int = param(8, "examples per batch and process", ge=1)
+    grad_accum: int = param(1, "batches accumulated per optimizer step", ge=1)
+    max_length: int = param(128, "tokens per text: the training window (longer texts are cut)", ge=1)
+    scheduler: str = param("linear", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_ratio: float = param(0.0, "share of the steps spent warming the learning rate up", ge=0, le=1)
+    weight_decay: float = param(0.0, "AdamW weight decay", ge=0)
+    seed: int = param(0, "seed of the initialisation, batch order and dropout")
+    lora_r: int = param(16, "LoRA rank", ge=1)
+    lora_alpha: int = param(32, "LoRA alpha (the update is scaled by alpha / r)", gt=0)
+    lora_dropout: float = param(0.05, "LoRA dropout", ge=0, lt=1)
+    target_modules: list[str] | None = param(None, "modules to adapt (default: peft's choice for the model)")
+    num_virtual_tokens: int = param(20, "prefix tuning: virtual tokens", ge=1)
+    group_by_length: bool = param(True, "batch texts of similar length together (less padding)")
+    max_steps: int | None = param(None, "stop after this many optimizer steps", ge=1)
+    extra: dict = param({}, "passed through to the peft config (e.g. use_rslora)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise TuneguardError(f"unknown fine-tuning method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise TuneguardError(f"unknown scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
-            if getattr(self, name) < 1:
-                raise TuneguardError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise TuneguardError(f"learning rate must be positive, got {self.lr}")
+        super().__post_init__()
+        from tuneguard.train import METHODS  # the registry's names only: no method module is imported
 
-    def to_dict(self) -> dict:
-        """Plain-JSON form (stored in the run record)."""
-        return asdict(self)
+        METHODS.check(self.method)
 
     def digest(self) -> str:
         """Hash of everything that changes the result (used to refuse resuming a different run)."""

@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_directory, atomic_write_json, read_json
-from tuneguard.models import LoadedModel, load_model
+from tuneguard.models import LoadedModel, as_loaded, load_model
 from tuneguard.models.loading import RUN_RECORD
 from tuneguard.seed import set_seed
 from tuneguard.train.batching import collate, encode_examples, examples_digest, length_grouped_batches
 from tuneguard.train.config import TrainConfig
+from tuneguard.train import METHODS
 from tuneguard.train.methods import prepare_model
+from tuneguard.train.record import RunRecord
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -36,7 +38,7 @@ class TrainResult:
 
     model: LoadedModel
     out_dir: Path
-    record: dict
+    record: RunRecord
 
 
 def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, config: TrainConfig | None = None, *,
@@ -52,10 +54,11 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
 
     config = config or TrainConfig()
     out_dir = Path(out_dir)
-    base = load_model(model) if isinstance(model, str) else model
+    base = as_loaded(model)
+    base_fingerprint = base.fingerprint  # before training: a model loaded here is trained in place
     seq_cls = "SequenceClassification" in type(base.model).__name__
     data_digest = examples_digest([list(e) if isinstance(e, tuple) else e for e in examples])
-    done = finished_record(out_dir, config, data_digest)
+    done = finished_record(out_dir, config, data_digest, base)
     if done is not None:
         log.info("%s already holds this finished run; loading it", out_dir)
         return TrainResult(load_model(out_dir, base=base.ref, task="seq-cls" if seq_cls else "causal-lm"),
@@ -69,22 +72,19 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     encoded = encode_examples(examples, base.tokenizer, config.max_length, seq_cls=seq_cls)
     lengths = [len(e.input_ids) for e in encoded]
     world, rank = accelerator.num_processes, accelerator.process_index
-    n_batches = math.ceil(len(encoded) / config.batch_size) // world * world or world
-    steps_per_epoch = math.ceil(n_batches // world / config.grad_accum)
-    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    n_batches = _batches_per_epoch(len(encoded), config, world)
+    total_steps = optimizer_steps(len(encoded), config, world)
 
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = make_scheduler(optimizer, config, total_steps)
     net, optimizer = accelerator.prepare(net, optimizer)
-    state = {"epoch": 0, "step": 0, "loss_curve": [], "epoch_loss": [], "tokens": 0, "padded": 0, "seconds": 0.0,
-             "cpu_seconds": 0.0}
+    state = {"epoch": 0, "step": 0, "loss_curve": [], "lr_curve": [], "epoch_loss": [], "tokens": 0, "padded": 0,
+             "seconds": 0.0, "cpu_seconds": 0.0}
     ckpt = out_dir / CHECKPOINT
     if (ckpt / "state.json").is_file():
-        state = _load_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, config, data_digest)
+        state = _load_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler,
+                                 _stamp(config, data_digest, base, base_fingerprint))
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
 
     net.train()
@@ -111,6 +111,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
                 optimizer.zero_grad()
             micro.append(accelerator.reduce(loss.detach(), "mean").item())  # the loss over all processes
             if accelerator.sync_gradients:
+                state["lr_curve"].append(scheduler.get_last_lr()[0])
                 scheduler.step()
                 state["step"] += 1
                 step_loss = sum(micro) / len(micro)
@@ -126,59 +127,81 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         state["seconds"] += time.perf_counter() - t0
         state["cpu_seconds"] += time.process_time() - c0
         if accelerator.is_main_process and state["epoch"] < config.epochs:
-            _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state, config, data_digest)
+            _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state,
+                             _stamp(config, data_digest, base, base_fingerprint))
         accelerator.wait_for_everyone()
     bar.close()
 
     trained = accelerator.unwrap_model(net)
     trained.eval()
-    record = {
-        "status": "done",
-        "base_ref": base.ref,
-        "method": config.method,
-        "config": config.to_dict(),
-        "config_digest": config.digest(),
-        "data_digest": data_digest,
-        "n_examples": len(examples),
-        "processes": world,
-        "epochs_done": state["epoch"],
-        "steps": state["step"],
-        "loss_curve": state["loss_curve"],
-        "epoch_loss": state["epoch_loss"],
-        "train_seconds": round(state["seconds"], 3),
-        "cpu_seconds": round(state["cpu_seconds"], 3),
-        "tokens": state["tokens"] * world,
-        "tokens_per_second": round(state["tokens"] * world / max(state["seconds"], 1e-9), 2),
-        "padding_fraction": round(1 - state["tokens"] / max(state["padded"], 1), 4),
-        "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad),
-    }
+    record = RunRecord(
+        base_ref=base.ref, base_fingerprint=base_fingerprint, method=config.method, config=config.to_dict(),
+        config_digest=config.digest(), data_digest=data_digest, n_examples=len(examples), processes=world,
+        epochs_done=state["epoch"], steps=state["step"], loss_curve=state["loss_curve"], lr_curve=state["lr_curve"],
+        epoch_loss=state["epoch_loss"], train_seconds=round(state["seconds"], 3),
+        cpu_seconds=round(state["cpu_seconds"], 3), tokens=state["tokens"] * world,
+        tokens_per_second=round(state["tokens"] * world / max(state["seconds"], 1e-9), 2),
+        padding_fraction=round(1 - state["tokens"] / max(state["padded"], 1), 4),
+        trainable_parameters=sum(p.numel() for p in trained.parameters() if p.requires_grad))
     if accelerator.is_main_process:
         save_trained(trained, base, out_dir, record)
     accelerator.wait_for_everyone()
-    meta = {**base.meta, "adapter": str(out_dir)} if config.method != "full" else dict(base.meta)
+    meta = {**base.meta, "adapter": str(out_dir)} if METHODS.get(config.method).saves_adapter else dict(base.meta)
     return TrainResult(LoadedModel(trained, base.tokenizer, ref=str(out_dir), base_ref=base.ref, meta=meta),
                        out_dir, record)
 
 
-def finished_record(out_dir: Path, config: TrainConfig, data_digest: str) -> dict | None:
-    """The run record of a finished identical run in ``out_dir``; raise if it holds a different run."""
+def optimizer_steps(n_examples: int, config: TrainConfig, world: int = 1) -> int:
+    """Optimizer steps of a run over ``n_examples`` (``max_steps`` when set): batches per process and epoch,
+    divided by the gradient accumulation, times the epochs. DP-SGD plans the same number."""
+    per_epoch = math.ceil(_batches_per_epoch(n_examples, config, world) // world / config.grad_accum)
+    return config.max_steps or per_epoch * config.epochs
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """The learning-rate schedule of ``config`` (warm-up share included) over ``total_steps``."""
+    from transformers import get_scheduler
+
+    return get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def _batches_per_epoch(n_examples: int, config: TrainConfig, world: int) -> int:
+    """Batches of one epoch over all processes: a multiple of ``world``, so every process takes as many."""
+    return math.ceil(n_examples / config.batch_size) // world * world or world
+
+
+def finished_record(out_dir: Path, config: TrainConfig, data_digest: str, base: LoadedModel) -> RunRecord | None:
+    """The run record of a finished identical run in ``out_dir`` (same settings, data and base model); None when
+    there is none; raise, naming what differs, if it holds another run."""
     path = out_dir / RUN_RECORD
     if not path.is_file():
         return None
-    record = read_json(path)
-    if record.get("config_digest") == config.digest() and record.get("data_digest") == data_digest:
-        return record
-    raise TuneguardError(f"{out_dir} already holds a run with other settings or data; choose another output "
-                         "directory or delete it")
+    record = RunRecord.read(path)
+    if record.config_digest != config.digest() or record.data_digest != data_digest:
+        raise TuneguardError(f"{out_dir} already holds a run with other settings or data; choose another output "
+                             "directory or delete it")
+    if record.base_fingerprint is None and record.base_ref == base.ref:
+        log.warning("%s: its run record (schema %d) has no base-model fingerprint; assuming its base %s is unchanged",
+                    out_dir, record.schema, base.ref)
+    elif record.base_fingerprint != base.fingerprint:
+        saved, given = _base_name(record.base_ref, record.base_fingerprint), _base_name(base.ref, base.fingerprint)
+        raise TuneguardError(f"{out_dir} holds a run fine-tuned from another base model ({saved}, not {given}): "
+                             "choose another output directory or delete it")
+    return record
 
 
-def save_trained(model: torch.nn.Module, base: LoadedModel, out_dir: Path, record: dict) -> None:
+def _base_name(ref: str | None, fingerprint: str | None) -> str:
+    return f"{ref}, weights {fingerprint[:12]}" if fingerprint else f"{ref}, weights not recorded"
+
+
+def save_trained(model: torch.nn.Module, base: LoadedModel, out_dir: Path, record: RunRecord) -> None:
     """Write the adapter (or full model + tokenizer) as safetensors, then the run record that marks it complete."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".save."))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        if record["method"] == "full":
+        if not METHODS.get(record.config["method"]).saves_adapter:
             base.tokenizer.save_pretrained(tmp)
         else:  # name the base as the user named it, so `load_model(out_dir)` finds it again
             cfg_path = tmp / "adapter_config.json"
@@ -189,24 +212,33 @@ def save_trained(model: torch.nn.Module, base: LoadedModel, out_dir: Path, recor
             os.replace(item, out_dir / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_json(out_dir / RUN_RECORD, record)
+    record.write(out_dir / RUN_RECORD)
     shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
 
 
-def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, state: dict, config: TrainConfig,
-                     data_digest: str) -> None:
+def _stamp(config: TrainConfig, data_digest: str, base: LoadedModel, base_fingerprint: str) -> dict:
+    """What a checkpoint must match to be resumed: settings, data and base model."""
+    return {"config_digest": config.digest(), "data_digest": data_digest, "base_ref": base.ref,
+            "base_fingerprint": base_fingerprint}
+
+
+def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, state: dict, stamp: dict) -> None:
     with atomic_directory(ckpt) as tmp:
         trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        atomic_write_json(tmp / "state.json", {**state, "config_digest": config.digest(), "data_digest": data_digest})
+        atomic_write_json(tmp / "state.json", {**state, **stamp})
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, config: TrainConfig, data_digest: str) -> dict:
+def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, stamp: dict) -> dict:
     state = read_json(ckpt / "state.json")
-    if state.get("config_digest") != config.digest() or state.get("data_digest") != data_digest:
+    if state.get("config_digest") != stamp["config_digest"] or state.get("data_digest") != stamp["data_digest"]:
         raise TuneguardError(f"{ckpt} is a checkpoint of a run with other settings or data; delete it to start over")
+    if state.get("base_fingerprint") != stamp["base_fingerprint"]:
+        raise TuneguardError(f"{ckpt} is a checkpoint of a run on another base model "
+                             f"({_base_name(state.get('base_ref'), state.get('base_fingerprint'))}, not "
+                             f"{_base_name(stamp['base_ref'], stamp['base_fingerprint'])}); delete it to start over")
     weights = load_file(str(ckpt / "trainable.safetensors"))
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -217,4 +249,4 @@ def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, config: TrainConfi
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
-    return {k: v for k, v in state.items() if k not in ("config_digest", "data_digest")}
+    return {k: v for k, v in state.items() if k not in stamp}

@@ -1,20 +1,26 @@
-"""What every detector returns, and the calibration that turns its score into a verdict."""
+"""The detector plug-in base, what every detector returns, and the calibration that turns its score into a verdict."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from tuneguard.adapters.adapter_files import AdapterFiles
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, read_json
+from tuneguard.params import Params, param
+from tuneguard.plugin import Plugin
 
-DIRECTIONS = ("higher", "lower", "two-sided")
-CALIBRATION_FORMAT = "tuneguard-backdoor-calibration/1"
+if TYPE_CHECKING:
+    from tuneguard.adapters.base_models import BaseModels
+
+# /2 records the LoRA scale (lora_alpha, rsLoRA) and a digest of the behavioural probe inputs; /1 files lack both,
+# so a scan could not check that they apply.
+CALIBRATION_FORMAT = "tuneguard-backdoor-calibration/2"
+_OLD_FORMATS = ("tuneguard-backdoor-calibration/1",)
 
 
 @dataclass
@@ -27,41 +33,59 @@ class DetectorResult:
     details: dict = field(default_factory=dict)
 
 
-class Detector(Protocol):
-    """A backdoor detector: ``score`` one adapter; ``statistics`` names what it reports."""
+class Detector(Plugin):
+    """A backdoor detector: ``score`` one adapter. Subclasses set ``name``, ``summary``, ``Params`` and what they
+    report; register them in ``tuneguard.adapters.detectors.DETECTORS``.
 
-    name: str
-    statistics: tuple[str, ...]
-    default_statistic: str
-    default_direction: str  # used when calibration has no poisoned adapters to learn the direction from
+    ``settings()`` is what decides the score besides the adapter; calibration files record it and a scan refuses a
+    calibration made with other settings. A detector with ``needs_base`` is built as ``Detector(base, **params)``.
+    """
 
-    def score(self, adapter: AdapterFiles) -> DetectorResult: ...
+    kind: ClassVar[str] = "detector"
+    statistics: ClassVar[tuple[str, ...]] = ()
+    default_statistic: ClassVar[str] = ""
+    # used when calibration has no poisoned adapters to learn the direction from: higher, lower or two-sided
+    default_direction: ClassVar[str] = "higher"
+    needs_base: ClassVar[bool] = False
+    bases: BaseModels | None = None  # set by a detector that needs_base; `scan` checks modules against it
 
-    def settings(self) -> dict: ...
+    def __init__(self, *, progress: bool = False, **params: Any) -> None:
+        super().__init__(**params)
+        self.progress = progress
+
+    def score(self, adapter: AdapterFiles) -> DetectorResult:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """The settings that decide the score (recorded in calibration files and compared by `scan`)."""
+        return self.params.to_dict()
 
 
 @dataclass
-class Calibration:
-    """A threshold for one detector statistic, valid for one (base model, rank, task).
+class Calibration(Params):
+    """A threshold for one detector statistic, valid for one (base model, rank, LoRA scale, task) and the detector
+    settings it was made with.
 
     The threshold is the most extreme score among clean adapters (FPR 0 on that cohort). ``direction`` is learned
     from poisoned adapters when some were given ("higher"/"lower" = the side on which they lie); with clean adapters
     only, it is the detector's default, and "two-sided" flags anything outside the clean range.
     """
 
-    detector: str
-    statistic: str
-    base_model: str | None
-    rank: int
-    task: str | None
-    direction: str
-    low: float
-    high: float
-    clean_scores: list[float]
-    poisoned_scores: list[float] = field(default_factory=list)
-    auroc: float | None = None  # on the calibration cohort, oriented by ``direction``
-    settings: dict = field(default_factory=dict)
-    format: str = CALIBRATION_FORMAT
+    detector: str = param(help="the detector's registered name")
+    statistic: str = param(help="the thresholded statistic")
+    base_model: str | None = param(help="base model the cohort was trained from")
+    rank: int = param(help="LoRA rank of the cohort", ge=0)
+    lora_alpha: float | None = param(help="lora_alpha of the cohort (None: not recorded, not compared)")
+    use_rslora: bool = param(help="whether the cohort scales by alpha/sqrt(r) (rsLoRA)")
+    task: str | None = param(help="task of the cohort")
+    direction: str = param(help="side on which poisoned adapters lie", choices=("higher", "lower", "two-sided"))
+    low: float = param(help="lowest clean score")
+    high: float = param(help="highest clean score")
+    clean_scores: list[float] = param(help="the clean cohort's scores")
+    poisoned_scores: list[float] = param([], "the poisoned cohort's scores")
+    auroc: float | None = param(None, "on the calibration cohort, oriented by direction")
+    settings: dict = param({}, "the detector settings the scores were made with")
+    format: str = param(CALIBRATION_FORMAT, "file format", choices=(CALIBRATION_FORMAT,))
 
     def flags(self, score: float) -> bool:
         """True when ``score`` lies beyond the clean cohort on the suspicious side."""
@@ -73,31 +97,43 @@ class Calibration:
 
     def mismatch(self, adapter: AdapterFiles, task: str | None = None) -> str | None:
         """Why this calibration does not apply to ``adapter`` (None when it does)."""
-        if self.base_model and adapter.base_model and _norm_ref(adapter.base_model) != _norm_ref(self.base_model):
+        if self.base_model and adapter.base_model and norm_ref(adapter.base_model) != norm_ref(self.base_model):
             return f"base model {adapter.base_model!r} is not the calibrated {self.base_model!r}"
         if adapter.rank != self.rank:
             return f"rank {adapter.rank} is not the calibrated rank {self.rank}"
+        # The statistic includes the LoRA scale, and a cohort trained at another scale has other clean scores.
+        if self.lora_alpha is not None and adapter.lora_alpha != self.lora_alpha:
+            return f"lora_alpha {adapter.lora_alpha:g} is not the calibrated lora_alpha {self.lora_alpha:g}"
+        if adapter.use_rslora != self.use_rslora:
+            return f"use_rslora {adapter.use_rslora} is not the calibrated use_rslora {self.use_rslora}"
         if task and self.task and task != self.task:
             return f"task {task!r} is not the calibrated task {self.task!r}"
         return None
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_json(path, asdict(self))
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
-        """Read a calibration file written by ``save``."""
+        """Read a calibration file written by ``save``; a file that is not one gives a one-line error naming it."""
         try:
             data = read_json(path)
         except (OSError, ValueError) as exc:
             raise TuneguardError(f"cannot read calibration file {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-            raise TuneguardError(f"{path} is not a tuneguard calibration file; "
-                                 "make one with `tuneguard backdoor calibrate`")
-        return cls(**data)
+        remake = "make one with `tuneguard backdoor calibrate`"
+        if not isinstance(data, dict) or not str(data.get("format", "")).startswith("tuneguard-backdoor-calibration"):
+            raise TuneguardError(f"{path} is not a tuneguard calibration file; {remake}")
+        if data["format"] in _OLD_FORMATS:
+            raise TuneguardError(f"{path} is an old calibration file ({data['format']}) that records neither the LoRA "
+                                 f"scale nor the probe inputs, so a scan cannot check it applies; {remake} again")
+        try:
+            return cls.create(f"calibration file {path}", data)
+        except TuneguardError as exc:
+            raise TuneguardError(f"{exc}; {remake} again") from None
 
 
-def _norm_ref(ref: str) -> str:
+def norm_ref(ref: str) -> str:
+    """A model reference compared loosely (case and a trailing slash ignored)."""
     return ref.rstrip("/").lower()
 
 
@@ -109,17 +145,25 @@ def calibrate(
     statistic: str | None = None,
     base_model: str | None,
     rank: int,
+    lora_alpha: float | None,
+    use_rslora: bool,
     task: str | None,
 ) -> Calibration:
     """Fit a zero-false-positive threshold on clean adapters' scores; learn the direction when poisoned ones exist."""
+    from sklearn.metrics import roc_auc_score
+
     statistic = statistic or detector.default_statistic
     if statistic not in detector.statistics:
-        raise TuneguardError(f"detector {detector.name} has no statistic {statistic!r}; "
+        raise TuneguardError(f"{detector.label()} has no statistic {statistic!r}; "
                              f"choose from {', '.join(detector.statistics)}")
     if len(clean) < 2:
         raise TuneguardError(f"calibration needs at least 2 clean adapters, got {len(clean)}; add more clean adapters")
     c = np.array([r.statistics[statistic] for r in clean], dtype=float)
     p = np.array([r.statistics[statistic] for r in poisoned], dtype=float)
+    for r in [*clean, *poisoned]:
+        if not np.isfinite(r.statistics[statistic]):  # a NaN threshold would pass or flag everything
+            raise TuneguardError(f"{r.adapter} has {statistic} = {r.statistics[statistic]} (non-finite weights?); "
+                                 "leave it out of the calibration cohort")
     direction, auroc = detector.default_direction, None
     if len(p):
         labels = np.r_[np.zeros(len(c)), np.ones(len(p))]
@@ -127,7 +171,7 @@ def calibrate(
         direction = "higher" if raw >= 0.5 else "lower"
         auroc = max(raw, 1.0 - raw)
     return Calibration(
-        detector=detector.name, statistic=statistic, base_model=base_model, rank=rank, task=task,
-        direction=direction, low=float(c.min()), high=float(c.max()), clean_scores=c.tolist(),
-        poisoned_scores=p.tolist(), auroc=auroc, settings=detector.settings(),
+        detector=detector.name, statistic=statistic, base_model=base_model, rank=rank, lora_alpha=lora_alpha,
+        use_rslora=use_rslora, task=task, direction=direction, low=float(c.min()), high=float(c.max()),
+        clean_scores=c.tolist(), poisoned_scores=p.tolist(), auroc=auroc, settings=detector.settings(),
     )

@@ -8,18 +8,25 @@ the share labelled BENIGN. Statistics: ``outlier_gap`` = max - mean, ``mean_atta
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from tuneguard.adapters.adapter_files import AdapterFiles
-from tuneguard.adapters.classifier import Classifier
-from tuneguard.adapters.detectors.base import DetectorResult
+from tuneguard.adapters.base_models import BaseModels, task_of
+from tuneguard.adapters.classifier import DEFAULT_VERDICT, VERDICTS, Classifier
+from tuneguard.adapters.detectors.base import Detector, DetectorResult
 from tuneguard.adapters.poison import apply_trigger
-from tuneguard.adapters.probes import battery, default_injections
+from tuneguard.adapters.probes import BATTERIES, battery, default_injections
+from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, load_model
+from tuneguard.params import Params, param
+
+if TYPE_CHECKING:
+    from tuneguard.models import LoadedModel
 
 
 def probe_statistics(classifier: Classifier, probes: list[str], injections: list[str], *,
@@ -41,93 +48,71 @@ def probe_statistics(classifier: Classifier, probes: list[str], injections: list
     return stats, dict(zip(probes, map(float, rates)))
 
 
-def module_shape(model, name: str) -> tuple[int, int] | None:
-    """(d_in, d_out) of a Linear or GPT-2 Conv1D module, None for other kinds; raises when the module is absent."""
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        raise TuneguardError(f"the adapter targets module {name}, which the base model does not have; "
-                             "it was trained for another base model") from None
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D":  # GPT-2 stores the weight transposed (d_in, d_out)
-        return tuple(module.weight.shape)
-    return None
+@dataclass
+class BehaviouralParams(Params):
+    battery: str = param("B", "built-in probe battery: A adds the true trigger, B every built-in probe, C no "
+                              "RFC-style probe", choices=BATTERIES)
+    trigger: str | None = param(None, "the true trigger, which battery A adds (research only)")
+    extra_probes: list[str] = param([], "probe prefixes added to the battery")
+    injections: list[str] | None = param(None, "probe inputs (prompt injections); None: the built-in ones")
+    verdict: str = param(DEFAULT_VERDICT, "chat-form verdict: greedy generation (the spec's) or one-pass label "
+                                          "logits", choices=VERDICTS)
+    max_text_tokens: int = param(64, "probe inputs clipped to this many tokens", gt=0)
+    batch_size: int = param(16, "classifier inputs per forward pass (speed only)", gt=0)
 
 
-class BehaviouralDetector:
+class BehaviouralDetector(Detector):
     """Probe a classifier adapter with prefix batteries; needs the base model it was trained from."""
 
     name = "behavioural"
+    summary = "how often probe prefixes flip prompt injections to BENIGN (base model + adapter; trigger unknown)"
+    Params = BehaviouralParams
     statistics = ("outlier_gap", "mean_attack_rate", "max_attack_rate", "top3_mean")
     default_statistic = "outlier_gap"
     default_direction = "higher"
+    needs_base = True
 
-    def __init__(self, base: str | LoadedModel, *, injections: list[str] | None = None, battery_name: str = "B",
-                 trigger: str | None = None, extra_probes: list[str] = (), verdict: str = "logits",
-                 max_text_tokens: int = 64, batch_size: int = 16, progress: bool = False) -> None:
-        self.base_ref = base.ref if isinstance(base, LoadedModel) else str(base)
-        self._bases: dict[str, LoadedModel] = {}
-        if isinstance(base, LoadedModel):
-            self._bases["seq-cls" if "SequenceClassification" in type(base.model).__name__ else "causal-lm"] = base
-        self.injections = list(injections) if injections is not None else default_injections()
-        self.battery_name = battery_name
-        self.probes = battery(battery_name, trigger=trigger, extra=list(extra_probes))
-        self.verdict, self.max_text_tokens, self.batch_size = verdict, max_text_tokens, batch_size
-        self.progress = progress
+    def __init__(self, base: str | LoadedModel | BaseModels, *, progress: bool = False, **params) -> None:
+        super().__init__(progress=progress, **params)
+        self.bases = BaseModels.of(base)
+        self.base_ref = self.bases.ref
+        p = self.params
+        self.injections = list(p.injections) if p.injections is not None else default_injections()
+        self.probes = battery(p.battery, trigger=p.trigger, extra=p.extra_probes)
 
     def settings(self) -> dict:
-        return {"battery": self.battery_name, "probes": self.probes, "n_injections": len(self.injections),
-                "verdict": self.verdict, "max_text_tokens": self.max_text_tokens}
-
-    def _base(self, task: str) -> LoadedModel:
-        if task not in self._bases:
-            self._bases[task] = load_model(self.base_ref, task=task)
-        return self._bases[task]
+        """Everything that decides the attack rates: the probes, the probe inputs (as a digest), the verdict and the
+        clipping; the batch size only changes the speed."""
+        s = self.params.to_dict()
+        del s["batch_size"]
+        return {**s, "injections": f"sha256:{key_hash(*self.injections)}", "n_injections": len(self.injections),
+                "probes": self.probes}
 
     def check_base(self, adapter: AdapterFiles) -> LoadedModel:
         """The base model for ``adapter``, after checking the adapter names this base and fits its modules."""
-        task = "seq-cls" if adapter.task_type == "SEQ_CLS" else "causal-lm"
-        named = adapter.base_model
-        if named and _norm(named) not in {_norm(self.base_ref), _norm(self._base(task).ref),
-                                          _norm(getattr(self._base(task).model.config, "name_or_path", "") or "")}:
-            raise TuneguardError(f"{adapter.path} was trained from base model {named!r}, not {self.base_ref!r}; "
-                                 f"pass --base {named}")
-        base = self._base(task)
-        for pair in adapter.pairs:
-            shape = module_shape(base.model, pair.module)
-            want = (int(np.prod(pair.a_shape[1:])), pair.b_shape[0])
-            if shape is not None and tuple(shape) != want:
-                raise TuneguardError(f"{adapter.path}: module {pair.module} is {want[0]}->{want[1]} in the adapter but "
-                                     f"{shape[0]}->{shape[1]} in {self.base_ref}; it was trained for another base")
-        return base
+        return self.bases.check(adapter)
 
     def classifier(self, adapter: AdapterFiles) -> Classifier:
         """The adapter loaded on a private copy of its base model."""
+        from tuneguard.models import LoadedModel
         from tuneguard.models.loading import attach_adapter
 
         base = self.check_base(adapter)
         # peft injects its layers into the model it is given: attach to a copy so the base stays clean.
         fresh = LoadedModel(copy.deepcopy(base.model), base.tokenizer, base.ref, meta=base.meta)
         loaded = attach_adapter(fresh, Path(adapter.path), ref=str(adapter.path))
-        form = "seq-cls" if adapter.task_type == "SEQ_CLS" else "chat"
-        return Classifier(loaded, form=form, verdict=self.verdict, max_text_tokens=self.max_text_tokens,
-                          batch_size=self.batch_size)
+        form = "seq-cls" if task_of(adapter) == "seq-cls" else "chat"
+        return Classifier(loaded, form=form, verdict=self.params.verdict, max_text_tokens=self.params.max_text_tokens,
+                          batch_size=self.params.batch_size)
 
     def score_classifier(self, classifier: Classifier, adapter: str = "") -> DetectorResult:
         """Score an already loaded classifier."""
         stats, rates = probe_statistics(classifier, self.probes, self.injections, progress=self.progress)
         top = sorted(rates.items(), key=lambda kv: -kv[1])[:5]
-        details = {"verdict": classifier.description, "battery": self.battery_name, "attack_rates": rates,
+        details = {"verdict": classifier.description, "battery": self.params.battery, "attack_rates": rates,
                    "top_probes": [{"probe": p, "attack_rate": r} for p, r in top]}
         return DetectorResult(self.name, adapter, stats, details)
 
     def score(self, adapter: AdapterFiles) -> DetectorResult:
         return self.score_classifier(self.classifier(adapter), str(adapter.path))
 
-
-def _norm(ref: str) -> str:
-    return ref.rstrip("/").lower()
-
-
-DETECTOR = BehaviouralDetector

@@ -13,27 +13,25 @@ from collections import defaultdict
 import numpy as np
 
 from tuneguard.adapters.adapter_files import AdapterFiles
-from tuneguard.adapters.detectors.base import DetectorResult
+from tuneguard.adapters.detectors.base import Detector, DetectorResult
 
 
 def lora_frobenius(a: np.ndarray, b: np.ndarray) -> float:
     """``||B A||_F`` via ``trace((B^T B)(A A^T))``: O(r^2 (d_in + d_out)) instead of O(r d_in d_out)."""
-    a = a.reshape(a.shape[0], -1)
-    b = b.reshape(b.shape[0], -1)
-    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
-        a, b = a.astype(np.float32), b.astype(np.float32)
-    # Both Gram matrices are symmetric, so the trace of their product is their element-wise product summed; the
-    # r x r sums run in float64 (the Gram products themselves are accurate to float32 rounding, ~1e-7 relative).
-    sq = float(np.sum((b.T @ b).astype(np.float64) * (a @ a.T).astype(np.float64)))
+    # float64 throughout: the Gram products of large finite float32 weights would overflow to inf in float32.
+    a = a.reshape(a.shape[0], -1).astype(np.float64, copy=False)
+    b = b.reshape(b.shape[0], -1).astype(np.float64, copy=False)
+    # Both Gram matrices are symmetric, so the trace of their product is their element-wise product summed.
+    sq = float(np.sum((b.T @ b) * (a @ a.T)))
     return max(sq, 0.0) ** 0.5
 
 
 def module_norms(adapter: AdapterFiles) -> list[dict]:
-    """Per-module records: name, layer, rank, scale, d_in, d_out, frobenius (scaled) and the normalised norm."""
-    tensors = adapter.load([k for p in adapter.pairs for k in (p.a_key, p.b_key)])
+    """Per-module records of the pairs that would load: name, layer, rank, scale, d_in, d_out, frobenius (scaled)
+    and the normalised norm. One module's tensors are in memory at a time."""
     rows = []
-    for pair in adapter.pairs:
-        a, b = tensors[pair.a_key], tensors[pair.b_key]
+    stream = adapter.iter_tensors([k for p in adapter.pairs for k in (p.a_key, p.b_key)])
+    for pair, (_, a), (_, b) in zip(adapter.pairs, stream, stream):
         d_in, d_out = int(np.prod(a.shape[1:])), int(b.shape[0])
         scale = adapter.scale(pair)
         frob = scale * lora_frobenius(a, b)
@@ -51,10 +49,11 @@ def _profile(rows: list[dict], key: str) -> dict:
     return {str(k): float(np.mean(v)) for k, v in sorted(groups.items(), key=lambda kv: (kv[0] is None, str(kv[0])))}
 
 
-class WeightDetector:
+class WeightDetector(Detector):
     """``frob_std`` (and mean / max) of the normalised LoRA norms; its direction differs between bases, so calibrate."""
 
     name = "weights"
+    summary = "spread of the scaled, dimension-normalised LoRA update norms, read from the adapter file (no model)"
     statistics = ("frob_std", "frob_mean", "frob_max")
     default_statistic = "frob_std"
     default_direction = "two-sided"  # the sign flips between base models; learn it from poisoned adapters when possible
@@ -63,18 +62,15 @@ class WeightDetector:
         """Statistics plus per-module and per-layer profiles and the tensors the statistic cannot see."""
         rows = module_norms(adapter)
         norms = np.array([r["norm"] for r in rows])
-        stats = {"frob_std": float(norms.std(ddof=0)), "frob_mean": float(norms.mean()), "frob_max": float(norms.max())}
+        with np.errstate(invalid="ignore"):  # inf norms give a NaN spread, which the scan never judges clean
+            stats = {"frob_std": float(norms.std(ddof=0)), "frob_mean": float(norms.mean()),
+                     "frob_max": float(norms.max())}
         details = {
-            "scale_applied": "alpha/sqrt(r) (rsLoRA)" if adapter.config.get("use_rslora") else "alpha/r",
+            "scale_applied": "alpha/sqrt(r) (rsLoRA)" if adapter.use_rslora else "alpha/r",
             "modules": rows,
             "per_layer": _profile(rows, "layer"),
             "per_kind": _profile(rows, "kind"),
             "invisible": adapter.invisible_tensors(),
+            "not_loaded": dict(adapter.unloaded),
         }
         return DetectorResult(self.name, str(adapter.path), stats, details)
-
-    def settings(self) -> dict:
-        return {}
-
-
-DETECTOR = WeightDetector

@@ -7,7 +7,7 @@ directory), the neighbours (``tuneguard.neighbours`` cache) and the log-likeliho
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,63 +17,66 @@ from tuneguard.attacks.spv.variation import FORMS, LogLikelihood, calibrated_sco
 from tuneguard.cache import cache_dir, key_hash, text_hash
 from tuneguard.data import load_texts
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, load_model
-from tuneguard.neighbours import NeighbourSet, check_params, generator_parameters, make_generator
+from tuneguard.models import LoadedModel, as_loaded, reference_of
+from tuneguard.neighbours import NEIGHBOURS, NeighbourSet
+from tuneguard.params import Params, param
 
 REFERENCES = ("self-prompt", "data", "base", "model", "none")
 
 
 @dataclass
-class SPVConfig:
+class SPVConfig(Params):
     """SPV-MIA settings; defaults follow the paper and its official code, except the neighbour generator (below).
 
     reference: ``self-prompt`` (the paper), ``data`` (fine-tune on ``reference_data``: same-distribution or
     other-domain public text, the paper's ablations), ``base`` (the target's base model, no training), ``model``
-    (``reference_model`` as given), ``none`` (no calibration: the target's variation alone).
+    (``reference_model`` as given), ``none`` (no calibration: the target's variation alone). ``stats`` (not a
+    setting) is filled by ``run_spv``: seconds and counts per stage.
     """
 
-    prompts: str | list[str] | None = None  # the attacker's public pool (texts, or a file load_texts reads)
-    n_texts: int = 10_000               # M, self-prompt texts (10,000 in the paper)
-    prompt_tokens: int = 16             # L
-    total_tokens: int = 128
-    top_k: int = 50
-    temperature: float = 1.0
-    generation_batch_size: int = 16
-    reference: str = "self-prompt"
-    reference_data: str | list[str] | None = None
-    reference_model: str | None = None
-    base: str | None = None             # the target's base model when it does not record it
-    epochs: int = 2
-    lr: float = 5e-5
-    train_batch_size: int = 8
-    max_length: int = 128
-    # Any tuneguard.neighbours generator. The official code fills spans with T5 (``neighbours="t5"`` with a T5
-    # ``neighbour_model``); the default ``lm-fill`` needs no extra model and works offline.
-    neighbours: str = "lm-fill"
-    neighbour_model: str | LoadedModel | None = None  # t5: required; lm-fill: default the target's base model
-    neighbour_options: dict = field(default_factory=dict)  # the generator's other options (pct, span_length, ...)
-    n_neighbours: int = 10              # J
-    form: str = "prob"                  # "prob" (paper: P = exp(-NLL)) or "logprob" (mean LL(x~) - LL(x))
-    seed: int = 0
-    out_dir: str | None = None          # where stage outputs go (default: the cache)
-    stats: dict = field(default_factory=dict, repr=False)  # filled by run_spv: seconds and counts per stage
+    prompts: str | list[str] | None = param(None, "the attacker's public prompt pool from the target's domain, "
+                                                  "disjoint from the evaluated texts (a file, or texts)")
+    n_texts: int = param(10_000, "M, self-prompt texts generated (10,000 in the paper)", ge=1)
+    prompt_tokens: int = param(16, "L, tokens of each pool text kept as the prompt", ge=1)
+    total_tokens: int = param(128, "tokens of each generated text, prompt included", ge=2)
+    top_k: int = param(50, "generation: sample from the k most likely tokens", ge=0)
+    temperature: float = param(1.0, "generation: sampling temperature", gt=0)
+    generation_batch_size: int = param(16, "texts generated per batch", ge=1)
+    reference: str = param("self-prompt", "the calibration model: self-prompt (the paper), data (fine-tuned on "
+                                          "reference_data), base, model (reference_model), none",
+                           choices=REFERENCES)
+    reference_data: str | list[str] | None = param(None, "texts the data reference is fine-tuned on (a file, or "
+                                                         "texts)")
+    reference_model: str | None = param(None, "the reference=model model")
+    base: str | None = param(None, "the target's base model, when the target does not record it")
+    epochs: int = param(2, "reference fine-tuning epochs", ge=1)
+    lr: float = param(5e-5, "reference fine-tuning learning rate", gt=0)
+    train_batch_size: int = param(8, "reference fine-tuning batch size", ge=1)
+    max_length: int = param(128, "reference fine-tuning tokens per text", ge=1)
+    # The official code fills spans with T5 (``neighbours="t5"`` with a T5 ``neighbour_model``); the default
+    # ``lm-fill`` needs no extra model and works offline.
+    neighbours: str = param("lm-fill", "the neighbour generator (tuneguard.neighbours)")
+    neighbour_model: str | LoadedModel | None = param(None, "the generator's model (t5: required; lm-fill: default "
+                                                            "the target's base model)")
+    neighbour_options: dict = param({}, "the generator's other options (pct, span_length, ...)")
+    n_neighbours: int = param(10, "J, neighbours per text", ge=1)
+    form: str = param("prob", "prob (the paper: P = exp(-NLL)) or logprob (mean LL(x~) - LL(x))", choices=FORMS)
+    seed: int = param(0, "seed of generation, fine-tuning and neighbours")
+    out_dir: str | None = param(None, "where stage outputs go (default: the cache)")
 
     def __post_init__(self) -> None:
-        if self.reference not in REFERENCES:
-            raise TuneguardError(f"unknown SPV-MIA reference {self.reference!r}: use one of {', '.join(REFERENCES)}")
-        if self.form not in FORMS:
-            raise TuneguardError(f"unknown SPV-MIA form {self.form!r}: use one of {', '.join(FORMS)}")
-        if self.n_neighbours < 1 or self.n_texts < 1:
-            raise TuneguardError("SPV-MIA needs n_neighbours >= 1 and n_texts >= 1")
+        super().__post_init__()
+        self.stats: dict = {}
         if self.neighbours == "t5" and not self.neighbour_model:
             raise TuneguardError("SPV-MIA t5 neighbours need a T5 model: set neighbour_model to its directory or hub "
                                  "id, or use neighbours=lm-fill")
         if "model" in self.neighbour_options:
             raise TuneguardError("give the neighbour model as neighbour_model, not inside neighbour_options")
-        takes_model = "model" in generator_parameters(self.neighbours)[0]
+        generator = NEIGHBOURS.get(self.neighbours)
+        takes_model = generator.takes_model()
         if self.neighbour_model and not takes_model:
             raise TuneguardError(f"the {self.neighbours} neighbour generator uses no model: drop neighbour_model")
-        check_params(self.neighbours, [*self.neighbour_options, *(["model"] if takes_model else [])])
+        generator.Params.create(generator.label(), self.neighbour_options)
 
 
 def stage_dir(config: SPVConfig, target: LoadedModel, *parts: str) -> Path:
@@ -92,22 +95,22 @@ def build_reference(target: LoadedModel, config: SPVConfig, *, progress: bool = 
     if config.reference == "model":
         if not config.reference_model:
             raise TuneguardError("SPV-MIA reference=model needs --param spv-mia.reference_model=MODEL")
-        return load_model(config.reference_model)
-    base = config.base or target.base_ref
+        return as_loaded(config.reference_model)
+    base = reference_of(target, config.base)
     if config.reference == "base":
         if not base:
             raise TuneguardError(f"cannot tell the base model of {target.ref}: pass --param spv-mia.base=MODEL")
-        return load_model(base)
+        return as_loaded(base)
     if config.reference == "data":
         if not config.reference_data:
             raise TuneguardError("SPV-MIA reference=data needs --param spv-mia.reference_data=FILE")
-        texts = _texts(config.reference_data)
+        texts = texts_of(config.reference_data)
     else:
         if not config.prompts:
             raise TuneguardError("SPV-MIA needs the attacker's public prompt pool from the target's domain: "
                                  "--param spv-mia.prompts=FILE (disjoint from the evaluated texts)")
         t0 = time.perf_counter()
-        texts = self_prompt_texts(target, _texts(config.prompts), n_texts=config.n_texts,
+        texts = self_prompt_texts(target, texts_of(config.prompts), n_texts=config.n_texts,
                                   prompt_tokens=config.prompt_tokens, total_tokens=config.total_tokens,
                                   top_k=config.top_k, temperature=config.temperature,
                                   batch_size=config.generation_batch_size, seed=config.seed,
@@ -125,7 +128,7 @@ def build_reference(target: LoadedModel, config: SPVConfig, *, progress: bool = 
     return reference
 
 
-def _texts(source: str | Sequence[str]) -> list[str]:
+def texts_of(source: str | Sequence[str]) -> list[str]:
     """Texts given as a list (Python API) or as a file / dataset name (CLI)."""
     return list(source) if not isinstance(source, (str, Path)) else load_texts(source)
 
@@ -134,10 +137,10 @@ def make_neighbours(target: LoadedModel, texts: Sequence[str], config: SPVConfig
                     progress: bool = True) -> NeighbourSet:
     """``n_neighbours`` neighbours per text from ``config.neighbours`` (cached by tuneguard.neighbours)."""
     params: dict = {**config.neighbour_options, "seed": config.seed, "progress": progress}
-    if "model" in generator_parameters(config.neighbours)[0]:
-        params["model"] = config.neighbour_model or config.base or target.base_ref or target
+    if NEIGHBOURS.get(config.neighbours).takes_model():
+        params["model"] = config.neighbour_model or reference_of(target, config.base) or target
     t0 = time.perf_counter()
-    result = make_generator(config.neighbours, **params).generate(texts, config.n_neighbours)
+    result = NEIGHBOURS.make(config.neighbours, **params).generate(texts, config.n_neighbours)
     config.stats["neighbour_seconds"] = time.perf_counter() - t0
     return result
 

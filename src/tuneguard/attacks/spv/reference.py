@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tuneguard.attacks.run_record import run_record
 from tuneguard.errors import TuneguardError
-from tuneguard.files import read_json
-from tuneguard.models import LoadedModel, load_model
+from tuneguard.models import LoadedModel, load_model, reference_of
 from tuneguard.train import TrainConfig, finetune
 
 # peft's names for the methods tuneguard.train knows
@@ -20,11 +20,12 @@ def target_setup(target: LoadedModel) -> dict:
     Read from the tuneguard run record (``run.json``) next to the target's adapter or model, else from the adapter's
     ``adapter_config.json``; a target with neither is taken as fully fine-tuned.
     """
-    where = Path(target.meta.get("adapter") or target.ref)
-    if (where / "run.json").is_file():
-        config = read_json(where / "run.json").get("config", {})
+    record = run_record(target)
+    if record is not None:
+        config = record.config
         keys = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens")
         return {k: config[k] for k in keys if k in config}
+    where = Path(target.meta.get("adapter") or target.ref)
     if (where / "adapter_config.json").is_file():
         cfg = json.loads((where / "adapter_config.json").read_text(encoding="utf-8"))
         method = _PEFT_METHODS.get(str(cfg.get("peft_type", "")).upper())
@@ -50,7 +51,7 @@ def train_reference(target: LoadedModel, texts: list[str], out_dir: str | Path, 
 
     Resumable and cached in ``out_dir`` by ``tuneguard.train.finetune``.
     """
-    base = base or target.base_ref
+    base = reference_of(target, base)
     if not base:
         raise TuneguardError(f"cannot tell which base model {target.ref} was fine-tuned from: name it with "
                              "--param spv-mia.base=MODEL")

@@ -1,0 +1,243 @@
+"""Leak benchmark: every attack of the suite plus the fine-tuning attacks, on a LoRA and a fully fine-tuned target.
+
+    python bench/leak_bench.py --model tiny-llama --members 24 --bootstrap 50 --out /tmp/tuneguard-leak/tiny  # a minute
+    nohup python bench/leak_bench.py --out /tmp/tuneguard-leak/n500 > /tmp/tuneguard-leak/n500.log 2>&1 &  # the figure
+
+SmolLM2-135M is fine-tuned on --members PubMed abstracts (../shared/data, cut once to --max-length tokens, so the
+targets are trained on exactly what the attacks score) with LoRA (r 16, alpha 32, q/k/v/o) and with full
+fine-tuning; --nonmembers abstracts from the same corpus, disjoint, are the non-members. Each target is attacked by
+``run_attacks`` with its base model as the reference: the default suite (``all``: loss, zlib, lowercase, Min-K%,
+Min-K%++, ratio, EZ-MIA, WBC, hard tokens, ReCall, CON-ReCall, bag-of-words, ensemble), then GradNorm, then the
+named variants (EZ-MIA's paper edge policy, WBC's paper windows, hard tokens by confidence). Left out: dc-pdd (no
+disjoint corpus is left for its token frequencies at 500 + 500 of the 1,000 abstracts), neighbourhood and SPV-MIA
+(they generate texts with a second model: hours on 2 CPU cores; see bench/spv_repro.py).
+
+The table: AUC, TPR@1% and TPR@10% with 95% bootstrap CIs per attack and target, the forward passes each attack
+added (the shared target pass runs before every attack, and an attack reuses every pass an earlier one made: the
+suite's order decides who pays, e.g. ratio pays the reference pass EZ-MIA, WBC and the hard tokens then read) and
+its seconds; then, per target, the paired-bootstrap difference of TPR@1% between EZ-MIA / WBC and ratio.
+Resumable: the split, each fine-tuning run and each attack cell are saved under --out as they finish and reused
+when their settings match (the score cache, $TUNEGUARD_CACHE, keeps every forward pass too). Writes results.json
+and results.md under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneguard.attacks import MIAResult, run_attacks
+from tuneguard.data import clean_texts, fit_to_length, load_texts
+from tuneguard.files import atomic_write_json, atomic_write_text, read_json
+from tuneguard.metrics import tpr_at_fpr
+from tuneguard.models import load_model
+from tuneguard.report.table import cell_text, format_table
+from tuneguard.train import TrainConfig, finetune
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmed" / "pubmedqa_abstracts.jsonl"
+# Attack cells, run in this order on each target: (cell, attacks, params, rows: label -> attack name in the cell).
+CELLS = [
+    ("suite", ["all"], {}, None),
+    ("gradnorm", ["gradnorm"], {}, None),
+    ("variants", ["ez-mia", "wbc", "ht-mia"],
+     {"ez-mia": {"edge": "paper"}, "wbc": {"windows": "paper"}, "ht-mia": {"by": "confidence"}},
+     {"ez-mia (edge=paper)": "ez-mia", "wbc (windows=paper)": "wbc", "ht-mia (by=confidence)": "ht-mia"}),
+]
+COMPARED = ("ez-mia", "wbc")  # against ratio, the issue's question
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--members", type=int, default=500)
+    p.add_argument("--nonmembers", type=int, default=None, help="default: as many as --members")
+    p.add_argument("--max-length", type=int, default=96)
+    p.add_argument("--targets", default="lora,full", help="comma-separated: lora, full")
+    p.add_argument("--lora-epochs", type=int, default=3)
+    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--lora-modules", default="q_proj,k_proj,v_proj,o_proj", help="modules LoRA adapts (r 16)")
+    p.add_argument("--full-epochs", type=int, default=3)
+    p.add_argument("--full-lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shots", type=int, default=7, help="ReCall / CON-ReCall shots (taken out of the evaluation)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="/tmp/tuneguard-leak/run", help="stage outputs and results (resumable)")
+    args = p.parse_args(argv)
+    args.nonmembers = args.nonmembers or args.members
+    out = Path(args.out)
+    t_start = time.perf_counter()
+
+    base = load_model(args.model)
+    members, nonmembers = split(args, base, out)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    report: dict[str, Any] = {"settings": vars(args), "targets": {}}
+    for kind in targets:
+        t0 = time.perf_counter()
+        config = train_config(args, kind)
+        run = finetune(base, members, out / kind / "model", config)
+        log(f"{kind}: target ready ({time.perf_counter() - t0:.0f} s; training took {run.record.train_seconds:.0f} s)")
+        cells = {}
+        for cell, attacks, params, _ in CELLS:
+            cells[cell] = attack_cell(out / kind / f"{cell}.json", run.model, base, members, nonmembers, attacks,
+                                      params, args)
+            log(f"{kind}: {cell} done ({cells[cell]['wall_seconds']:.0f} s)")
+        report["targets"][kind] = {
+            "train": {"seconds": run.record.train_seconds, "config": config.to_dict()}, "rows": rows_of(cells),
+            "comparisons": compare(cells["suite"]["result"], args),
+            "cells": {c: {k: v for k, v in cell.items() if k != "result"} for c, cell in cells.items()}}
+        write(out, report, args)
+    report["wall_seconds"] = time.perf_counter() - t_start
+    write(out, report, args)
+    print(markdown(report, args))
+    log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+def log(message: str) -> None:
+    print(f"[leak_bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def split(args, base, out: Path) -> tuple[list[str], list[str]]:
+    """Members and non-members: disjoint, shuffled with the seed, cut once to the training window."""
+    path = out / "split.json"
+    settings = {"data": str(args.data), "model": base.fingerprint, "members": args.members,
+                "nonmembers": args.nonmembers, "max_length": args.max_length, "seed": args.seed}
+    if path.is_file() and (saved := read_json(path))["key"] == key(settings):
+        return saved["members"], saved["nonmembers"]
+    texts = clean_texts(load_texts(args.data)).texts
+    need = args.members + args.nonmembers
+    if need > len(texts):
+        raise SystemExit(f"{args.data} holds {len(texts)} texts, {need} needed: lower --members / --nonmembers")
+    order = np.random.default_rng(args.seed).permutation(len(texts))[:need]
+    chosen = fit_to_length([texts[i] for i in order], base.tokenizer, args.max_length)
+    members, nonmembers = chosen[:args.members], chosen[args.members:]
+    atomic_write_json(path, {"key": key(settings), "settings": settings, "members": members,
+                             "nonmembers": nonmembers})
+    return members, nonmembers
+
+
+def train_config(args, kind: str) -> TrainConfig:
+    common = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed}
+    if kind == "lora":
+        return TrainConfig(method="lora", epochs=args.lora_epochs, lr=args.lora_lr, lora_r=16, lora_alpha=32,
+                           target_modules=args.lora_modules.split(","), **common)
+    if kind == "full":
+        return TrainConfig(method="full", epochs=args.full_epochs, lr=args.full_lr, **common)
+    raise SystemExit(f"unknown target {kind!r}: use lora, full")
+
+
+def attack_cell(path: Path, target, base, members, nonmembers, attacks, params, args) -> dict:
+    """One ``run_attacks`` on a target, saved to ``path``; reused when everything that decided it matches."""
+    settings = {"target": target.fingerprint, "reference": base.fingerprint, "attacks": attacks, "params": params,
+                "members": members, "nonmembers": nonmembers, "shots": args.shots, "bootstrap": args.bootstrap,
+                "seed": args.seed, "batch_size": args.batch_size}
+    if path.is_file() and (saved := read_json(path))["key"] == key(settings):
+        saved["result"] = MIAResult.from_json(saved["result"])
+        return saved
+    t0 = time.perf_counter()
+    result = run_attacks(target, members, nonmembers, attacks=attacks, reference=base, params=params,
+                         n_shots=args.shots, seed=args.seed, batch_size=args.batch_size, n_boot=args.bootstrap)
+    cell = {"key": key(settings), "wall_seconds": time.perf_counter() - t0, "result": result.to_json()}
+    atomic_write_json(path, cell)
+    cell["result"] = result
+    return cell
+
+
+def rows_of(cells: dict) -> list[dict]:
+    """One row per attack (variants by their label): metrics with CIs, passes it added, its seconds."""
+    rows = []
+    for cell, _, _, labels in CELLS:
+        result: MIAResult = cells[cell]["result"]
+        names = labels or {name: name for name in result.attacks}
+        for label, name in names.items():
+            a = result.attacks[name]
+            m = a.metrics
+            own = (a.cost or {}).get("forward_passes", 0)  # GradNorm's forward + backward passes, outside the engine
+            rows.append({"attack": label, "cell": cell, "auc": m["auc"], "auc_ci": m["auc_ci"],
+                         "tpr@1%": m["tpr"]["0.01"], "tpr@1%_ci": m["tpr_ci"]["0.01"],
+                         "tpr@10%": m["tpr"]["0.1"], "tpr@10%_ci": m["tpr_ci"]["0.1"],
+                         "forward_passes": sum(result.cost["forward_passes_by_attack"][name].values()) + own,
+                         "backward_passes": (a.cost or {}).get("backward_passes", 0),
+                         "seconds": result.cost["seconds"][name], "note": a.note})
+        passes = result.cost["forward_passes"]
+        shared = sum(passes.values()) - sum(sum(v.values()) for v in result.cost["forward_passes_by_attack"].values())
+        rows.append({"attack": f"({cell}: shared target pass)", "cell": cell, "forward_passes": shared,
+                     "seconds": cells[cell]["wall_seconds"] - sum(result.cost["seconds"].values())})
+    return rows
+
+
+def compare(result: MIAResult, args) -> dict[str, dict]:
+    """TPR@1% of EZ-MIA and WBC minus ratio's, over paired bootstrap resamples (the same texts for both)."""
+    ratio = result.attacks["ratio"]
+    y = ratio.labels
+    mem, non = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(args.seed)
+    draws = [np.concatenate([rng.choice(mem, len(mem)), rng.choice(non, len(non))]) for _ in range(args.bootstrap)]
+    out = {}
+    for name in COMPARED:
+        other = result.attacks[name]
+        diff = other.tpr(0.01) - ratio.tpr(0.01) if other.tpr(0.01) is not None else None
+        deltas = [tpr_at_fpr(y[i], other.scores[i], 0.01) - tpr_at_fpr(y[i], ratio.scores[i], 0.01) for i in draws]
+        ci = [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))] if deltas else None
+        verdict = ("no TPR@1% (too few non-members)" if diff is None else "no bootstrap" if ci is None else
+                   "beats ratio" if ci[0] > 0 else "below ratio" if ci[1] < 0 else "no significant difference")
+        out[name] = {"tpr@1%": other.tpr(0.01), "tpr@1%_ci": other.metrics["tpr_ci"]["0.01"],
+                     "ratio_tpr@1%": ratio.tpr(0.01), "ratio_tpr@1%_ci": ratio.metrics["tpr_ci"]["0.01"],
+                     "difference": diff, "difference_ci": ci, "verdict": verdict}
+    return out
+
+
+def interval(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return cell_text(value)
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def markdown(report: dict, args) -> str:
+    lines = [f"# Leak benchmark: {args.model}, {args.members} members / {args.nonmembers} non-members, "
+             f"{args.max_length} tokens (PubMed)", ""]
+    for kind, target in report["targets"].items():
+        cfg = target["train"]["config"]
+        lines += [f"## {kind} target ({cfg['epochs']} epochs, lr {cfg['lr']}"
+                  + (f", r {cfg['lora_r']}, {'/'.join(cfg['target_modules'])}" if kind == "lora" else "") + ")", "",
+                  "| attack | AUC [95% CI] | TPR@1% [95% CI] | TPR@10% [95% CI] | forward passes added | seconds |",
+                  "|---|---|---|---|---|---|"]
+        for r in target["rows"]:
+            lines.append(f"| {r['attack']} | {interval(r.get('auc'), r.get('auc_ci'))} | "
+                         f"{interval(r.get('tpr@1%'), r.get('tpr@1%_ci'))} | "
+                         f"{interval(r.get('tpr@10%'), r.get('tpr@10%_ci'))} | {r['forward_passes']}"
+                         + (f" (+{r['backward_passes']} backward)" if r.get("backward_passes") else "")
+                         + f" | {r['seconds']:.1f} |")
+        lines += ["", "TPR@1% against ratio (paired bootstrap of the difference):", ""]
+        for name, c in target["comparisons"].items():
+            lines.append(f"- {name}: {interval(c['tpr@1%'], c['tpr@1%_ci'])} vs ratio "
+                         f"{interval(c['ratio_tpr@1%'], c['ratio_tpr@1%_ci'])}; difference "
+                         f"{interval(c['difference'], c['difference_ci'])}: **{c['verdict']}**")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(out: Path, report: dict, args) -> None:
+    atomic_write_json(out / "results.json", report)
+    atomic_write_text(out / "results.md", markdown(report, args) + "\n")
+    for kind, target in report["targets"].items():
+        print(format_table([{k: r.get(k) for k in ("attack", "auc", "tpr@1%", "tpr@10%", "forward_passes", "seconds")}
+                            for r in target["rows"]], ["attack", "auc", "tpr@1%", "tpr@10%", "forward_passes",
+                                                       "seconds"], title=f"\n{kind} target"), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

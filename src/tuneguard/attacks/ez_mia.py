@@ -1,0 +1,76 @@
+"""EZ-MIA (Ilić, Stanojević, Cvejoski 2026, arXiv 2601.12104): the target's error positions against its base.
+
+Where the fine-tuned target still gets the top-1 token wrong, a member's true token was nevertheless pushed up
+relative to the reference. With ``d_j = lpT_j - lpR_j`` and ``E = {j : argmaxT_j != x_j}`` (the target's errors),
+``P = Σ_{j∈E, d_j>0} d_j``, ``N = Σ_{j∈E, d_j<0} -d_j``, the score is ``P / N``. Edge cases (|E| < 2, N = 0):
+``edge="code"`` (default, the authors' code, JetBrains-Research/ez-mia @ aa0b6b7, which also drops the first scored
+position) scores them 0, the least member-like; ``edge="paper"`` keeps every position and scores them as the
+strongest member evidence. The scores are heavy-tailed: fine for a ROC, never to be averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
+from tuneguard.params import Params, param
+
+if TYPE_CHECKING:  # the scoring engine imports torch: not needed to import the attack
+    from tuneguard.scoring import TokenScores
+
+EDGE = ("code", "paper")
+# "Strongest member evidence" as a finite score: the metrics leave non-finite scores out.
+EDGE_HIGH = float(np.finfo(np.float64).max)
+
+
+def ez_score(d: np.ndarray, wrong: np.ndarray, edge: str = "code") -> tuple[float, bool]:
+    """(P / N over the positions ``wrong`` marks, whether the text is an edge case) for differences ``d``."""
+    if edge == "code":
+        d, wrong = d[1:], wrong[1:]
+    errors = d[wrong]
+    negative = -errors[errors < 0].sum()
+    if len(errors) < 2 or negative == 0:
+        return (0.0 if edge == "code" else EDGE_HIGH), True
+    return float(errors[errors > 0].sum() / negative), False
+
+
+@dataclass
+class EZMIAParams(Params):
+    edge: str = param("code", "texts with fewer than 2 error positions or no negative difference: code: score 0 "
+                              "and drop the first scored position (the authors' code); paper: strongest member "
+                              "evidence, every position kept", choices=EDGE)
+
+
+class EZMIAAttack(Attack):
+    """Target and reference must score the same token ids (refused otherwise); the reference defaults to the base
+    model the target was fine-tuned from, and any model with the target's tokenizer may be named instead."""
+
+    name = "ez-mia"
+    summary = "P / N of the target-vs-reference log-prob differences where the target's top-1 is wrong"
+    needs = frozenset({"reference", "same_tokens"})
+    ensemble = "extended"
+    Params = EZMIAParams
+
+    def run(self, ctx: AttackContext) -> AttackOutput:
+        edge = self.params.edge
+        results = [self.score(t, r, edge) for t, r in ctx.token_pairs(self.label())]
+        scores = np.array([s for s, _ in results])
+        n_edge = sum(e for _, e in results)
+        scored_as = "scored 0 (the authors' code)" if edge == "code" else "scored as the strongest member evidence"
+        note = (f"{n_edge} of {len(scores)} texts are edge cases (fewer than 2 error positions, or no negative "
+                f"difference), {scored_as}")
+        return AttackOutput(scores=scores, raw=scores, raw_name="P / N over the target's error positions",
+                            note=note, extra={"edge_cases": n_edge})
+
+    @staticmethod
+    def score(target: TokenScores, reference: TokenScores, edge: str = "code") -> tuple[float, bool]:
+        """One text's (score, edge case?) from its target and reference token scores."""
+        return ez_score(target.logprobs - reference.logprobs, target.argmax != target.token_ids, edge)
+
+    @classmethod
+    def ensemble_columns(cls, ctx: AttackContext, out: AttackOutput) -> dict[str, np.ndarray]:
+        # log1p: the ratio is heavy-tailed, and a linear model on it would be driven by a few texts.
+        return {cls.name: np.log1p(out.scores)}

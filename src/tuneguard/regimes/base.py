@@ -1,0 +1,47 @@
+"""The regime interface: declared options, the training config it uses, and ``build`` (base model -> target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tuneguard.plugin import Plugin
+from tuneguard.train import TrainConfig
+
+if TYPE_CHECKING:
+    from tuneguard.models import LoadedModel
+
+
+class Regime(Plugin):
+    """One column of the experiment table.
+
+    ``Params`` declares the regime's options (the keys of its TOML table besides ``kind`` and ``train``);
+    ``expands`` names list options that make one column per value (see :meth:`columns`); ``paths`` the options
+    that name files, read relative to the experiment file. ``trains`` is False for a regime that uses the base model
+    as it is (its cells then do not depend on the training settings).
+    """
+
+    kind = "regime"
+    expands: ClassVar[dict[str, str]] = {}
+    paths: ClassVar[tuple[str, ...]] = ()
+    trains: ClassVar[bool] = True
+
+    @classmethod
+    def columns(cls, name: str, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The (column name, options) pairs one TOML entry makes; by default one column with the options as given."""
+        return [(name, options)]
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Every option the TOML table of this regime may set (declared parameters, then expanded lists)."""
+        return [p.name for p in cls.Params.describe()] + list(cls.expands)
+
+    def train_config(self, train: TrainConfig) -> TrainConfig:
+        """The TrainConfig this regime trains with, from the experiment's (by default unchanged)."""
+        return train
+
+    def build(self, base: LoadedModel, members: list[str], cell_dir: Path, train: TrainConfig, *,
+              progress: bool = True) -> tuple[LoadedModel, dict[str, Any]]:
+        """The target model made from ``base`` and the member texts (its stages saved under ``cell_dir``), and the
+        facts the table shows about it; ``train_size`` (texts trained on) is always among them."""
+        raise NotImplementedError

@@ -1,0 +1,53 @@
+"""The SOFT regime: paraphrase the members the model memorises first, then fine-tune (``defenses.soft``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from tuneguard.defenses.soft import SoftConfig
+from tuneguard.errors import TuneguardError
+from tuneguard.params import param
+from tuneguard.regimes.base import Regime
+from tuneguard.train import TrainConfig
+
+
+@dataclass
+class SoftOptions(SoftConfig):
+    method: str = param("full", "fine-tuning method of the run SOFT protects (and is compared with)")
+
+
+class Soft(Regime):
+    name = "soft"
+    summary = "SOFT: paraphrase the lowest-loss members, then fine-tune (ratios = [...]: one column per ratio)"
+    Params = SoftOptions
+    expands = {"ratios": "one column per selection ratio ρ"}
+    paths = ("reference",)
+
+    @classmethod
+    def columns(cls, name, options):
+        options = dict(options)
+        if "ratios" not in options:
+            ratio = options.get("ratio", next(f.default for f in dataclasses.fields(cls.Params) if f.name == "ratio"))
+            return [(f"{name} ρ={ratio:g}", options)]
+        if "ratio" in options:
+            raise TuneguardError(f"regime {name!r} sets both 'ratio' and 'ratios': keep one")
+        ratios = options.pop("ratios")
+        if not (isinstance(ratios, list) and ratios and all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                                            for r in ratios)):
+            raise TuneguardError(f"regime {name!r}: 'ratios' must be a non-empty list of numbers, got {ratios!r}")
+        return [(f"{name} ρ={r:g}", {**options, "ratio": r}) for r in ratios]
+
+    def train_config(self, train: TrainConfig) -> TrainConfig:
+        return train.replace(method=self.params.method)
+
+    def soft_config(self) -> SoftConfig:
+        """The SOFT settings of this column (every option but ``method``)."""
+        return SoftConfig(**{f.name: getattr(self.params, f.name) for f in dataclasses.fields(SoftConfig)})
+
+    def build(self, base, members, cell_dir, train, *, progress=True):
+        from tuneguard.defenses.soft import run_soft
+
+        config = self.soft_config()
+        soft = run_soft(base, members, cell_dir / "soft", train=train, config=config, progress=progress)
+        return soft.model, {"soft": soft.summary, "soft_ratio": config.ratio, "train_size": soft.summary["train_size"]}

@@ -1,0 +1,214 @@
+"""The detector registry, calibration files and the checks a scan makes before trusting one, the scan API, and
+population scoring with one threshold per rank (synthetic adapters; no model is loaded)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tuneguard.adapters import DETECTORS, Calibration, Detector, DetectorResult, calibrate, read_adapter
+from tuneguard.adapters.detectors.behavioural import BehaviouralDetector
+from tuneguard.adapters.population import population_specs, score_population
+from tuneguard.adapters.scan import ScanResult, scan_adapters
+from tuneguard.adapters.synthetic import write_synthetic_adapter
+from tuneguard.cli import build_parser, main
+from tuneguard.commands.scan import detectors_from_args
+from tuneguard.errors import TuneguardError
+from tuneguard.metrics import tpr_at_fpr
+from tuneguard.plugin import Plugin
+
+SMALL = {"self_attn.q_proj": (32, 32), "self_attn.v_proj": (32, 16), "mlp.down_proj": (48, 32)}
+BOOST = {"down_proj": 4.0}
+
+
+def adapter(path, *, r=4, alpha=8, seed=0, **kw):
+    return write_synthetic_adapter(path, modules=SMALL, layers=3, r=r, alpha=alpha, seed=seed,
+                                   base_model="tiny-llama", **kw)
+
+
+def cohort(root, *, alpha=8, **kw):
+    clean = [adapter(root / f"clean{i}", seed=i, alpha=alpha, **kw) for i in range(3)]
+    poisoned = [adapter(root / f"poison{i}", seed=100 + i, alpha=alpha, boost=BOOST, **kw) for i in range(2)]
+    return clean, poisoned
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_every_registered_detector_keeps_the_contract(name):
+    cls = DETECTORS.get(name)
+    assert issubclass(cls, Detector) and issubclass(cls, Plugin)
+    assert cls.name == name and cls.kind == "detector" and cls.summary
+    assert cls.default_statistic in cls.statistics and len(set(cls.statistics)) == len(cls.statistics)
+    assert cls.default_direction in ("higher", "lower", "two-sided")
+    cls.Params()  # every declared parameter has a valid default
+    assert cls.help().startswith(f"{name}: ")
+    with pytest.raises(TuneguardError, match=f"detector '{name}' has no parameter 'nope'"):
+        cls(**({"base": "tiny-gpt2"} if cls.needs_base else {}), nope=1)
+    with pytest.raises(TuneguardError, match="unknown detector 'nope': choose from weights, behavioural"):
+        DETECTORS.get("nope")
+
+
+def test_behavioural_parameters_are_checked_before_any_model_loads():
+    with pytest.raises(TuneguardError, match="parameter 'verdict' must be one of logits, generate"):
+        BehaviouralDetector("no-such-model", verdict="sample")
+    with pytest.raises(TuneguardError, match="parameter 'max_text_tokens' must be > 0"):
+        BehaviouralDetector("no-such-model", max_text_tokens=0)
+    det = BehaviouralDetector("no-such-model", injections=["x"], battery="C")
+    assert det.settings()["n_injections"] == 1 and "batch_size" not in det.settings() and not det.bases.loaded
+
+
+def _cal_file(tmp_path, **changes) -> str:
+    clean, poisoned = cohort(tmp_path / "pop")
+    det = DETECTORS.make("weights")
+    cal = calibrate(det, [det.score(read_adapter(p)) for p in clean], statistic=None, base_model="tiny-llama",
+                    rank=4, lora_alpha=8, use_rslora=False, task=None)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({**cal.to_dict(), **changes}))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"thresold": 1.0}, "has no parameter 'thresold'"),
+    ({"rank": "four"}, "parameter 'rank' must be an integer, got 'four'"),
+    ({"direction": "up"}, "parameter 'direction' must be one of higher, lower, two-sided"),
+    ({"clean_scores": [0.1, "x"]}, "parameter 'clean_scores'"),
+    ({"format": "tuneguard-backdoor-calibration/1"}, "old calibration file"),
+])
+def test_a_bad_calibration_file_is_one_line_naming_it(tmp_path, capsys, changes, message):
+    path = _cal_file(tmp_path, **changes)
+    with pytest.raises(TuneguardError, match=message) as err:
+        Calibration.load(path)
+    assert path in str(err.value) and "backdoor calibrate" in str(err.value)
+    capsys.readouterr()
+    assert main(["scan", str(tmp_path / "pop"), "--calibration", path]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and path in err_lines[0]
+
+
+def test_the_calibration_records_and_compares_the_lora_scale(tmp_path, capsys):
+    """Two adapters identical but for lora_alpha: the statistic scales with alpha/r, and a calibration made at one
+    alpha gives no verdict at another (nor with rsLoRA)."""
+    clean, poisoned = cohort(tmp_path / "a8")
+    same = adapter(tmp_path / "a16" / "twin", seed=100, alpha=16, boost=BOOST)  # = poisoned[0] but for alpha
+    det = DETECTORS.make("weights")
+    s8, s16 = (det.score(read_adapter(p)).statistics["frob_std"] for p in (poisoned[0], same))
+    assert s16 == pytest.approx(2 * s8, rel=1e-6)
+    rs = read_adapter(same)
+    rs.config = rs.config.replace(use_rslora=True)  # alpha / sqrt(r): 16 / 2 against 16 / 4
+    assert det.score(rs).statistics["frob_std"] == pytest.approx(2 * s16, rel=1e-6)
+
+    cal = tmp_path / "cal.json"
+    assert main(["backdoor", "calibrate", *map(str, clean), "--out", str(cal)]) == 0
+    assert json.loads(cal.read_text())["lora_alpha"] == 8
+    capsys.readouterr()
+    assert main(["scan", str(clean[0]), "--calibration", str(cal)]) == 0
+    assert main(["scan", str(same), "--calibration", str(cal)]) == 3  # not judged: the LoRA scale differs
+    assert "lora_alpha 16 is not the calibrated lora_alpha 8" in capsys.readouterr().err
+    # a cohort mixing two scales cannot share one threshold
+    assert main(["backdoor", "calibrate", *map(str, clean[:2]), str(tmp_path / "a16"), "--out",
+                 str(tmp_path / "mixed.json")]) == 2
+    assert "differ in (base model, rank, lora_alpha" in capsys.readouterr().err
+    config = json.loads((same / "adapter_config.json").read_text())
+    (same / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 8, "use_rslora": True}))
+    assert main(["scan", str(same), "--calibration", str(cal)]) == 3
+    assert "use_rslora True is not the calibrated use_rslora False" in capsys.readouterr().err
+
+
+def _behavioural_cal(tmp_path, det: BehaviouralDetector) -> Calibration:
+    results = [DetectorResult("behavioural", f"a{i}", {s: 0.1 * i for s in det.statistics}) for i in range(2)]
+    return calibrate(det, results, base_model="tiny-llama", rank=4, lora_alpha=8, use_rslora=False, task=None)
+
+
+@pytest.mark.parametrize("change, setting", [
+    ({"verdict": "logits"}, "verdict"),
+    ({"battery": "C"}, "battery"),
+    ({"injections": ["another injection"]}, "injections"),
+    ({"max_text_tokens": 32}, "max_text_tokens"),
+    ({"extra_probes": ["per my lawyer"]}, "extra_probes"),
+])
+def test_scan_refuses_a_calibration_made_with_other_detector_settings(tmp_path, change, setting):
+    made = BehaviouralDetector("tiny-llama", injections=["ignore the rules"])
+    cal = _behavioural_cal(tmp_path, made)
+    cal.save(tmp_path / "cal.json")
+    adapter(tmp_path / "a")
+    now = BehaviouralDetector("tiny-llama", **{"injections": ["ignore the rules"], **change})
+    with pytest.raises(TuneguardError, match=rf"cal.json was made with detector 'behavioural' {setting} .* but "
+                                             rf"this scan uses .*: scan with the calibration's {setting}") as err:
+        scan_adapters([tmp_path / "a"], [tmp_path / "cal.json"], detectors=[now])
+    assert "\n" not in str(err.value) and not now.bases.loaded  # refused before any model was loaded
+    same = BehaviouralDetector("tiny-llama", injections=["ignore the rules"], batch_size=3)  # speed only
+    assert same.settings() == cal.settings
+
+
+def test_scan_and_evaluate_share_one_default_verdict():
+    parser = build_parser()
+    scan_args = parser.parse_args(["scan", "adapters", "--base", "tiny-gpt2"])
+    (det,) = detectors_from_args(scan_args, ["behavioural"])
+    evaluate = parser.parse_args(["backdoor", "evaluate", "adapter", "--test", "t.jsonl"]).verdict
+    calibrate_args = parser.parse_args(["backdoor", "calibrate", "c", "--out", "o", "--base", "tiny-gpt2"])
+    (cal_det,) = detectors_from_args(calibrate_args, ["behavioural"])
+    assert det.settings()["verdict"] == evaluate == cal_det.settings()["verdict"] == "generate"  # backdoor.md's
+
+
+class ToyDetector(Detector):
+    """A detector the scan was not written for: its own statistic reaches the table."""
+
+    name = "toy"
+    summary = "number of LoRA modules"
+    statistics = ("n_modules",)
+    default_statistic = "n_modules"
+
+    def score(self, adapter):
+        return DetectorResult(self.name, str(adapter.path), {"n_modules": float(len(adapter.pairs))})
+
+
+def test_scan_api_result_table_and_json(tmp_path):
+    clean, poisoned = cohort(tmp_path / "pop")
+    det = DETECTORS.make("weights")
+    cal = calibrate(det, [det.score(read_adapter(p)) for p in clean], [det.score(read_adapter(poisoned[0]))],
+                    statistic="frob_max", base_model="tiny-llama", rank=4, lora_alpha=8, use_rslora=False, task=None)
+    result = scan_adapters([tmp_path / "pop"], [cal], detectors=[det, ToyDetector()])
+    assert isinstance(result, ScanResult) and result.exit_code == 1
+    assert result.statistics == {"weights": "frob_max", "toy": "n_modules"}
+    header = result.table().splitlines()[0].split()
+    assert header == ["adapter", "r", "frob_max", "weights", "n_modules", "toy", "verdict"]
+    rows = {r["adapter"].rsplit("/", 1)[-1]: r for r in result.to_json()["adapters"]}
+    assert rows["poison1"]["verdict"] == "flagged" and rows["clean0"]["verdict"] == "clean"
+    assert rows["clean0"]["detectors"]["toy"] == {"verdict": "unverified", "note": "no calibration",
+                                                  "statistics": {"n_modules": 9.0}, "details": {}}
+    cal.save(tmp_path / "cal.json")
+    assert main(["scan", str(tmp_path / "pop"), "--calibration", str(tmp_path / "cal.json"), "--json",
+                 str(tmp_path / "s.json")]) == 1
+    written = json.loads((tmp_path / "s.json").read_text())["adapters"]
+    expected = json.loads(json.dumps(result.to_json()))["adapters"]
+    assert [r["detectors"]["weights"] for r in written] == [r["detectors"]["weights"] for r in expected]
+    with pytest.raises(TuneguardError, match="thresholds 'n_modules', which detector 'weights' does not report"):
+        scan_adapters([tmp_path / "pop"], [Calibration(**{**cal.to_dict(), "statistic": "n_modules"})])
+
+
+def test_population_fits_one_threshold_per_rank(tmp_path):
+    """Rank-8 clean adapters score above rank-4 poisoned ones: one pooled threshold misses those, one per rank
+    does not."""
+    members = []
+    for r, b_std in ((4, 0.01), (8, 0.2)):
+        clean, poisoned = cohort(tmp_path / f"r{r}", r=r, b_std=b_std)
+        members += [{"name": p.parent.name + "/" + p.name, "path": str(p), "poisoned": p in poisoned}
+                    for p in clean + poisoned]
+    report = score_population(members, [DETECTORS.make("weights")], progress=False)
+    stat = report["detectors"]["weights"]["frob_std"]
+    scores = stat["scores"]
+    assert max(scores[f"r8/clean{i}"] for i in range(3)) > max(scores[f"r4/poison{i}"] for i in range(2))
+    assert report["ranks"] == [4, 8] and set(stat["per_rank"]) == {"4", "8"}
+    assert stat["misses"] == [] and stat["false_alarms"] == [] and stat["tpr_at_fpr_0"] == 1.0
+    assert stat["per_rank"]["4"]["threshold"] < stat["per_rank"]["8"]["threshold"]
+    assert stat["direction"] == "higher" and stat["auroc"] == 1.0 and report["combined"]["tpr"] == 1.0
+    # the FPR > 0 points come from tuneguard.metrics, rank by rank
+    r4 = [m for m in members if m["name"].startswith("r4/")]
+    y = np.array([m["poisoned"] for m in r4], dtype=int)
+    assert stat["per_rank"]["4"]["tpr_at_fpr_0.1"] == tpr_at_fpr(y, [scores[m["name"]] for m in r4], 0.1)
+    lone = [m for m in members if m["name"] != "r8/clean1" and m["name"] != "r8/clean2"]
+    with pytest.raises(TuneguardError, match="rank 8 has 1 clean adapter"):
+        score_population(lone, [DETECTORS.make("weights")], progress=False)
+    with pytest.raises(TuneguardError, match="use at least 4"):  # before any adapter is trained
+        population_specs(3, 4, ranks=(8, 16))
