@@ -105,13 +105,14 @@ def reduction_variants(vocab: int, positions: int, repeats: int = 3) -> dict[str
     logits = torch.randn(positions, vocab) * 3
     targets = torch.randint(vocab, (positions,))
 
-    def current():  # the engine: float64 log_softmax, exp, two-pass variance
+    def current():  # the engine: float64 log_softmax, exp, two-pass variance, the top-1 token and its log-prob
         for s in range(0, positions, POSITION_BLOCK):
             logp = torch.log_softmax(logits[s:s + POSITION_BLOCK].double(), dim=-1)
             p = logp.exp()
             logp.gather(-1, targets[s:s + POSITION_BLOCK, None])
             m1 = (p * logp).sum(-1)
             (p * (logp - m1[:, None]).square()).sum(-1).sqrt()
+            logp.max(-1)
 
     def float32_two_pass():
         for s in range(0, positions, POSITION_BLOCK):

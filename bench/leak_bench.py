@@ -7,8 +7,10 @@ SmolLM2-135M is fine-tuned on --members PubMed abstracts (../shared/data, cut on
 targets are trained on exactly what the attacks score) with LoRA (r 16, alpha 32, q/k/v/o) and with full
 fine-tuning; --nonmembers abstracts from the same corpus, disjoint, are the non-members. Each target is attacked by
 ``run_attacks`` with its base model as the reference: the default suite (``all``: loss, zlib, lowercase, Min-K%,
-Min-K%++, ratio, EZ-MIA, WBC, hard tokens, ReCall, CON-ReCall, bag-of-words, ensemble), then GradNorm, then the
-named variants (EZ-MIA's paper edge policy, WBC's paper windows, hard tokens by confidence). Left out: dc-pdd (no
+Min-K%++, ratio, EZ-MIA, WBC, hard tokens, ReCall, CON-ReCall, bag-of-words, ensemble), the named variants
+(EZ-MIA's paper edge policy; WBC's paper windows and its mean statistic; hard tokens by confidence and as the share
+of hard tokens the target raised), and last GradNorm (a forward and a backward pass per text, batch 1: run after
+every target's suite). Every cell evaluates the suite's texts (its ReCall shots left out). Left out: dc-pdd (no
 disjoint corpus is left for its token frequencies at 500 + 500 of the 1,000 abstracts), neighbourhood and SPV-MIA
 (they generate texts with a second model: hours on 2 CPU cores; see bench/spv_repro.py).
 
@@ -45,10 +47,12 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmed" / "pub
 # Attack cells, run in this order on each target: (cell, attacks, params, rows: label -> attack name in the cell).
 CELLS = [
     ("suite", ["all"], {}, None),
-    ("gradnorm", ["gradnorm"], {}, None),
     ("variants", ["ez-mia", "wbc", "ht-mia"],
      {"ez-mia": {"edge": "paper"}, "wbc": {"windows": "paper"}, "ht-mia": {"by": "confidence"}},
      {"ez-mia (edge=paper)": "ez-mia", "wbc (windows=paper)": "wbc", "ht-mia (by=confidence)": "ht-mia"}),
+    ("variants-2", ["wbc", "ht-mia"], {"wbc": {"statistic": "mean"}, "ht-mia": {"statistic": "fraction"}},
+     {"wbc (statistic=mean)": "wbc", "ht-mia (statistic=fraction)": "ht-mia"}),
+    ("gradnorm", ["gradnorm"], {}, None),
 ]
 COMPARED = ("ez-mia", "wbc")  # against ratio, the issue's question
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--lora-modules", default="q_proj,k_proj,v_proj,o_proj", help="modules LoRA adapts (r 16)")
     p.add_argument("--full-epochs", type=int, default=3)
-    p.add_argument("--full-lr", type=float, default=5e-5)
+    p.add_argument("--full-lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shots", type=int, default=7, help="ReCall / CON-ReCall shots (taken out of the evaluation)")
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -80,20 +84,28 @@ def main(argv: list[str] | None = None) -> int:
     members, nonmembers = split(args, base, out)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     report: dict[str, Any] = {"settings": vars(args), "targets": {}}
-    for kind in targets:
-        t0 = time.perf_counter()
-        config = train_config(args, kind)
-        run = finetune(base, members, out / kind / "model", config)
-        log(f"{kind}: target ready ({time.perf_counter() - t0:.0f} s; training took {run.record.train_seconds:.0f} s)")
-        cells = {}
-        for cell, attacks, params, _ in CELLS:
-            cells[cell] = attack_cell(out / kind / f"{cell}.json", run.model, base, members, nonmembers, attacks,
-                                      params, args)
-            log(f"{kind}: {cell} done ({cells[cell]['wall_seconds']:.0f} s)")
+    runs, cells = {}, {kind: {} for kind in targets}
+    # The cheap cells of every target first (the suite, then its variants from the cached passes), GradNorm's
+    # backward passes last: an interrupted run has the main table already.
+    order = [(kind, cell) for phase in (False, True) for kind in targets for cell in CELLS
+             if (cell[0] == "gradnorm") == phase]
+    for kind, (cell, attacks, params, _) in order:
+        if kind not in runs:
+            t0 = time.perf_counter()
+            runs[kind] = finetune(base, members, out / kind / "model", train_config(args, kind))
+            log(f"{kind}: target ready ({time.perf_counter() - t0:.0f} s; its training took "
+                f"{runs[kind].record.train_seconds:.0f} s)")
+        # Every cell after the suite evaluates the suite's texts (its ReCall shots left out): the same rows.
+        shots = cells[kind]["suite"]["result"].shots if cells[kind] else {"member": [], "nonmember": []}
+        cells[kind][cell] = attack_cell(out / kind / f"{cell}.json", runs[kind].model, base,
+                                        [t for t in members if t not in set(shots["member"])],
+                                        [t for t in nonmembers if t not in set(shots["nonmember"])], attacks, params,
+                                        args)
+        log(f"{kind}: {cell} done ({cells[kind][cell]['wall_seconds']:.0f} s)")
         report["targets"][kind] = {
-            "train": {"seconds": run.record.train_seconds, "config": config.to_dict()}, "rows": rows_of(cells),
-            "comparisons": compare(cells["suite"]["result"], args),
-            "cells": {c: {k: v for k, v in cell.items() if k != "result"} for c, cell in cells.items()}}
+            "train": {"seconds": runs[kind].record.train_seconds, "config": train_config(args, kind).to_dict()},
+            "rows": rows_of(cells[kind]), "comparisons": compare(cells[kind]["suite"]["result"], args),
+            "cells": {c: {k: v for k, v in done.items() if k != "result"} for c, done in cells[kind].items()}}
         write(out, report, args)
     report["wall_seconds"] = time.perf_counter() - t_start
     write(out, report, args)
@@ -160,6 +172,8 @@ def rows_of(cells: dict) -> list[dict]:
     """One row per attack (variants by their label): metrics with CIs, passes it added, its seconds."""
     rows = []
     for cell, _, _, labels in CELLS:
+        if cell not in cells:  # not run yet
+            continue
         result: MIAResult = cells[cell]["result"]
         names = labels or {name: name for name in result.attacks}
         for label, name in names.items():
@@ -208,7 +222,11 @@ def interval(value: float | None, ci: list[float] | None) -> str:
 
 def markdown(report: dict, args) -> str:
     lines = [f"# Leak benchmark: {args.model}, {args.members} members / {args.nonmembers} non-members, "
-             f"{args.max_length} tokens (PubMed)", ""]
+             f"{args.max_length} tokens (PubMed)", "",
+             f"Reference: the base model. {args.shots} non-member and {args.shots} member texts are ReCall shots, "
+             "not evaluated. Forward passes: those the attack added in its cell (0 where an earlier attack or cell "
+             "already scored the text: the score cache); seconds: the attack's own.",
+             f"Command: `python bench/leak_bench.py {' '.join(sys.argv[1:])}`", ""]
     for kind, target in report["targets"].items():
         cfg = target["train"]["config"]
         lines += [f"## {kind} target ({cfg['epochs']} epochs, lr {cfg['lr']}"

@@ -386,8 +386,8 @@ def test_ensemble_is_out_of_fold(monkeypatch, model):
     assert out.extra["features"] == ["loss", "zlib"] + [f"min-k@{k}" for k in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
 
 
-ALL_SCORES = ("loss", "zlib", "lowercase", "min-k", "min-k++", "dc-pdd", "ratio", "recall", "con-recall",
-              "neighbourhood", "spv-mia", "bag-of-words")
+ALL_SCORES = ("loss", "zlib", "lowercase", "min-k", "min-k++", "dc-pdd", "ratio", "ez-mia", "wbc", "ht-mia", "recall",
+              "con-recall", "gradnorm", "neighbourhood", "spv-mia", "bag-of-words")
 MIN_K_LEVELS = [f"min-k@{k}" for k in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
 
 
@@ -399,8 +399,8 @@ def test_ensemble_default_features_are_softs_each_once():
     soft = run("ensemble", ctx).extra["features"]
     assert soft == ["loss", "zlib", "lowercase", *MIN_K_LEVELS, "ratio", "recall"]  # SOFT's, in SOFT's order
     extended = run("ensemble", ctx, features="extended").extra["features"]
-    assert extended == ["loss", "zlib", "lowercase", *MIN_K_LEVELS, "min-k++", "dc-pdd", "ratio", "recall",
-                        "con-recall", "neighbourhood"]
+    assert extended == ["loss", "zlib", "lowercase", *MIN_K_LEVELS, "min-k++", "dc-pdd", "ratio", "ez-mia", "wbc",
+                        "ht-mia", "recall", "con-recall", "gradnorm", "neighbourhood"]
     assert len(set(extended)) == len(extended)
 
 
@@ -485,7 +485,10 @@ def test_signs_on_an_overfitted_model(overfit):
     # ReCall over matched tokens has no signal on this 2-layer toy (0.45; keeping x's first token, the named variant,
     # gives 0.73, but that share of the score is LL(x) again); CON-ReCall's contrast of two in-context prefixes has
     # none either (0.20), and DC-PDD's clip of 0.01 saturates once the model predicts the template (0.38-0.71): for
-    # those three only finiteness is asserted.
+    # those three only finiteness is asserted. Against this random base every template token gained (d > 0 almost
+    # everywhere): EZ-MIA finds no negative difference and WBC's votes saturate; the hard tokens separate (0.80).
+    # Their orientation against a same-domain reference: tests/test_attacks_finetune.py.
+    assert auc["ht-mia"] > 0.7
     assert all(np.isfinite(r.scores).all() for r in overfit.result.attacks.values())
     assert overfit.result.attacks["ensemble"].auc > 0.6
 
@@ -502,7 +505,7 @@ def test_suite_shares_one_target_pass(overfit):
     shots = overfit.result.shots
     assert set(shots["nonmember"]) <= set(overfit.nonmembers) and set(shots["member"]) <= set(overfit.members)
     # One pass for loss, zlib, min-k, min-k++, dc-pdd and the ensemble; lowercase, ReCall and CON-ReCall's member
-    # prefix one extra each; the reference model one pass.
+    # prefix one extra each; the reference model one pass, which EZ-MIA, WBC and the hard tokens read beside ratio.
     assert overfit.result.cost["forward_passes"] == {"target": 4 * evaluated, "reference": evaluated}
 
 

@@ -72,5 +72,6 @@ class EZMIAAttack(Attack):
 
     @classmethod
     def ensemble_columns(cls, ctx: AttackContext, out: AttackOutput) -> dict[str, np.ndarray]:
-        # log1p: the ratio is heavy-tailed, and a linear model on it would be driven by a few texts.
-        return {cls.name: np.log1p(out.scores)}
+        # log(1 + P/N): the ratio is heavy-tailed, and a linear model on it would be driven by a few texts (the sign
+        # kept, so the column is monotone in the score whatever it holds).
+        return {cls.name: np.sign(out.scores) * np.log1p(np.abs(out.scores))}

@@ -32,12 +32,15 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     pool, enough texts for the shots), and the attacker's own data (``corpus``, a file or a list; SPV-MIA's prompt
     pool and reference data) is refused when it holds an evaluated text.
     ``reference`` defaults to the base model the target was fine-tuned from (its run record or adapter config); when
-    it is the target itself, the attacks needing it are marked ``not_applicable``. Texts are scored up to
+    it is the target itself, the attacks needing it are marked ``not_applicable``; for the attacks comparing target
+    and reference token by token (``same_tokens``), a reference that tokenises an evaluated text differently is
+    refused before any forward pass. Texts are scored up to
     ``max_length`` tokens, by default the window the target was trained on (its run record), else the model's
     context. ReCall / CON-ReCall shots are drawn (seeded) from the non-members / members and removed from the
     evaluation set of every attack, so all attacks are compared on the same texts. Texts with nothing to score are
     skipped, and a text one attack cannot score (NaN, e.g. no ReCall shot fits beside it) is left out of that
-    attack's metrics; both are listed in ``skipped`` with the reason.
+    attack's metrics; both are listed in ``skipped`` with the reason. ``cost`` holds the forward passes per model,
+    and per attack the passes it added (the target's pass of every text runs before the first attack).
     """
     params = params or {}
     names = resolve_attacks(attacks)
