@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_attacks import FakeEngine, context, run, sentences, ts
+from helpers import FakeEngine, context, run, sentences, ts
 from test_scoring import with_bos
 
 from tuneguard.attacks import ATTACKS, DEFAULT_ATTACKS, resolve_attacks, run_attacks

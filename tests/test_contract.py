@@ -22,7 +22,7 @@ from tuneguard.params import Params
 from tuneguard.plugin import Plugin
 from tuneguard.regimes import REGIMES
 from tuneguard.train import METHODS, TrainConfig, finetune
-from test_attacks import sentences
+from helpers import sentences
 
 REGISTRIES = [ATTACKS, NEIGHBOURS, PARAPHRASERS, DETECTORS, REGIMES, METHODS]
 ENTRIES = [pytest.param(reg, name, id=f"{reg.kind}:{name}") for reg in REGISTRIES for name in reg]
