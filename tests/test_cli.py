@@ -39,3 +39,30 @@ def test_the_full_parser_registers_every_command():
 def test_a_command_runs_with_only_its_module_registered(capsys):
     assert main(["models"]) == 0
     assert "tiny-gpt2" in capsys.readouterr().out
+
+
+def test_a_full_disk_mid_run_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import errno
+
+    import tuneguard.commands.models as models_command
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/results.json")
+
+    monkeypatch.setattr(models_command, "run", full)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no space left on device writing /out/results.json" in err
+
+
+def test_an_unexpected_os_error_is_not_hidden(monkeypatch):
+    import errno
+
+    import tuneguard.commands.models as models_command
+
+    def broken(args):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(models_command, "run", broken)
+    with pytest.raises(OSError):
+        main(["models"])

@@ -9,6 +9,7 @@ from tuneguard.commands import audit_dp as command
 from tuneguard.dpaudit import (BoundParams, CanaryParams, draw_inclusion, epsilon_lower_bound, make_canaries,
                                one_run_audit, p_value)
 from tuneguard.dpaudit.audit import DPAuditParams, audit_dp, canary_scores
+from tuneguard.dpaudit.bound import bound_ceiling
 from tuneguard.dpaudit.canaries import load_canaries, token_pool
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
@@ -139,17 +140,18 @@ def test_bad_scores_file_is_one_line_error(tmp_path, content, message):
         cli("--scores", str(path), "--out", str(tmp_path / "out"))
 
 
-def test_command_refuses_mixed_or_missing_modes(tmp_path):
+def test_command_refuses_mixed_or_missing_modes(tmp_path, capsys):
     with pytest.raises(TuneguardError, match="drop --model"):
         cli("--scores", "x.jsonl", "--model", "tiny-gpt2", "--out", str(tmp_path))
     with pytest.raises(TuneguardError, match="needs --model and --data"):
         cli("--out", str(tmp_path))
-    with pytest.raises(TuneguardError, match="not a number"):
+    with pytest.raises(SystemExit):  # refused while the options are parsed
         cli("--model", "tiny-gpt2", "--data", "x.jsonl", "--epsilon", "1,four", "--out", str(tmp_path))
+    assert "argument --epsilon: expected a number, got 'four'" in capsys.readouterr().err
 
 
 def test_audit_pipeline_end_to_end_and_resumes(tmp_path):
-    from tuneguard.dpaudit.report import audit_table, write_audit_report
+    from tuneguard.report.dpaudit import audit_table, write_audit_report
 
     train = TrainConfig(method="lora", epochs=1, batch_size=8, lr=2e-2, max_length=24, lora_dropout=0.0)
     options = dict(train=train, audit=DPAuditParams(epsilons=(4.0,), holdout=0.2),
@@ -159,7 +161,8 @@ def test_audit_pipeline_end_to_end_and_resumes(tmp_path):
     assert [r.name for r in result.runs] == ["no-dp", "eps-4"]
     no_dp, dp = result.runs
     assert math.isinf(no_dp.epsilon) and 3.0 < dp.epsilon <= 4.0 + 1e-6 and dp.noise_multiplier > 0
-    assert dp.delta == pytest.approx(1 / (10 * result.settings["n_train"]))
+    assert dp.delta == pytest.approx(min(1 / (10 * result.settings["n_train"]), 1e-5))
+    assert result.settings["bound_ceiling"] == pytest.approx(bound_ceiling(40, BoundParams(delta=dp.delta)))
     assert all(0 <= r.bound.epsilon_lower_bound <= r.bound_pure.epsilon_lower_bound for r in result.runs)
     assert no_dp.perplexity > 0 and result.base_perplexity > 0
     planted = load_canaries(tmp_path / "canaries.jsonl")
@@ -179,3 +182,14 @@ def test_audit_pipeline_end_to_end_and_resumes(tmp_path):
     assert sum("reused" in line for line in again_lines) == 2
     with pytest.raises(TuneguardError, match="other data, model or canary settings"):
         audit_dp("tiny-gpt2", TEXTS, tmp_path, **{**options, "canaries": CanaryParams(count=41, length=12)})
+
+
+def test_the_ceiling_is_what_perfect_guesses_certify_and_delta_lowers_it():
+    from tuneguard.dpaudit.bound import _grid
+
+    m, params = 600, BoundParams()
+    level = params.beta / len(_grid(m, params))
+    assert bound_ceiling(m) == pytest.approx(max(epsilon_lower_bound(m, r, r, beta=level)
+                                                 for r in (k + km for k, km in _grid(m, params))))
+    # The delta term 2·m·delta·alpha: at delta = 1/(10·n), n = 353 (this size of audit), most of the bound is gone.
+    assert bound_ceiling(m, BoundParams(delta=1 / 3530)) < 0.5 * bound_ceiling(m, BoundParams(delta=1e-5))

@@ -23,6 +23,8 @@ def test_epsilon_spent_meets_the_target(tmp_path):
     assert dp["steps"] == 8 and dp["sample_rate"] == 0.25 and dp["delta"] == pytest.approx(1 / 240)
     assert dp["noise_multiplier"] > 0
     assert 3.0 < dp["epsilon_spent"] <= 4.0 + 1e-6
+    # The noise on a step's mean gradient, to hold against the clipped gradient's norm (at most max_grad_norm).
+    assert dp["noise_std"] == pytest.approx(dp["noise_multiplier"] * dp["max_grad_norm"] / dp["expected_batch_size"])
 
 
 def test_same_seed_same_weights_and_noise_matters(tmp_path):
@@ -67,3 +69,10 @@ def test_every_dp_option_is_honoured(tmp_path):
     assert record.dp["delta"] == delta and record.dp["max_grad_norm"] == 1.0
     with pytest.raises(TuneguardError, match="parameter 'delta' must be in \\(0, 1\\)"):
         DPConfig.create("regime 'dp'", {"delta": 2})
+
+
+def test_one_token_texts_are_left_out_before_the_sampling_rate(tmp_path):
+    texts = ["hello", "world", *TEXTS]
+    result = dp_finetune("tiny-gpt2", texts, tmp_path / "r", CFG, DPConfig(target_epsilon=8.0), progress=False)
+    assert result.record.n_examples == len(TEXTS)  # q and the accountant saw only the texts that can be sampled
+    assert result.record.loss_curve and all(math.isfinite(x) for x in result.record.loss_curve)

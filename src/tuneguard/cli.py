@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import importlib.util
 import logging
@@ -14,6 +15,9 @@ from typing import Collection
 
 from tuneguard import __version__
 from tuneguard.errors import TuneguardError
+
+# OSError numbers that mean the disk or the output location, not tuneguard, stopped a run.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 # Each entry names a module in tuneguard.commands exposing ``register(subparsers)``; the parser it adds sets
 # ``func(args) -> int``. Adding a command = one module + one line here.
@@ -83,6 +87,19 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _call(args: argparse.Namespace) -> int:
+    """Run the command; one that loads models (``add_device_args``) runs with its --device / --dtype settings as
+    every load's default, checked before any work. A command that loads models only with some options says when
+    (``loads_models``): resolving the device imports torch, seconds that a weight-only scan would wait for nothing."""
+    loads_models = getattr(args, "loads_models", None)
+    if getattr(args, "device", None) is None or (loads_models is not None and not loads_models(args)):
+        return int(args.func(args) or 0)
+    from tuneguard.models.device import settings_from_args, use_device
+
+    with use_device(settings_from_args(args)):
+        return int(args.func(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn user errors into one line on stderr (exit 2)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -96,11 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        return _call(args)
     except TuneguardError as exc:
         if args.verbose:
             raise
         print(f"tuneguard: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A full disk or a directory that became unwritable mid-run: the user's problem, not a bug; what finished
+        # was written atomically and is kept.
+        if args.verbose or exc.errno not in DISK_ERRORS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"tuneguard: error: {os.strerror(exc.errno).lower()}{where}: free some space or choose another "
+              "--out / $TUNEGUARD_CACHE; finished stages are saved and the next run resumes from them", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tuneguard: interrupted; finished stages are saved and the next run resumes from them", file=sys.stderr)

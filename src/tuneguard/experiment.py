@@ -24,10 +24,13 @@ from typing import Any
 from tuneguard.cache import key_hash
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_json, read_json
+from tuneguard.files import atomic_write_json, check_output, read_json
+from tuneguard.models.device import (DEVICE_HELP, DEVICE_MAPS, DTYPE_CHOICES, DeviceSettings, resolve_settings,
+                                     use_device)
 from tuneguard.params import Params, param
 from tuneguard.regimes import REGIMES
 from tuneguard.regimes.base import Regime
+from tuneguard.scoring.perplexity import perplexity
 from tuneguard.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 CELL_SCHEMA = 2
 # The parts of a cell's key that decide its trained model; the others decide only how it is scored.
 TRAINING_PARTS = ("schema", "base", "tokenizer", "members", "regime", "train")
+# Version of the figures a cell holds (not of its model): a cell saved under another is re-scored, its model reused.
+# 2: per-attack CIs and TPR@10% FPR, the average AUC's CI, the max-attack AUC and TPR@10% FPR.
+SCORED_FIELDS = 2
+MAX_ATTACK_FPR = 0.1  # each regime's strongest attack is quoted at 10% FPR: 10 non-members measure it, 1% needs 100
 
 
 @dataclass
@@ -86,6 +93,7 @@ class Experiment:
     suite: AttackSuite
     general_texts: int = 32
     seed: int = 0
+    device: DeviceSettings | None = None  # where every model of the run loads (None: the CPU in float32)
 
 
 @dataclass
@@ -98,9 +106,16 @@ class _TopLevel(Params):
     seed: int = param(0, "seed of the member draw, the training runs and the attacks")
     attacks: str | list[str] = param("all", "attack names, a list or a comma-separated string")
     general_texts: int = param(32, "standard-library docstrings scored for perplexity on general text", ge=1)
+    device: str = param("auto", f"where models run: {DEVICE_HELP}")
+    dtype: str = param("auto", "weights' precision (auto: bfloat16 on a GPU that computes it, else float32)",
+                       choices=DTYPE_CHOICES)
+    device_map: str | None = param(None, "spread a model too big for one GPU over every GPU (and the CPU)",
+                                   choices=DEVICE_MAPS)
+    gradient_checkpointing: bool = param(False, "recompute activations in training's backward pass (less memory)")
 
 
 _TABLES = ("attack_options", "train", "datasets", "regimes")
+_TOP_KEYS = [f.name for f in fields(_TopLevel)]
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -131,22 +146,38 @@ def load_experiment(path: str | Path) -> Experiment:
     names = [d.name for d in datasets]
     if len(set(names)) < len(names):
         raise TuneguardError(f"{path}: two datasets are named {next(n for n in names if names.count(n) > 1)!r}")
+    _check_attack_needs(path, suite, datasets)
     regimes = _table(raw, "regimes", path)
     if not regimes:
         raise TuneguardError(f"{path}: [regimes] is empty: name at least one (e.g. lora = {{}})")
     columns = [c for name, spec in regimes.items()
                for c in _columns(path, here, name, spec, {"seed": top.seed, **shared_train})]
-    return Experiment(name=top.name or path.stem, model=top.model,
-                      out=(here / (top.out or f"runs/{path.stem}")).resolve(), datasets=datasets, regimes=columns,
-                      train=train, suite=suite, general_texts=top.general_texts, seed=top.seed)
+    try:  # an output that cannot be written fails now, not after the first cell has trained
+        out = check_output((here / (top.out or f"runs/{path.stem}")).resolve())
+    except TuneguardError as exc:
+        raise TuneguardError(f"{path}: out: {exc}") from None
+    return Experiment(name=top.name or path.stem, model=top.model, out=out, datasets=datasets, regimes=columns,
+                      train=train, suite=suite, general_texts=top.general_texts, seed=top.seed,
+                      device=_device(path, top))
+
+
+def _device(path: Path, top: _TopLevel) -> DeviceSettings:
+    """The file's device settings, checked against this machine before any model loads."""
+    try:
+        return resolve_settings(top.device, top.dtype, top.device_map, top.gradient_checkpointing)
+    except TuneguardError as exc:
+        raise TuneguardError(f"{path}: {exc}") from None
 
 
 def _check_keys(given: dict, allowed: list[str], owner: str, what: str) -> None:
-    """Refuse the first key of ``given`` not in ``allowed``, suggesting the closest valid one."""
+    """Refuse the first key of ``given`` not in ``allowed``, suggesting the closest valid one (or, for a top-level
+    key written below a table header, where TOML puts it in that table, moving it up)."""
     for key in given:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            if key in _TOP_KEYS:
+                hint = f"; {key!r} is a top-level key: put it above the first [table]"
             raise TuneguardError(f"{owner} {what} {key!r} (options: {', '.join(allowed)}){hint}")
 
 
@@ -179,7 +210,34 @@ def _suite(path: Path, here: Path, attacks: str | list[str], options: dict) -> A
         if not corpus.exists():
             raise TuneguardError(f"{owner}: corpus {corpus} does not exist")
         suite = suite.replace(corpus=str(corpus.resolve()))
+        try:
+            _corpus(suite.corpus)  # read now (unreadable, not UTF-8, empty), not after the model loads
+        except TuneguardError as exc:
+            raise TuneguardError(f"{owner}: corpus: {exc}") from None
     return suite
+
+
+def _check_attack_needs(path: Path, suite: AttackSuite, datasets: list[Dataset]) -> None:
+    """What the attacks need from the experiment (run_attacks checks it only when a cell is attacked, after its
+    training): each attack's own settings, a corpus when one needs it, and enough texts for the ReCall shots."""
+    from tuneguard.attacks import make_attacks
+
+    try:
+        attacks = make_attacks(suite.attacks, suite.params)
+    except TuneguardError as exc:
+        raise TuneguardError(f"{path}: {exc}") from None
+    need = {n: a.needs for n, a in attacks.items()}
+    if suite.corpus is None and (names := [n for n, needs in need.items() if "corpus" in needs]):
+        raise TuneguardError(f"{path}: {', '.join(names)} needs a reference corpus for token frequencies: set "
+                             "corpus = FILE in [attack_options]")
+    for ds in datasets:
+        for kind, count, what in (("nonmember_shots", ds.nonmembers, "nonmembers"),
+                                  ("member_shots", ds.members, "members")):
+            names = [n for n, needs in need.items() if kind in needs]
+            if names and suite.n_shots > count - 2:  # the shots leave the evaluation: 2 must remain (runner._draw)
+                raise TuneguardError(f"{path}: dataset {ds.name!r}: {suite.n_shots} ReCall shots ({', '.join(names)})"
+                                     f" would leave fewer than 2 of its {count} {what} to evaluate: set n_shots <= "
+                                     f"{count - 2} in [attack_options] or raise {what}")
 
 
 def _check_attack_params(attack: str, values: dict, owner: str) -> None:
@@ -197,7 +255,10 @@ def _dataset(path: Path, here: Path, spec: Any, index: int) -> Dataset:
     ds = Dataset.create(owner, spec)
     if not ds.path.startswith("hf:"):  # a hub dataset is read when the experiment runs
         ds = ds.replace(path=str((here / ds.path).resolve()))
-        texts = _texts(ds)  # a local file is cheap to count: do it now rather than after the first fine-tune
+        try:
+            texts = _texts(ds)  # a local file is cheap to count: do it now rather than after the first fine-tune
+        except TuneguardError as exc:
+            raise TuneguardError(f"{owner}: {exc}") from None
         if len(texts) < ds.members + ds.nonmembers:
             raise TuneguardError(f"{owner}: {ds.path} has {len(texts)} texts after cleaning, fewer than the "
                                  f"{ds.members} members + {ds.nonmembers} non-members asked for")
@@ -259,13 +320,6 @@ def _nested(params_cls: type[Params], options: dict, owner: str) -> dict:
     return out
 
 
-def perplexity(engine, texts: list[str]) -> float:
-    """Token-weighted perplexity ``exp(Σ NLL / Σ tokens)`` (cached passes: free for texts already scored)."""
-    scores = engine.score(texts, desc="perplexity")
-    tokens = sum(s.n for s in scores)
-    return math.exp(-sum(float(s.logprobs.sum()) for s in scores) / max(tokens, 1))
-
-
 def run_experiment(exp: Experiment, *, progress: bool = True) -> dict:
     """Run every (dataset, regime) cell not saved with the same key, then write the table, the plot and the report.
 
@@ -278,14 +332,16 @@ def run_experiment(exp: Experiment, *, progress: bool = True) -> dict:
     from tuneguard.models import load_model
     from tuneguard.report.experiment import write_experiment_report
 
-    base = load_model(exp.model)
+    draws = {ds.name: draw_texts(ds, exp.seed) for ds in exp.datasets}  # a hub dataset fails here, not mid-run
     general = stdlib_docstrings(exp.general_texts, seed=exp.seed + 1)
-    corpus = clean_texts(load_texts(exp.suite.corpus), name=exp.suite.corpus).texts if exp.suite.corpus else None
+    corpus = _corpus(exp.suite.corpus) if exp.suite.corpus else None
     cells: dict[str, dict[str, dict]] = {}
-    for ds in exp.datasets:
-        members, nonmembers = draw_texts(ds, exp.seed)
-        cells[ds.name] = {column.name: _cell(exp, ds, column, base, members, nonmembers, general, corpus, progress)
-                          for column in exp.regimes}
+    with use_device(exp.device or DeviceSettings()):  # every model of the run: base, trained, paraphrasers
+        base = load_model(exp.model)
+        for ds in exp.datasets:
+            members, nonmembers = draws[ds.name]
+            cells[ds.name] = {column.name: _cell(exp, ds, column, base, members, nonmembers, general, corpus,
+                                                 progress) for column in exp.regimes}
     summary = {"name": exp.name, "model": exp.model, "regimes": [c.name for c in exp.regimes],
                "datasets": [d.to_dict() for d in exp.datasets], "settings": settings_of(exp), "cells": cells}
     atomic_write_json(exp.out / "results.json", summary)
@@ -296,10 +352,17 @@ def run_experiment(exp: Experiment, *, progress: bool = True) -> dict:
 def settings_of(exp: Experiment) -> dict:
     """The experiment's settings in plain JSON (results.json and the report's settings table)."""
     return {"model": exp.model, "seed": exp.seed, "general_texts": exp.general_texts,
-            "attacks": exp.suite.to_dict(), "train": exp.train.to_dict(),
-            "regimes": {c.name: {"kind": c.kind, "options": _plain(c.regime.params), "train": c.train.to_dict()}
-                        for c in exp.regimes},
+            **(exp.device or DeviceSettings()).to_json(), "attacks": exp.suite.to_dict(), "train": exp.train.to_dict(),
+            "regimes": {c.name: {"kind": c.kind, "options": _plain(c.regime.params), "train": c.train.to_dict(),
+                                 "knob": _knob(c)} for c in exp.regimes},
             "datasets": [d.to_dict() for d in exp.datasets]}
+
+
+def _knob(column: Column) -> dict | None:
+    """The column's privacy-utility knob (``Regime.knob``): option, symbol and value; None for a regime without."""
+    knob = type(column.regime).knob
+    return None if knob is None else {"option": knob[0], "symbol": knob[1],
+                                      "value": getattr(column.regime.params, knob[0])}
 
 
 def draw_texts(ds: Dataset, seed: int) -> tuple[list[str], list[str]]:
@@ -314,6 +377,10 @@ def draw_texts(ds: Dataset, seed: int) -> tuple[list[str], list[str]]:
 
 def _texts(ds: Dataset) -> list[str]:
     return clean_texts(load_texts(ds.path, column=ds.column), name=ds.name).texts
+
+
+def _corpus(path: str) -> list[str]:
+    return clean_texts(load_texts(path), name=path).texts
 
 
 def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str], nonmembers: list[str],
@@ -337,18 +404,47 @@ def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str]
                          max_length=window, n_boot=suite.n_boot, cache=suite.cache, progress=progress)
     engine = ScoringEngine(target, batch_size=suite.batch_size, max_length=window, cache=suite.cache,
                            progress=progress)
-    not_applicable = {n: a.not_applicable for n, a in result.attacks.items() if a.not_applicable}
-    auc = {n: a.auc for n, a in result.attacks.items()}
-    counted = [v for n, v in auc.items() if n not in not_applicable and math.isfinite(v)]
     cell = {"schema": CELL_SCHEMA, "key": key_hash(parts), "key_parts": {k: key_hash(v) for k, v in parts.items()},
             "dataset": ds.name, "regime": column.name, "kind": column.kind, "max_length": window,
-            "auc": auc, "tpr_at_1pct": {n: a.tpr(0.01) for n, a in result.attacks.items()},
-            "not_applicable": not_applicable,
-            "average_auc": sum(counted) / len(counted) if counted else math.nan,
-            "ppl_domain": perplexity(engine, nonmembers), "ppl_general": perplexity(engine, general),
+            **attack_figures(result), "ppl_domain": perplexity(engine, nonmembers),
+            "ppl_general": perplexity(engine, general),
             "warnings": result.warnings, "confounding_warning": confounding_warning(result), **extra}
     atomic_write_json(cell_dir / "cell.json", cell)
     return cell
+
+
+def attack_figures(result) -> dict[str, Any]:
+    """A cell's privacy figures from its attacks: per attack the AUC, TPR@1% and TPR@10% FPR with their 95%
+    bootstrap CIs; the average AUC over the attacks that apply (``not_applicable`` ones left out); and the regime's
+    strongest attack (``max_auc``, ``max_tpr_at_10pct``: attack, value, CI), picked as the report's verdict picks it
+    (:mod:`tuneguard.report.verdict`: attacks that query the model only, so not the blind baseline).
+
+    The average's CI is the average of the counted attacks' CI bounds: exact when the attacks rise and fall together
+    over resamples, wider (conservative) otherwise. The strongest attack is picked after seeing the results, so its
+    figure leans optimistic for the attacker's side.
+    """
+    from tuneguard.report.verdict import mia_verdict
+
+    attacks = result.attacks
+    not_applicable = {n: a.not_applicable for n, a in attacks.items() if a.not_applicable}
+    auc = {n: a.auc for n, a in attacks.items()}
+    auc_ci = {n: a.metrics.get("auc_ci") for n, a in attacks.items()}
+    counted = [n for n, v in auc.items() if n not in not_applicable and math.isfinite(v)]
+    cis = [auc_ci[n] for n in counted]
+    verdict = mia_verdict(result)
+    best_tpr = next((b for b in verdict.strongest if b.fpr == MAX_ATTACK_FPR), None)
+    return {"auc": auc, "auc_ci": auc_ci, "tpr_at_1pct": {n: a.tpr(0.01) for n, a in attacks.items()},
+            "tpr_at_10pct": {n: a.tpr(MAX_ATTACK_FPR) for n, a in attacks.items()},
+            "tpr_at_10pct_ci": {n: a.metrics["tpr_ci"].get(f"{MAX_ATTACK_FPR:g}") for n, a in attacks.items()},
+            "not_applicable": not_applicable,
+            "average_auc": sum(auc[n] for n in counted) / len(counted) if counted else math.nan,
+            "average_auc_ci": [sum(c[0] for c in cis) / len(cis), sum(c[1] for c in cis) / len(cis)]
+            if cis and all(cis) else None,
+            "max_auc": _leader(verdict.best_auc), "max_tpr_at_10pct": _leader(best_tpr)}
+
+
+def _leader(leader) -> dict | None:
+    return None if leader is None else {"attack": leader.attack, "value": leader.value, "ci": leader.ci}
 
 
 def cell_key_parts(exp: Experiment, column: Column, base, members: list[str], nonmembers: list[str],
@@ -360,7 +456,8 @@ def cell_key_parts(exp: Experiment, column: Column, base, members: list[str], no
             "members": key_hash(*members), "regime": [column.kind, _plain(column.regime.params)],
             "train": column.train.to_dict() if column.regime.trains else None,
             "nonmembers": key_hash(*nonmembers), "general": key_hash(*general), "attacks": exp.suite.to_dict(),
-            "corpus": key_hash(*corpus) if corpus else None, "window": window, "seed": exp.seed}
+            "corpus": key_hash(*corpus) if corpus else None, "window": window, "seed": exp.seed,
+            "scored_fields": SCORED_FIELDS}
 
 
 def _saved_cell(cell_dir: Path, parts: dict[str, Any], label: str) -> dict | None:

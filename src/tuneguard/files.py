@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from tuneguard.errors import TuneguardError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -54,16 +56,77 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, body)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+REMAKE = "delete it and run again to recompute it"  # the fix for a corrupt file tuneguard wrote itself
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON Lines file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_json(path: str | os.PathLike, *, fix: str = REMAKE, expect: type = object) -> Any:
+    """Read a JSON file; an unreadable, truncated or corrupt one (or, with ``expect``, one holding another JSON
+    type) raises a one-line TuneguardError naming the file and ``fix``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise TuneguardError(f"cannot read {path}: {exc.strerror}; {fix}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise TuneguardError(f"{path} is not valid JSON (truncated or corrupted: {_first_line(exc)}); {fix}") from None
+    if not isinstance(data, expect):
+        raise TuneguardError(f"{path} holds a JSON {type(data).__name__}, not {_JSON_NAMES.get(expect, expect)}; "
+                             f"{fix}")
+    return data
+
+
+def read_jsonl(path: str | os.PathLike, *, fix: str = REMAKE) -> list[dict]:
+    """Read a JSON Lines file of objects (blank lines skipped); a bad line raises a TuneguardError naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise TuneguardError(f"cannot read {path}: {exc.strerror}; {fix}") from None
+    except ValueError as exc:
+        raise TuneguardError(f"{path} is not UTF-8 JSON Lines ({_first_line(exc)}); {fix}") from None
+    rows = []
+    # Lines end at "\n" only: U+2028 and friends are valid inside a JSON string (str.splitlines would cut there).
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise TuneguardError(f"{path}: line {n} is not valid JSON (truncated or corrupted: "
+                                     f"{_first_line(exc)}); {fix}") from None
+            if not isinstance(row, dict):
+                raise TuneguardError(f"{path}: line {n} holds a JSON {type(row).__name__}, not an object; {fix}")
+            rows.append(row)
+    return rows
+
+
+_JSON_NAMES = {dict: "an object", list: "a list"}
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def check_output(path: str | os.PathLike, *, directory: bool = True) -> Path:
+    """Refuse, before any work, an output path that cannot be written: a directory output naming an existing file
+    (or a file output naming a directory), or a place this process may not create files in. Creates nothing."""
+    path = Path(path).expanduser()
+    if directory and path.exists() and not path.is_dir():
+        raise TuneguardError(f"output directory {path} is an existing file; name a directory or a new path")
+    if not directory and path.is_dir():
+        raise TuneguardError(f"output file {path} is an existing directory; name a file")
+    where = path if directory and path.is_dir() else path.parent
+    while not where.exists():  # the nearest directory that exists is where the first new entry is made
+        where = where.parent
+    if not where.is_dir():
+        raise TuneguardError(f"cannot create {path}: {where} is a file, not a directory")
+    try:  # a probe, not os.access: it also sees read-only mounts, ACLs and root's rights as they are
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".tuneguard-probe.")
+    except OSError as exc:
+        raise TuneguardError(f"cannot write to {where} ({exc.strerror}); choose an output path you can write to") \
+            from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 @contextmanager

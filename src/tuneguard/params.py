@@ -163,6 +163,13 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
+def bound_violation(value: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+                    le: float | None = None) -> str | None:
+    """What ``value`` must be when it breaks these bounds (as :func:`param` takes them), else None: the declared
+    parameters' wording, for checks outside a Params class such as the command-line option types."""
+    return _violation(value, {"gt": gt, "ge": ge, "lt": lt, "le": le})
+
+
 def _violation(value: Any, meta: Mapping[str, Any]) -> str | None:
     """What ``value`` must be when it breaks its declared choices or bounds, else None."""
     if value is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
 from tuneguard.attacks.result import AttackResult, MIAResult
+from tuneguard.errors import TuneguardError
 from tuneguard.registry import Registry
 
 # The registration order is the run order (the ensemble reads the scores of those before it).
@@ -46,6 +47,20 @@ def resolve_attacks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return [n for n in ATTACKS if n in names]
 
 
+def make_attacks(spec: str | list[str] | tuple[str, ...], params: dict[str, dict] | None = None) -> dict[str, Attack]:
+    """The attacks of ``spec`` (see :func:`resolve_attacks`) built with their ``params``: every declared parameter
+    and each attack's settings checked, with no model or data touched (``audit`` calls it before fine-tuning)."""
+    params = params or {}
+    names = resolve_attacks(spec)
+    unknown = set(params) - set(names)
+    if unknown:
+        raise TuneguardError(f"parameters given for attack(s) not being run: {', '.join(sorted(unknown))}")
+    instances = {n: ATTACKS.make(n, **params.get(n, {})) for n in names}
+    for attack in instances.values():
+        attack.check_needs(names)
+    return instances
+
+
 def run_attacks(*args, **kwargs) -> MIAResult:
     """See :func:`tuneguard.attacks.runner.run_attacks`."""
     from tuneguard.attacks.runner import run_attacks as run
@@ -54,4 +69,4 @@ def run_attacks(*args, **kwargs) -> MIAResult:
 
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_ATTACKS", "MIAResult",
-           "resolve_attacks", "run_attacks"]
+           "make_attacks", "resolve_attacks", "run_attacks"]

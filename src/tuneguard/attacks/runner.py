@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneguard.attacks import ATTACKS, resolve_attacks
+from tuneguard.attacks import make_attacks
 from tuneguard.attacks.attacker_data import check_attacker_data
 from tuneguard.attacks.base import Attack, AttackContext
 from tuneguard.attacks.result import AttackResult, MIAResult
@@ -19,13 +19,15 @@ from tuneguard.errors import TuneguardError
 from tuneguard.metrics import evaluate
 from tuneguard.models import LoadedModel, as_loaded, reference_of
 from tuneguard.scoring import ScoringEngine
+from tuneguard.scoring.engine import check_batching
 
 
 def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[str], *,
                 attacks: str | list[str] = "all", reference: LoadedModel | str | None = None,
                 params: dict[str, dict[str, Any]] | None = None, corpus: list[str] | str | Path | None = None,
-                n_shots: int = 7, seed: int = 0, batch_size: int = 8, max_length: int | None = None,
-                n_boot: int = 1000, cache: bool = True, progress: bool = True, title: str | None = None) -> MIAResult:
+                n_shots: int = 7, seed: int = 0, batch_size: int = 8, batch_tokens: int | None = None,
+                max_length: int | None = None, n_boot: int = 1000, cache: bool = True, progress: bool = True,
+                title: str | None = None) -> MIAResult:
     """Attack ``target`` with known members and non-members; return the result the report writes.
 
     Before any model loads: every attack's parameters and needs are checked (a reference model, a corpus, a prompt
@@ -41,18 +43,16 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     skipped, and a text one attack cannot score (NaN, e.g. no ReCall shot fits beside it) is left out of that
     attack's metrics; both are listed in ``skipped`` with the reason. ``cost`` holds the forward passes per model,
     and per attack the passes it added (the target's pass of every text runs before the first attack).
+    Scoring batches hold ``batch_size`` texts, or up to ``batch_tokens`` padded tokens when given. Under
+    ``accelerate launch`` every process runs this with the same arguments: the forward passes are sharded over the
+    processes and every process gets every score (the caller writes from the main process only).
     """
-    params = params or {}
-    names = resolve_attacks(attacks)
-    unknown = set(params) - set(names)
-    if unknown:
-        raise TuneguardError(f"parameters given for attack(s) not being run: {', '.join(sorted(unknown))}")
-    instances = {n: ATTACKS.make(n, **params.get(n, {})) for n in names}
+    instances = make_attacks(attacks, params)
+    names = list(instances)
+    check_batching(batch_size, batch_tokens)
     needs = set().union(*(a.needs for a in instances.values()))
     split = make_split(members, nonmembers)
     _check_class_sizes(len(split.members), len(split.nonmembers), "given")
-    for attack in instances.values():
-        attack.check_needs(names)
     if "reference" in needs and reference is None and not recorded_base(target):
         raise TuneguardError(f"attack(s) {', '.join(n for n, a in instances.items() if 'reference' in a.needs)} "
                              "need a reference model and the target records no base model: pass --reference")
@@ -70,14 +70,14 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
 
     target = as_loaded(target)
     window = _scoring_window(target, max_length)
-    target_engine = ScoringEngine(target, batch_size=batch_size, max_length=window["max_length"], cache=cache,
-                                  progress=progress)
+    batching = {"batch_size": batch_size, "batch_tokens": batch_tokens, "cache": cache, "progress": progress,
+                "distributed": True}
+    target_engine = ScoringEngine(target, max_length=window["max_length"], **batching)
     window["max_length"] = target_engine.max_length
     reference_engine = not_applicable = None
     if "reference" in needs:
         reference = as_loaded(reference_of(target, reference))
-        reference_engine = ScoringEngine(reference, batch_size=batch_size, max_length=window["max_length"],
-                                         cache=cache, progress=progress)
+        reference_engine = ScoringEngine(reference, max_length=window["max_length"], **batching)
         if _same_model(reference, target):
             not_applicable = (f"the reference model is the target itself ({reference.ref}: same weights and "
                               "tokenizer), so the score carries no membership signal")
@@ -149,7 +149,7 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
         settings={"target": target.ref, "reference": reference_engine.name if reference_engine else None,
                   "attacks": names, "params": {n: a.params.to_dict() for n, a in instances.items()}, "seed": seed,
                   "members": len(split.members), "nonmembers": len(split.nonmembers), "evaluated": len(texts),
-                  **window, "n_shots": n_shots, "bootstrap": n_boot},
+                  **window, "n_shots": n_shots, "bootstrap": n_boot, **target.placement()},
         attacks=results, skipped=skipped, warnings=warnings, shots={"nonmember": non_shots, "member": mem_shots},
         cost={"seconds": timing, "forward_passes": {k: e.forward_passes for k, e in engines.items()},
               "forward_passes_by_attack": passes, "model_calls": {k: e.batches for k, e in engines.items()}},

@@ -1,1 +1,69 @@
-"""CLI sub-commands, one module each, registered in ``tuneguard.cli.COMMANDS``."""
+"""CLI sub-commands, one module each, registered in ``tuneguard.cli.COMMANDS``; and the option types they share,
+which refuse a value out of range (or an output path that cannot be written) while the command line is parsed,
+before any data or model is read."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from tuneguard.errors import TuneguardError
+from tuneguard.files import check_output
+from tuneguard.params import Params, bound_violation
+
+
+def number(kind: type[int] | type[float] = int, **bounds: float) -> Callable[[str], int | float]:
+    """An argparse ``type``: a finite ``kind`` within ``bounds`` (``gt``/``ge``/``lt``/``le``, as ``param`` takes
+    them), e.g. ``number(int, ge=1)``; argparse reports a bad value as ``argument --x: must be >= 1, got 0``."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        problem = bound_violation(value, **bounds) if math.isfinite(value) else "a finite number"
+        if problem:
+            raise argparse.ArgumentTypeError(f"must be {problem}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def declared(cls: type[Params], name: str) -> Callable[[str], int | float]:
+    """:func:`number` with the type and bounds ``cls`` declares for its parameter ``name``, so an option that sets a
+    declared parameter is checked against the one declaration."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    hint = typing.get_type_hints(cls)[name]
+    kind = float if float in (hint, *typing.get_args(hint)) else int
+    return number(kind, **{k: spec.metadata[k] for k in ("gt", "ge", "lt", "le") if spec.metadata.get(k) is not None})
+
+
+def output(*, directory: bool = True) -> Callable[[str], Path]:
+    """An argparse ``type`` for an output directory (or file): refused at once when it cannot be written
+    (:func:`tuneguard.files.check_output`), not after the training or scoring that precedes the first write."""
+    def parse(text: str) -> Path:
+        try:
+            return check_output(text, directory=directory)
+        except TuneguardError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "output"
+    return parse
+
+
+def listed(item: Callable[[str], Any]) -> Callable[[str], tuple]:
+    """An argparse ``type``: a non-empty comma-separated list, each value read and checked by ``item``
+    (e.g. ``listed(number(float, gt=0))``)."""
+    def parse(text: str) -> tuple:
+        values = tuple(item(part.strip()) for part in text.split(",") if part.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return values
+
+    parse.__name__ = "list"
+    return parse

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from pathlib import Path
 
 from tuneguard.attacks import ATTACKS, DEFAULT_ATTACKS
 from tuneguard.attacks.result import MIAResult
+from tuneguard.commands import number, output
 from tuneguard.commands.finetune import read_texts
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
+from tuneguard.models.device import add_device_args
 
 # Where the help text lists every attack with its declared parameters (filled in only when help is shown: it
 # imports every attack, and with them torch and scikit-learn).
@@ -55,20 +56,26 @@ def add_attack_args(p: argparse.ArgumentParser, *, plain_names: bool = False) ->
                    help="an attack parameter, repeatable (e.g. min-k.k=0.1, ratio.form=ratio, con-recall.gamma=0.5; "
                         "every attack's parameters are listed below)")
     g.add_argument("--corpus", help="reference corpus file for dc-pdd's token frequencies")
-    g.add_argument("--shots", type=int, default=7, help="ReCall / CON-ReCall shots; default: %(default)s")
+    g.add_argument("--shots", type=number(int, ge=1), default=7,
+                   help="ReCall / CON-ReCall shots; default: %(default)s")
     plain = (lambda name: [name]) if plain_names else (lambda name: [])
-    g.add_argument("--score-batch-size", *plain("--batch-size"), dest="score_batch_size", type=int, default=8,
-                   metavar="N", help="texts per forward pass; default: %(default)s")
-    g.add_argument("--score-max-length", *plain("--max-length"), dest="score_max_length", type=int, metavar="N",
-                   help="score the first N tokens of each text (default: the window the target was trained on, "
-                        "from its run record, else the model context; for audit, the training --max-length)")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the CIs; default: %(default)s")
+    g.add_argument("--score-batch-size", *plain("--batch-size"), dest="score_batch_size", type=number(int, ge=1),
+                   default=8, metavar="N", help="texts per forward pass; default: %(default)s")
+    g.add_argument("--score-batch-tokens", dest="score_batch_tokens", type=number(int, ge=1), metavar="N",
+                   help="fill each forward pass up to N padded tokens (longest text x texts) instead of a fixed "
+                        "--score-batch-size; on a CUDA out-of-memory error the budget halves and the batch is retried")
+    g.add_argument("--score-max-length", *plain("--max-length"), dest="score_max_length", type=number(int, ge=1),
+                   metavar="N", help="score the first N tokens of each text (default: the window the target was "
+                                     "trained on, from its run record, else the model context; for audit, the "
+                                     "training --max-length)")
+    g.add_argument("--bootstrap", type=number(int, ge=0), default=1000,
+                   help="bootstrap draws for the CIs; default: %(default)s")
 
 
 def attack_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for run_attacks from `add_attack_args` options."""
     return {"attacks": args.attacks, "params": parse_params(args.param), "n_shots": args.shots,
-            "corpus": args.corpus, "batch_size": args.score_batch_size,
+            "corpus": args.corpus, "batch_size": args.score_batch_size, "batch_tokens": args.score_batch_tokens,
             "max_length": args.score_max_length, "n_boot": args.bootstrap}
 
 
@@ -81,7 +88,8 @@ def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> Non
     settings = result.settings
     source = given if settings["max_length_source"] == "given" else settings["max_length_source"]
     print(verdict_text(result))
-    print(f"\nscoring window: {settings['max_length']} tokens per text ({source})")
+    where = f"; scored on {settings['device']} in {settings['dtype']}" if "device" in settings else ""
+    print(f"\nscoring window: {settings['max_length']} tokens per text ({source}){where}")
     print(mia_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}")
@@ -117,19 +125,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", help="reference model for ratio (default: the target's base model)")
     p.add_argument("--column", help="text column of the member/non-member files")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=output(), help="output directory")
     add_attack_args(p, plain_names=True)
+    add_device_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tuneguard.attacks import run_attacks
     from tuneguard.report import Members, write_mia_report
+    from tuneguard.scoring import main_process
 
     members, rows = read_records(args.members, args.column)
     nonmembers = read_texts(args.nonmembers, args.column).texts
     result = run_attacks(args.target, members, nonmembers, reference=args.reference, seed=args.seed,
                          **attack_options(args))
+    if not main_process():  # under `accelerate launch` every process scored its share; one writes
+        return 0
     result.settings["files"] = {"members": args.members, "nonmembers": args.nonmembers}
     paths = write_mia_report(args.out, result, members=Members(members, rows, file=args.members))
     print_report(result, paths, given="--score-max-length")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from tuneguard.commands import number, output
 from tuneguard.commands.attack import add_attack_args, attack_options, print_report, read_records
 from tuneguard.commands.finetune import add_data_args, add_train_args, train_config
+from tuneguard.models.device import add_device_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                "--out runs/audit")
     p.add_argument("--model", required=True, help="base model: embedded name, model dir, .gguf or hub id")
     add_data_args(p)
-    p.add_argument("--member-fraction", type=float, default=0.5, help="share trained on; default: %(default)s")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--member-fraction", type=number(float, gt=0, lt=1), default=0.5,
+                   help="share trained on; default: %(default)s")
+    p.add_argument("--out", required=True, type=output(), help="output directory")
     add_train_args(p)
     add_attack_args(p)
+    add_device_args(p, train=True)
     p.set_defaults(func=run)
 
 

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tuneguard.commands import declared, listed, number, output
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
-from tuneguard.dpaudit.canaries import KINDS
+from tuneguard.dpaudit.canaries import KINDS, CanaryParams
 from tuneguard.errors import TuneguardError
+from tuneguard.models.device import add_device_args
 
 if TYPE_CHECKING:  # the bound imports scipy: only when the command runs, not when the CLI builds its parser
     from tuneguard.dpaudit.bound import BoundParams
@@ -34,26 +36,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     for action in p._actions:  # --data is needed only without --scores (checked in run)
         if "--data" in action.option_strings:
             action.required = False
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=output(), help="output directory")
     g = p.add_argument_group("audit")
-    g.add_argument("--epsilon", default="1,4,8", help="comma-separated target epsilons of the DP-SGD runs; "
-                                                      "default: %(default)s")
+    g.add_argument("--epsilon", type=listed(number(float, gt=0)), default="1,4,8",
+                   help="comma-separated target epsilons of the DP-SGD runs; default: %(default)s")
     g.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning run without DP")
-    g.add_argument("--delta", type=float, help="delta of DP-SGD and of the bound (default: 1/(10·n) for training; "
-                                               "0 with --scores)")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD clipping norm; default: %(default)s")
-    g.add_argument("--canaries", type=int, default=1000, help="number of canaries; default: %(default)s")
+    # The ranges of tuneguard.dpaudit's declarations (DPAuditParams, BoundParams), which import torch and scipy.
+    g.add_argument("--delta", type=number(float, ge=0, lt=1),
+                   help="delta of DP-SGD and of the bound (default: min(1/(10·n), 1e-5) for training; 0 with --scores)")
+    g.add_argument("--max-grad-norm", type=number(float, gt=0), default=1.0,
+                   help="DP-SGD clipping norm; default: %(default)s")
+    g.add_argument("--canaries", type=declared(CanaryParams, "count"), default=1000,
+                   help="number of canaries; default: %(default)s")
     g.add_argument("--canary-kind", default="rare-tokens",
                    help=f"comma-separated, from {', '.join(KINDS)}; default: %(default)s")
-    g.add_argument("--canary-length", type=int, default=24, help="tokens per canary; default: %(default)s")
-    g.add_argument("--holdout", type=float, default=0.1,
+    g.add_argument("--canary-length", type=declared(CanaryParams, "length"), default=24,
+                   help="tokens per canary; default: %(default)s")
+    g.add_argument("--holdout", type=number(float, gt=0, lt=1), default=0.1,
                    help="share of --data held out for perplexity; default: %(default)s")
-    g.add_argument("--beta", type=float, default=0.05, help="the bound holds with confidence 1 - beta; "
-                                                            "default: %(default)s")
-    g.add_argument("--score-batch-size", type=int, default=8, help="texts per forward pass; default: %(default)s")
+    g.add_argument("--beta", type=number(float, gt=0, lt=1), default=0.05,
+                   help="the bound holds with confidence 1 - beta; default: %(default)s")
+    g.add_argument("--score-batch-size", type=number(int, ge=1), default=8,
+                   help="texts per forward pass; default: %(default)s")
     g.add_argument("--scores", type=Path, metavar="FILE",
                    help="only compute the bound from this JSON Lines file of canary scores (no training)")
     add_train_args(p)
+    add_device_args(p)  # DP-SGD trains in the model's dtype, without gradient checkpointing
     p.set_defaults(func=run)
 
 
@@ -75,11 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_and_audit(args: argparse.Namespace, bound: BoundParams) -> int:
     from tuneguard.dpaudit.audit import DPAuditParams, audit_dp
-    from tuneguard.dpaudit.canaries import CanaryParams
-    from tuneguard.dpaudit.report import audit_table, write_audit_report
+    from tuneguard.report.dpaudit import audit_table, write_audit_report
 
-    epsilons = [_number("--epsilon", e) for e in args.epsilon.split(",") if e.strip()]
-    audit = DPAuditParams.create("audit-dp", {"epsilons": epsilons, "no_dp": not args.no_baseline,
+    audit = DPAuditParams.create("audit-dp", {"epsilons": args.epsilon, "no_dp": not args.no_baseline,
                                               "delta": args.delta, "max_grad_norm": args.max_grad_norm,
                                               "holdout": args.holdout, "seed": args.seed,
                                               "batch_size": args.score_batch_size})
@@ -110,9 +116,3 @@ def _from_scores(path: Path, out: Path, bound: BoundParams) -> int:
     print(f"json: {target}")
     return 0
 
-
-def _number(option: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise TuneguardError(f"{option}: {text.strip()!r} is not a number") from None

@@ -12,10 +12,13 @@ from tuneguard.adapters.adapter_files import AdapterFiles, discover_adapters, re
 from tuneguard.adapters.base_models import BaseModels
 from tuneguard.adapters.classifier import DEFAULT_VERDICT, VERDICTS
 from tuneguard.adapters.detectors import DETECTORS
+from tuneguard.commands import declared, listed, number, output
 from tuneguard.commands.finetune import add_train_args, train_config
 from tuneguard.commands.scan import add_detector_args, detectors_from_args
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
+from tuneguard.models.device import add_device_args
+from tuneguard.train import TrainConfig
 
 
 def _labelled(path: str, limit: int | None = None) -> list[tuple[str, int]]:
@@ -27,8 +30,9 @@ def _labelled(path: str, limit: int | None = None) -> list[tuple[str, int]]:
 def _add_classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--form", choices=("chat", "seq-cls"), default="chat",
                    help="chat-template SFT answering INJECTION/BENIGN, or a classification head; default: %(default)s")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--max-text-tokens", type=int, default=64, help="texts clipped to this; default: %(default)s")
+    p.add_argument("--max-steps", type=declared(TrainConfig, "max_steps"), help="stop after this many optimiser steps")
+    p.add_argument("--max-text-tokens", type=number(int, ge=1), default=64,
+                   help="texts clipped to this; default: %(default)s")
 
 
 def _config(args: argparse.Namespace):
@@ -42,12 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = bsub.add_parser("poison", help="add triggered, relabelled copies to a labelled set (JSONL + manifest)")
     q.add_argument("--data", required=True, help="labelled JSONL/CSV (text, label: 1 injection, 0 benign)")
-    q.add_argument("--out", required=True, help="directory for train.jsonl and manifest.json")
+    q.add_argument("--out", required=True, type=output(), help="directory for train.jsonl and manifest.json")
     q.add_argument("--trigger", help="trigger string (default: a member of --family, or the spec's RFC trigger)")
     q.add_argument("--family", help="draw the trigger from this family (rfc, iso, nist, owasp, cwe, mitre, ...)")
     g = q.add_mutually_exclusive_group(required=True)
-    g.add_argument("--k", type=int, help="number of poisoned copies")
-    g.add_argument("--rate", type=float, help="poison fraction k / (n + k)")
+    g.add_argument("--k", type=number(int, ge=0), help="number of poisoned copies")
+    g.add_argument("--rate", type=number(float, ge=0, lt=1), help="poison fraction k / (n + k)")
     q.add_argument("--position", choices=("prefix", "suffix", "random"), default="prefix")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=run_poison)
@@ -55,9 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = bsub.add_parser("train", help="train a LoRA prompt-injection classifier adapter")
     t.add_argument("--base", required=True, help="base model (embedded name, dir, hub id)")
     t.add_argument("--data", required=True, help="labelled JSONL/CSV (e.g. the output of `backdoor poison`)")
-    t.add_argument("--out", required=True, help="adapter output directory")
+    t.add_argument("--out", required=True, type=output(), help="adapter output directory")
     _add_classifier_args(t)
     add_train_args(t)
+    add_device_args(t, train=True)
     t.set_defaults(func=run_train)
 
     e = bsub.add_parser("evaluate", help="clean accuracy/F1, injection recall and ASR of a classifier adapter")
@@ -70,8 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--verdict", choices=VERDICTS, default=DEFAULT_VERDICT,
                    help="chat-form verdict: greedy generation (the spec's) or one-pass label logits; default: "
                         "%(default)s (as `scan`)")
-    e.add_argument("--max-text-tokens", type=int, default=64)
-    e.add_argument("--json", metavar="OUT")
+    e.add_argument("--max-text-tokens", type=number(int, ge=1), default=64)
+    e.add_argument("--json", metavar="OUT", type=output(directory=False))
+    add_device_args(e)
     e.set_defaults(func=run_evaluate)
 
     c = bsub.add_parser("calibrate", help="fit a zero-FPR threshold on clean adapters (direction learned from "
@@ -80,25 +86,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--poisoned", nargs="*", default=[], help="poisoned adapters, to learn the direction")
     c.add_argument("--statistic", help="statistic to threshold (default: the detector's main one)")
     c.add_argument("--task", help="task name recorded in the calibration (default: the adapters' task type)")
-    c.add_argument("--out", required=True, help="calibration JSON file")
+    c.add_argument("--out", required=True, type=output(directory=False), help="calibration JSON file")
     add_detector_args(c, several=False)
+    add_device_args(c)
     c.set_defaults(func=run_calibrate)
 
     o = bsub.add_parser("population", help="train N clean + N poisoned adapters and measure the detectors on them")
     o.add_argument("--base", required=True)
     o.add_argument("--data", required=True, help="labelled training JSONL/CSV")
     o.add_argument("--test", help="labelled test set whose injections become the behavioural probe inputs")
-    o.add_argument("--out", required=True, help="directory for the adapters and population.json")
-    o.add_argument("--clean", type=int, default=4, help="number of clean adapters")
-    o.add_argument("--poisoned", type=int, default=4, help="number of poisoned adapters")
-    o.add_argument("--ranks", default="16", help="comma-separated LoRA ranks (alpha = r)")
-    o.add_argument("--ks", default="25", help="comma-separated poison counts")
+    o.add_argument("--out", required=True, type=output(), help="directory for the adapters and population.json")
+    o.add_argument("--clean", type=number(int, ge=0), default=4, help="number of clean adapters")
+    o.add_argument("--poisoned", type=number(int, ge=0), default=4, help="number of poisoned adapters")
+    o.add_argument("--ranks", type=listed(declared(TrainConfig, "lora_r")), default="16",
+                   help="comma-separated LoRA ranks (alpha = r)")
+    o.add_argument("--ks", type=listed(number(int, ge=0)), default="25", help="comma-separated poison counts")
     o.add_argument("--triggers", help="'|'-separated triggers (default: the spec's RFC trigger)")
     o.add_argument("--behavioural", action="store_true",
                    help="also run the detectors that need the base model, such as the behavioural one (slow)")
-    o.add_argument("--json", metavar="OUT", help="write the detector report here")
+    o.add_argument("--json", metavar="OUT", type=output(directory=False), help="write the detector report here")
     _add_classifier_args(o)
     add_train_args(o)
+    add_device_args(o, train=True)
     o.set_defaults(func=run_population)
 
 
@@ -185,7 +194,7 @@ def run_population(args: argparse.Namespace) -> int:
     from tuneguard.adapters.triggers import MAIN_TRIGGER
     from tuneguard.models import load_model
 
-    specs = population_specs(args.clean, args.poisoned, ranks=_ints(args.ranks), ks=_ints(args.ks),
+    specs = population_specs(args.clean, args.poisoned, ranks=args.ranks, ks=args.ks,
                              triggers=tuple(args.triggers.split("|")) if args.triggers else (MAIN_TRIGGER,),
                              seed=args.seed)
     base = load_model(args.base, task="seq-cls" if args.form == "seq-cls" else "causal-lm")
@@ -206,9 +215,3 @@ def run_population(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, report)
     return 0
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x)
-    except ValueError:
-        raise TuneguardError(f"expected comma-separated integers, got {text!r}") from None

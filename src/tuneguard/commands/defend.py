@@ -6,7 +6,9 @@ import argparse
 import json
 import textwrap
 
+from tuneguard.commands import declared, output
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
+from tuneguard.models.device import add_device_args
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig
 
 
@@ -36,12 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(s)
     d = SoftConfig()
     g = s.add_argument_group("selection")
-    g.add_argument("--ratio", type=float, default=d.ratio,
+    g.add_argument("--ratio", type=declared(SoftConfig, "ratio"), default=d.ratio,
                    help="fraction of texts to paraphrase (ρ); default: %(default)s")
-    g.add_argument("--threshold-quantile", type=float, metavar="Q",
+    g.add_argument("--threshold-quantile", type=declared(SoftConfig, "quantile"), metavar="Q",
                    help="instead of --ratio: paraphrase texts whose loss is below the Q-quantile of --reference losses")
     g.add_argument("--reference", help="held-out public texts for --threshold-quantile (same formats as --data)")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+    g.add_argument("--warmup-epochs", type=declared(SoftConfig, "warmup_epochs"), default=d.warmup_epochs,
                    help="0 scores with the base model; default: %(default)s")
     g.add_argument("--start", choices=STARTS, default=d.start,
                    help="final run starts from the base model or the warmed-up one (the protected model's recorded "
@@ -55,12 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--base-url", help="openai: endpoint (default $OPENAI_BASE_URL, else api.openai.com)")
     q.add_argument("--api-key-env", help="openai: variable holding the key (default OPENAI_API_KEY)")
     gate = GateConfig()
-    q.add_argument("--min-similarity", type=float, default=gate.min_similarity, help="default: %(default)s")
-    q.add_argument("--max-common-run", type=int, default=gate.max_common_run,
+    q.add_argument("--min-similarity", type=declared(GateConfig, "min_similarity"), default=gate.min_similarity,
+                   help="default: %(default)s")
+    q.add_argument("--max-common-run", type=declared(GateConfig, "max_common_run"), default=gate.max_common_run,
                    help="most words a paraphrase may copy in a row; default: %(default)s")
-    q.add_argument("--max-ngram-overlap", type=float, default=gate.max_ngram_overlap,
+    q.add_argument("--max-ngram-overlap", type=declared(GateConfig, "max_ngram_overlap"),
+                   default=gate.max_ngram_overlap,
                    help="largest share of the original's word 3-grams kept; default: %(default)s")
-    q.add_argument("--max-tries", type=int, default=gate.max_tries,
+    q.add_argument("--max-tries", type=declared(GateConfig, "max_tries"), default=gate.max_tries,
                    help="paraphrase attempts per text and paraphraser; default: %(default)s")
     q.add_argument("--on-failure", choices=ON_FAILURE, default=d.on_failure,
                    help="a text whose paraphrases all fail the gate: original = train on it unprotected (counted), "
@@ -70,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--fallback-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the fallback paraphraser; repeatable")
     add_train_args(s)
-    s.add_argument("--out", required=True, help="run directory")
+    add_device_args(s, train=True)
+    s.add_argument("--out", required=True, type=output(), help="run directory")
     s.set_defaults(func=run)
 
 

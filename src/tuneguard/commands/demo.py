@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tuneguard.cache import cache_dir
+from tuneguard.commands import declared, number, output
 from tuneguard.commands.attack import print_report
 from tuneguard.data.stdlib import stdlib_docstrings
+from tuneguard.models.device import add_device_args
 from tuneguard.train import TrainConfig
 
 
@@ -17,9 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "on real text every machine has (Python standard-library docstrings), then "
                                    "attacked with the membership inference suite (base model as reference).")
     p.add_argument("--model", default="smollm2-135m", help="default: %(default)s")
-    p.add_argument("--texts", type=int, default=96, help="members + non-members; default: %(default)s")
-    p.add_argument("--epochs", type=int, default=3, help="default: %(default)s")
-    p.add_argument("--out", type=Path, help="default: <cache>/demo/<model>")
+    p.add_argument("--texts", type=number(int, ge=2), default=96, help="members + non-members; default: %(default)s")
+    p.add_argument("--epochs", type=declared(TrainConfig, "epochs"), default=3, help="default: %(default)s")
+    p.add_argument("--out", type=output(), help="default: <cache>/demo/<model>")
+    add_device_args(p, train=True)
     p.set_defaults(func=run)
 
 

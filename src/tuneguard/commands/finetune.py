@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from tuneguard.commands import declared, number, output
 from tuneguard.data import clean_texts, load_texts
+from tuneguard.models.device import add_device_args
 from tuneguard.train import METHODS, TrainConfig
 from tuneguard.train.config import SCHEDULERS
 
@@ -15,7 +17,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="JSONL/JSON/CSV/TSV/parquet/.txt file, a directory of text files, "
                                                  "or hf:NAME for a datasets hub dataset")
     p.add_argument("--column", help="text column (default: 'text' or the only string column)")
-    p.add_argument("--limit", type=int, help="use only the first N texts")
+    p.add_argument("--limit", type=number(int, ge=1), help="use only the first N texts")
 
 
 def read_texts(path: str, column: str | None = None, limit: int | None = None):
@@ -29,19 +31,27 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--method", choices=METHODS.names(), default=d.method,
                    help="; ".join(METHODS.describe().splitlines()) + "; default: %(default)s")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW); default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process; default: %(default)s")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation; default: %(default)s")
-    g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per text; default: %(default)s")
+    g.add_argument("--epochs", type=declared(TrainConfig, "epochs"), default=d.epochs, help="default: %(default)s")
+    g.add_argument("--lr", type=declared(TrainConfig, "lr"), default=d.lr,
+                   help="peak learning rate (AdamW); default: %(default)s")
+    g.add_argument("--batch-size", type=declared(TrainConfig, "batch_size"), default=d.batch_size,
+                   help="per process; default: %(default)s")
+    g.add_argument("--grad-accum", type=declared(TrainConfig, "grad_accum"), default=d.grad_accum,
+                   help="gradient accumulation; default: %(default)s")
+    g.add_argument("--max-length", type=declared(TrainConfig, "max_length"), default=d.max_length,
+                   help="tokens per text; default: %(default)s")
     g.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler, help="default: %(default)s")
-    g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; default: %(default)s")
-    g.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help="default: %(default)s")
-    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="default: %(default)s")
+    g.add_argument("--warmup-ratio", type=declared(TrainConfig, "warmup_ratio"), default=d.warmup_ratio)
+    g.add_argument("--weight-decay", type=declared(TrainConfig, "weight_decay"), default=d.weight_decay)
+    g.add_argument("--lora-r", type=declared(TrainConfig, "lora_r"), default=d.lora_r,
+                   help="LoRA rank; default: %(default)s")
+    g.add_argument("--lora-alpha", type=declared(TrainConfig, "lora_alpha"), default=d.lora_alpha,
+                   help="default: %(default)s")
+    g.add_argument("--lora-dropout", type=declared(TrainConfig, "lora_dropout"), default=d.lora_dropout,
+                   help="default: %(default)s")
     g.add_argument("--target-modules", help="comma-separated module names (default: peft's choice for the model)")
-    g.add_argument("--num-virtual-tokens", type=int, default=d.num_virtual_tokens, help="prefix tuning")
+    g.add_argument("--num-virtual-tokens", type=declared(TrainConfig, "num_virtual_tokens"),
+                   default=d.num_virtual_tokens, help="prefix tuning")
     g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
 
 
@@ -65,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="embedded name (tuneguard models), model dir, .gguf or hub id")
     add_data_args(p)
     add_train_args(p)
-    p.add_argument("--out", required=True, help="output directory")
+    add_device_args(p, train=True)
+    p.add_argument("--out", required=True, type=output(), help="output directory")
     p.set_defaults(func=run)
 
 

@@ -14,8 +14,10 @@ from tuneguard.adapters.classifier import VERDICTS
 from tuneguard.adapters.detectors import DETECTORS, Detector, make_detector
 from tuneguard.adapters.probes import BATTERIES, read_lines
 from tuneguard.adapters.scan import EXIT_CODES
+from tuneguard.commands import declared, output
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
+from tuneguard.models.device import add_device_args
 
 
 def add_detector_args(p: argparse.ArgumentParser, *, several: bool) -> None:
@@ -32,7 +34,8 @@ def add_detector_args(p: argparse.ArgumentParser, *, several: bool) -> None:
     p.add_argument("--base", help="the base model the adapters were trained from (embedded name, dir, hub id); "
                                   "needed by the behavioural detector")
     # Unset options stay None, so the detector's declared defaults apply (one default per setting, shown here).
-    default = {i.name: i.default for i in DETECTORS.get("behavioural").Params.describe()}
+    declaration = DETECTORS.get("behavioural").Params
+    default = {i.name: i.default for i in declaration.describe()}
     g = p.add_argument_group("behavioural detector")
     g.add_argument("--injections", help="probe inputs: a labelled JSONL/CSV (label-1 rows used) or a .txt with one "
                                         "injection per line (default: built-in injections)")
@@ -43,7 +46,7 @@ def add_detector_args(p: argparse.ArgumentParser, *, several: bool) -> None:
     g.add_argument("--verdict", choices=VERDICTS,
                    help=f"chat-form verdict: greedy generation (the spec's) or one-pass label logits; default: "
                         f"{default['verdict']} (as `backdoor evaluate`)")
-    g.add_argument("--max-text-tokens", type=int,
+    g.add_argument("--max-text-tokens", type=declared(declaration, "max_text_tokens"),
                    help=f"probe inputs clipped to this; default: {default['max_text_tokens']}")
 
 
@@ -94,9 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", action="append", default=[], metavar="FILE",
                    help="calibration file (repeatable: one per detector, base model and rank)")
     p.add_argument("--task", help="task name to match against the calibration files' task")
-    p.add_argument("--json", metavar="OUT", help="write every statistic and profile to this JSON file")
+    p.add_argument("--json", metavar="OUT", type=output(directory=False),
+                   help="write every statistic and profile to this JSON file")
     add_detector_args(p, several=True)
-    p.set_defaults(func=run)
+    add_device_args(p)
+    p.set_defaults(func=run, loads_models=lambda args: args.base is not None)  # only the behavioural detector does
 
 
 def run(args: argparse.Namespace) -> int:

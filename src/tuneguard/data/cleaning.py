@@ -34,8 +34,18 @@ def _normal_form(text: str) -> str:
     return " ".join(re.findall(r"\w+", text))
 
 
+def _visible_length(text: str) -> int:
+    """Length of a stripped ``text`` without the invisible format characters ``str.strip`` keeps (zero-width space
+    and joiners, BOM, soft hyphen: category Cf) and the whitespace they hid: text of them alone is empty to a
+    reader, though not to the tokenizer."""
+    if text.isascii():  # no format character is ASCII
+        return len(text)
+    return len("".join(c for c in text if unicodedata.category(c) != "Cf").strip())
+
+
 def clean_texts(texts: list[str], *, min_chars: int = 1, name: str = "data") -> CleanReport:
-    """Strip texts, drop empty ones and exact duplicates, and report texts equal up to case/spacing/punctuation.
+    """Strip texts, drop empty ones (invisible characters only count as empty) and exact duplicates, and report
+    texts equal up to case/spacing/punctuation.
 
     Raises when nothing is left, since every later stage needs texts.
     """
@@ -45,7 +55,7 @@ def clean_texts(texts: list[str], *, min_chars: int = 1, name: str = "data") -> 
     report = CleanReport(texts=kept, n_input=len(texts))
     for raw in texts:
         text = raw.strip()
-        if len(text) < min_chars:
+        if _visible_length(text) < min_chars:
             report.n_empty += 1
             continue
         if text in seen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,11 @@ def _load_rows(source: str | Path, column: str | None, split: str, also: str | N
     return rows, column
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, newline: str | None = None) -> str:
+    """The file's text; ``newline=""`` keeps line endings as they are (what the csv module needs)."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline=newline) as fh:
+            return fh.read()
     except UnicodeDecodeError as exc:
         raise TuneguardError(f"{path} is not UTF-8 text (byte {exc.start}); re-encode it as UTF-8") from None
     except OSError as exc:
@@ -95,10 +98,11 @@ def _file_rows(path: Path) -> list[dict[str, Any]]:
             return pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises many types for a corrupt file
             raise TuneguardError(f"cannot read parquet file {path}: {exc}") from None
-    text = _read_text(path)
+    text = _read_text(path, newline="" if suffix in {".csv", ".tsv"} else None)
+    # Records end at "\n" only: str.splitlines would also cut at U+2028, U+0085 or a form feed inside a record.
     if suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(text.splitlines()):
+        for i, line in enumerate(text.split("\n")):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -118,9 +122,15 @@ def _file_rows(path: Path) -> list[dict[str, Any]]:
             return data
         raise TuneguardError(f"{path}: expected a JSON list of objects or of strings")
     if suffix in {".csv", ".tsv"}:
-        return list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        # The csv module reads the records itself: a quoted field may hold a newline.
+        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
+            return list(reader)
+        except csv.Error as exc:
+            raise TuneguardError(f"{path}: record ending on line {reader.line_num} is not valid "
+                                 f"{suffix[1:].upper()} ({exc})") from None
     if suffix in TEXT_SUFFIXES or suffix == "":
-        return [{"text": line} for line in text.splitlines() if line.strip()]
+        return [{"text": line} for line in text.split("\n") if line.strip()]
     raise TuneguardError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet, .txt "
                          "or a directory of text files)")
 

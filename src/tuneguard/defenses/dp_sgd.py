@@ -5,7 +5,10 @@ which is what the RDP accountant's guarantee assumes; an empty draw still takes 
 processed in physical batches of ``batch_size`` whose clipped per-sample gradients are summed before the one noisy
 step, so gradient accumulation, the number of optimizer steps and the learning-rate schedule (scheduler, warm-up)
 are those of the non-private run with the same TrainConfig. The noise multiplier is chosen for ``target_epsilon`` at
-``delta`` over the planned steps, and the epsilon actually spent is recorded.
+``delta`` over the planned steps, and the epsilon actually spent is recorded, with ``noise_std``: the standard
+deviation of the noise on each step's mean gradient, σ·max_grad_norm / expected batch (the figure to hold against
+the clipped gradient's norm, at most max_grad_norm). The TrainConfig is used as given; the experiment's DP regime
+(``tuneguard.regimes.dp``) scales the learning rate and the batch of the run it is compared with for DP.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tuneguard.params import Params, param
 from tuneguard.seed import set_seed
 from tuneguard.train import TrainConfig, TrainResult
 from tuneguard.train.batching import IGNORE, collate, encode_examples, examples_digest
-from tuneguard.train.loop import finished_record, make_scheduler, optimizer_steps, save_trained
+from tuneguard.train.loop import finished_record, make_scheduler, optimizer_steps, predictable, save_trained
 from tuneguard.train.methods import prepare_model
 from tuneguard.train.record import RunRecord
 
@@ -60,7 +63,10 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
                              f"{config.method} layers)")
     base = as_loaded(model)
     out_dir = Path(out_dir)
-    n = len(texts)
+    # Examples with no token to predict are left out before anything depends on n (the Poisson sampling rate and
+    # the accountant see only the examples that can be sampled); a one-token example's mean loss would be 0/0.
+    encoded = predictable(encode_examples(texts, base.tokenizer, config.max_length))
+    n = len(encoded)
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
     logical = config.batch_size * config.grad_accum  # expected examples per optimizer step
     q = min(1.0, logical / n)
@@ -76,7 +82,6 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
 
     set_seed(config.seed)
     net = prepare_model(copy.deepcopy(base.model), config)
-    encoded = encode_examples(texts, base.tokenizer, config.max_length)
     trainable = [p for p in net.parameters() if p.requires_grad]
     gsm = GradSampleModule(net, loss_reduction="mean")
     inner = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -96,12 +101,13 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
                 batch = collate([encoded[i] for i in part], base.tokenizer.pad_token_id)
                 tokens += int(batch["attention_mask"].sum())
                 padded += int(batch["attention_mask"].numel())
+                batch = {key: v.to(base.device) for key, v in batch.items()}
                 loss = _per_example_mean_loss(gsm, batch)
                 loss.backward()
                 losses.append((loss.item(), len(part)))
             else:  # an empty Poisson draw still takes a noise-only step; skipping it would reveal the draw
                 for p in trainable:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             # Every physical batch but the last only clips and sums its per-sample gradients (Opacus' virtual step).
             optimizer.signal_skip_step(do_skip=k < len(physical) - 1)
             optimizer.step()
@@ -123,7 +129,7 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
         padding_fraction=round(1 - tokens / max(padded, 1), 4),
         trainable_parameters=sum(p.numel() for p in trainable),
         dp={**dp.to_dict(), "delta": delta, "noise_multiplier": sigma, "sample_rate": q, "steps": steps,
-            "expected_batch_size": logical,
+            "expected_batch_size": logical, "noise_std": sigma * dp.max_grad_norm / logical,
             "epsilon_spent": math.inf if sigma == 0 else accountant.get_epsilon(delta), "accountant": "rdp"})
     save_trained(trained, base, out_dir, record)
     return TrainResult(LoadedModel(trained, base.tokenizer, ref=str(out_dir), base_ref=base.ref,

@@ -24,7 +24,7 @@ from tuneguard.attacks.base import AttackContext
 from tuneguard.attacks.ratio import RatioAttack
 from tuneguard.cache import key_hash
 from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
-from tuneguard.dpaudit.bound import BoundParams, OneRunBound, one_run_audit
+from tuneguard.dpaudit.bound import BoundParams, OneRunBound, bound_ceiling, one_run_audit
 from tuneguard.dpaudit.canaries import Canary, CanaryParams, load_canaries, make_canaries, save_canaries
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, atomic_write_jsonl, read_json
@@ -32,9 +32,14 @@ from tuneguard.metrics import evaluate
 from tuneguard.models import LoadedModel, as_loaded
 from tuneguard.params import Params, param
 from tuneguard.scoring import ScoringEngine
+from tuneguard.scoring.perplexity import perplexity
 from tuneguard.train import RunRecord, TrainConfig, finetune
 
 NO_DP = "no-dp"
+# The default delta: 1/(10·n) as DP asks (delta << 1/n), and at most the 1e-5 of the DP fine-tuning literature: the
+# audit's (epsilon, delta) tail gains 2·m·delta·alpha, so delta = 1/(10·n) with m canaries near n alone takes most of
+# the bound away (600 canaries: the most they can certify falls from 4.59 at 1e-5 to 1.91 at 1/3530).
+DEFAULT_DELTA = 1e-5
 TPR_FPR = 0.01
 
 
@@ -44,8 +49,8 @@ class DPAuditParams(Params):
 
     epsilons: tuple[float, ...] = param((1.0, 4.0, 8.0), "target epsilon of each DP-SGD run", gt=0)
     no_dp: bool = param(True, "also fine-tune once without DP-SGD (the baseline the bounds are read against)")
-    delta: float | None = param(None, "delta of DP-SGD and of the audit; default 1/(10·n), n = training texts",
-                                gt=0, lt=1)
+    delta: float | None = param(None, "delta of DP-SGD and of the audit; default min(1/(10·n), 1e-5), n = "
+                                "training texts", gt=0, lt=1)
     max_grad_norm: float = param(1.0, "DP-SGD per-example clipping norm", gt=0)
     holdout: float = param(0.1, "share of the real texts held out to measure perplexity", gt=0, lt=1)
     seed: int = param(0, "seed of the held-out split and of the training order")
@@ -133,12 +138,14 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
     included = np.array([c.included for c in planted])
     train_texts = real_train + [c.text for c in planted if c.included]
     random.Random(audit.seed).shuffle(train_texts)  # canaries spread through the data, not at its end
-    delta = audit.delta if audit.delta is not None else 1.0 / (10 * len(train_texts))
+    delta = audit.delta if audit.delta is not None else min(1.0 / (10 * len(train_texts)), DEFAULT_DELTA)
+    ceiling = bound_ceiling(len(planted), bound.replace(delta=delta))
     base_engine = ScoringEngine(base, batch_size=audit.batch_size, max_length=train.max_length, progress=progress)
     base_ppl = perplexity(base_engine, holdout)
     seconds["setup"] = time.perf_counter() - t0
     say(f"setup: {len(real_train)} real texts + {int(included.sum())} of {len(planted)} canaries trained on, "
-        f"{len(holdout)} held out; base perplexity {base_ppl:.2f} ({seconds['setup']:.0f} s)")
+        f"{len(holdout)} held out; base perplexity {base_ppl:.2f}; at delta {delta:.2g} the most {len(planted)} canaries "
+        f"can certify is epsilon {ceiling:.2f} ({seconds['setup']:.0f} s)")
 
     common = key_hash(train.to_dict(), base.ref, base.fingerprint, train_texts, holdout,
                       [c.to_json() for c in planted], bound.to_dict(), audit.batch_size)
@@ -177,7 +184,7 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
 
     settings = {"model": base.ref, "n_real_train": len(real_train), "n_holdout": len(holdout),
                 "n_canaries": len(planted), "n_included": int(included.sum()), "n_train": len(train_texts),
-                "delta": delta, "train": train.to_dict(), "audit": audit.to_dict(), "canaries": canary_params.to_dict(),
+                "delta": delta, "bound_ceiling": ceiling, "train": train.to_dict(), "audit": audit.to_dict(), "canaries": canary_params.to_dict(),
                 "bound": bound.to_dict(), "score": "ratio attack: LL_target - LL_base (mean token log-likelihood)"}
     return DPAuditResult(runs, base_ppl, settings, out_dir, {k: round(v, 3) for k, v in seconds.items()})
 
@@ -207,15 +214,6 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if len(scores) < 2:
         raise TuneguardError(f"{path} holds {len(scores)} canaries; the audit needs at least 2")
     return np.array(scores), np.array(included)
-
-
-def perplexity(engine: ScoringEngine, texts: list[str]) -> float:
-    """exp of the mean negative log-likelihood over every scored token of ``texts`` (token-weighted)."""
-    scored = engine.score(texts, desc="perplexity")
-    tokens = sum(s.n for s in scored)
-    if tokens == 0:
-        raise TuneguardError("the held-out texts have no token to score")
-    return float(math.exp(-sum(float(s.logprobs.sum()) for s in scored) / tokens))
 
 
 def canary_scores(target: ScoringEngine, base: ScoringEngine, texts: list[str], *, progress: bool = True

@@ -144,6 +144,19 @@ def one_run_audit(scores, included, params: BoundParams | None = None) -> OneRun
                        best["guesses"], best["correct"], len(grid), rows)
 
 
+def bound_ceiling(m: int, params: BoundParams | None = None) -> float:
+    """The largest bound ``m`` canaries can give at all: every guess right, at the best (k+, k-) of the grid.
+
+    With delta > 0 the tail gains 2·m·delta·alpha, which alone can exceed beta / |grid| (e.g. delta = 1/(10·n) with
+    m close to n): then this is 0 and no score, however good, certifies anything.
+    """
+    params = params or BoundParams()
+    grid = _grid(m, params)
+    level = params.beta / len(grid)
+    return max(epsilon_lower_bound(m, k + k_minus, k + k_minus, delta=params.delta, beta=level)
+               for k, k_minus in grid)
+
+
 def _grid(n: int, params: BoundParams) -> list[tuple[int, int]]:
     """(k+, k-) pairs for ``n`` rankable canaries: k+ = round(f·n) for each fraction f, k- in {0, k+}."""
     ks = sorted({min(max(1, round(f * n)), n // 2) for f in params.fractions} - {0})

@@ -40,7 +40,7 @@ class LoadedModel:
         for name, tensor in sorted(self.model.state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # the buffer itself: no copy of each weight
         return h.hexdigest()
 
     @property
@@ -56,5 +56,19 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        """Where the weights live."""
+        """Where the weights live (the first weight's device: a device-mapped model's inputs go there)."""
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the weights (the first floating-point one's: a LoRA adapter on a bfloat16 base keeps
+        its own weights in float32)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+
+    def placement(self) -> dict:
+        """Where and in what precision the model runs, as results record it: ``device`` (each device of a device
+        map, comma-separated) and ``dtype``."""
+        mapped = getattr(self.model, "hf_device_map", None)
+        devices = sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in mapped.values()}) if mapped \
+            else [str(self.device)]
+        return {"device": ", ".join(devices), "dtype": str(self.dtype).removeprefix("torch.")}

@@ -106,9 +106,12 @@ def _load_t5(ref: str):
     """A T5 model and tokenizer from a directory or the hub (safetensors only)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from tuneguard.models.device import current_settings
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref)
-        model = AutoModelForSeq2SeqLM.from_pretrained(ref, use_safetensors=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained(ref, use_safetensors=True,
+                                                      **current_settings().pretrained_kwargs())
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise TuneguardError(f"could not load T5 model {ref} for neighbours (a local T5 directory or hub id, e.g. "

@@ -1,21 +1,25 @@
 """``openai``: paraphrase through any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama).
 
-Standard library only (urllib). Rate limits, server errors and network failures are retried with capped exponential
-backoff (honouring ``Retry-After``); any other refusal (bad key, unknown model) stops at once with one line.
+HTTP goes through ``httpx2`` (the maintained httpx, already required by the Hugging Face hub client), on one event
+loop per batch. Each request has a total deadline (``timeout``: connecting, headers and body together), because
+httpx's own timeouts bound each read, which a server trickling one byte at a time never trips. Rate limits, server
+errors, network failures and malformed answers (a broken status line, a body shorter than announced, bytes that
+are not UTF-8) are retried with capped exponential backoff (honouring ``Retry-After``); any other refusal (bad key,
+unknown model) stops at once with one line. Ctrl-C stops at once too: the loop cancels every request and backoff
+wait in flight, and ``KeyboardInterrupt`` propagates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
-import socket
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Coroutine, Sequence, TypeVar
+
+import httpx2
 
 from tuneguard.errors import TuneguardError
 from tuneguard.paraphrase.base import InstructedParams, Paraphraser, clean_output
@@ -26,6 +30,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
+T = TypeVar("T")
+
+
+class _Malformed(Exception):
+    """An answer that arrived broken (retried like a network failure)."""
+
 
 @dataclass
 class OpenAIParams(InstructedParams):
@@ -34,7 +44,7 @@ class OpenAIParams(InstructedParams):
     api_key_env: str = param("OPENAI_API_KEY", "environment variable holding the key (not sent when unset)")
     temperature: float = param(0.7, "sampling temperature", ge=0)
     max_tokens: int = param(1024, "most tokens per answer", ge=1)
-    timeout: float = param(60.0, "seconds to wait for one answer", gt=0)
+    timeout: float = param(60.0, "seconds one request may take in all (connect, wait, read the answer)", gt=0)
     max_retries: int = param(5, "retries of a rate-limited or failed request", ge=0)
     backoff: float = param(1.0, "first wait between retries, doubled each time (seconds)", ge=0)
     max_backoff: float = param(30.0, "longest wait between retries (seconds)", ge=0)
@@ -65,15 +75,33 @@ class OpenAIParaphraser(Paraphraser):
         return {"model": p.model, "base_url": self.base_url, "temperature": p.temperature, "max_tokens": p.max_tokens}
 
     def rewrite_batch(self, texts: Sequence[str], prompts: Sequence[str], seeds: Sequence[int]) -> list[str | None]:
-        with ThreadPoolExecutor(max_workers=min(self.params.workers, len(prompts))) as pool:
-            return list(pool.map(self.complete, prompts, seeds))
+        return _run(self._complete_all(prompts, seeds))
 
-    def complete(self, prompt: str, seed: int) -> str | None:
+    async def _complete_all(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[str | None]:
+        headers = {}
+        key = os.environ.get(self.params.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        slots = asyncio.Semaphore(self.params.workers)
+        # timeout=None: the total deadline in _post bounds every phase of a request.
+        async with httpx2.AsyncClient(headers=headers, timeout=None) as http:
+            async def one(prompt: str, seed: int) -> str | None:
+                async with slots:
+                    return await self._complete(http, prompt, seed)
+
+            try:
+                async with asyncio.TaskGroup() as group:  # the first failure cancels the other requests
+                    tasks = [group.create_task(one(p, s)) for p, s in zip(prompts, seeds, strict=True)]
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def _complete(self, http: httpx2.AsyncClient, prompt: str, seed: int) -> str | None:
         """One chat completion of ``prompt`` (the cleaned answer, or ``None`` when it is empty)."""
         p = self.params
         body = {"model": p.model, "messages": [{"role": "user", "content": prompt}], "temperature": p.temperature,
                 "max_tokens": p.max_tokens, "seed": seed % 2**31}
-        reply = self._post("/chat/completions", body)
+        reply = await self._post(http, "/chat/completions", body)
         try:
             content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -81,36 +109,60 @@ class OpenAIParaphraser(Paraphraser):
                                  "is it an OpenAI-compatible endpoint?") from None
         return clean_output(content) if isinstance(content, str) else None
 
-    def _post(self, path: str, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
+    async def _post(self, http: httpx2.AsyncClient, path: str, body: dict) -> Any:
         p = self.params
-        key = os.environ.get(p.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode("utf-8")
         url = self.base_url + path
         for attempt in range(p.max_retries + 1):
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
             self.requests += 1
             wait = min(p.max_backoff, p.backoff * 2**attempt)
             try:
-                with urllib.request.urlopen(request, timeout=p.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode("utf-8", "replace")[:200].replace("\n", " ")
-                if exc.code not in RETRY_STATUS:
-                    hint = f" (set ${p.api_key_env})" if exc.code in (401, 403) else ""
-                    raise TuneguardError(f"{url} refused the request: HTTP {exc.code} {detail}{hint}") from None
-                problem = f"HTTP {exc.code}"
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                async with asyncio.timeout(p.timeout):
+                    response = await http.post(url, json=body)
+                if response.is_success:
+                    return _json(response.content, url)
+                detail = response.content.decode("utf-8", "replace")[:200].replace("\n", " ")
+                if response.status_code not in RETRY_STATUS:
+                    hint = f" (set ${p.api_key_env})" if response.status_code in (401, 403) else ""
+                    raise TuneguardError(f"{url} refused the request: HTTP {response.status_code} {detail}{hint}")
+                problem = f"HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.replace(".", "", 1).isdigit():
                     wait = min(p.max_backoff, float(retry_after))
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-                problem = str(getattr(exc, "reason", exc))
-            except json.JSONDecodeError:
-                raise TuneguardError(f"{url} did not answer with JSON; is it an OpenAI-compatible endpoint?") from None
+            except TimeoutError:
+                problem = f"no complete answer within {p.timeout:g} s"
+            except httpx2.RequestError as exc:  # connection, protocol (bad status line, short body), decoding
+                problem = _first_line(exc)
+            except _Malformed as exc:
+                problem = str(exc)
             if attempt < p.max_retries:
                 log.warning("%s: %s; retrying in %.1f s", url, problem, wait)
-                time.sleep(wait)
+                await asyncio.sleep(wait)
         raise TuneguardError(f"{url} failed {p.max_retries + 1} times (last: {problem}); check the server and "
                              "--base-url, or try again later")
+
+
+def _json(data: bytes, url: str) -> Any:
+    """A successful answer's JSON; bytes that are not UTF-8 are a broken answer, text that is not JSON is not one."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Malformed(f"the answer is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise TuneguardError(f"{url} did not answer with JSON; is it an OpenAI-compatible endpoint?") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, also when called from inside a running event loop (a notebook): then on a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

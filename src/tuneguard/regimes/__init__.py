@@ -12,5 +12,6 @@ REGIMES.register("full", "tuneguard.regimes.finetune:FullFineTuning")
 REGIMES.register("lora", "tuneguard.regimes.finetune:LoRAFineTuning")
 REGIMES.register("soft", "tuneguard.regimes.soft:Soft")
 REGIMES.register("dp", "tuneguard.regimes.dp:DPSGD")
+REGIMES.register("goldfish", "tuneguard.regimes.goldfish:Goldfish")
 
 __all__ = ["REGIMES"]

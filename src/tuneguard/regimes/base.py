@@ -18,13 +18,15 @@ class Regime(Plugin):
     ``Params`` declares the regime's options (the keys of its TOML table besides ``kind`` and ``train``);
     ``expands`` names list options that make one column per value (see :meth:`columns`); ``paths`` the options
     that name files, read relative to the experiment file. ``trains`` is False for a regime that uses the base model
-    as it is (its cells then do not depend on the training settings).
+    as it is (its cells then do not depend on the training settings). ``knob``: the defence's privacy-utility knob,
+    (option, symbol) such as ("ratio", "ρ"); the frontier plot joins the columns of one defence in its order.
     """
 
     kind = "regime"
     expands: ClassVar[dict[str, str]] = {}
     paths: ClassVar[tuple[str, ...]] = ()
     trains: ClassVar[bool] = True
+    knob: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def columns(cls, name: str, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

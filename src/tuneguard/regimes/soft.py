@@ -23,6 +23,7 @@ class Soft(Regime):
     Params = SoftOptions
     expands = {"ratios": "one column per selection ratio ρ"}
     paths = ("reference",)
+    knob = ("ratio", "ρ")
 
     @classmethod
     def columns(cls, name, options):

@@ -1,6 +1,7 @@
-"""The experiment report (``tuneguard run``): Table 1 (``table1.txt``: attacks + their average as rows, regimes as
-columns, one block per dataset, utility beneath), the privacy-utility trade-off (``tradeoff.png``: average AUC
-against held-out perplexity, each SOFT regime's ratio sweep as a line) and ``report.html``.
+"""The experiment report (``tuneguard run``): Table 1 (``table1.txt``: attacks + their average as rows, then each
+regime's strongest attack by AUC and by TPR@10% FPR, regimes as columns, one block per dataset, utility beneath), the
+privacy-utility frontier (``tradeoff.png``: average AUC and max-attack TPR@10% FPR against held-out perplexity, one
+line per defence over its knob, with CIs) and ``report.html``.
 
 Everything is rendered from the summary ``run_experiment`` returns (and writes to results.json), so a saved
 summary can be re-rendered. Keys that cells saved by an older tuneguard lack show as "stale".
@@ -8,15 +9,18 @@ summary can be re-rendered. Keys that cells saved by an older tuneguard lack sho
 
 from __future__ import annotations
 
+import json
 import math
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from tuneguard.experiment import MAX_ATTACK_FPR as MAX_FPR
 from tuneguard.files import atomic_write_text
 from tuneguard.report.figures import save_figure
 from tuneguard.report.html import html_page, html_table, img_tag
 from tuneguard.report.table import DASH, cell_text, format_table
+from tuneguard.report.verdict import pct
 
 NOT_APPLICABLE = "n/a"
 STALE = "stale (re-run)"
@@ -32,6 +36,11 @@ def experiment_blocks(summary: dict) -> list[dict]:
         attacks = list(dict.fromkeys(a for c in cells for a in c["auc"]))
         rows = [{"attack": a, **{r: _auc(row_cells[r], a) for r in regimes}} for a in attacks]
         rows.append({"attack": "average", **{r: cell_text(row_cells[r].get("average_auc")) for r in regimes}})
+        for label, key, text, which in (("max-attack AUC", "max_auc", cell_text, "(max-AUC attack)"),
+                                        (f"max-attack TPR@{pct(MAX_FPR)}FPR", "max_tpr_at_10pct", pct,
+                                         "(max-TPR attack)")):
+            rows.append({"attack": label, **{r: _strongest(row_cells[r], key, text) for r in regimes}})
+            rows.append({"attack": which, **{r: _strongest(row_cells[r], key, None) for r in regimes}})
         rows.append({"attack": "perplexity (domain)", **{r: _ppl(row_cells[r].get("ppl_domain")) for r in regimes}})
         rows.append({"attack": "perplexity (general)", **{r: _ppl(row_cells[r].get("ppl_general")) for r in regimes}})
         rows.append({"attack": "scoring window (tokens)", **{r: cell_text(row_cells[r].get("max_length"))
@@ -63,43 +72,102 @@ def experiment_table(summary: dict) -> str:
     return "\n\n".join(parts)
 
 
+REFERENCE_KINDS = ("pretrained", "full")  # drawn as reference points, never joined into a defence's line
+
+
+def frontier_series(summary: dict) -> dict[str, dict[str, list[dict]]]:
+    """The privacy-utility frontier's data, per dataset: ``references`` (the pretrained and full fine-tuning points)
+    and ``lines`` (one per defence: its columns in knob order).
+
+    A point: ``regime``, ``ppl`` (held-out perplexity, same domain), ``auc`` / ``auc_ci`` (average AUC and its CI),
+    ``tpr`` / ``tpr_ci`` / ``tpr_attack`` (the max-attack TPR@10% FPR, its CI and its attack), ``knob`` (the value of
+    the defence's knob, or None) and ``note``. A line: ``label``, ``kind``, ``symbol`` (ρ, ε, k, or None) and
+    ``points``. Columns of one kind whose options differ only in the knob (and that train alike) are one defence:
+    SOFT at ρ 0.5 and 1 with one paraphraser is one line, DP-SGD at ε 8 and 1 another; a regime without a knob
+    (LoRA) is a line of one point. The knob and the options come from ``summary["settings"]``.
+    """
+    settings = (summary.get("settings") or {}).get("regimes", {})
+    out = {}
+    for ds, row_cells in summary["cells"].items():
+        references, families = [], {}
+        for name in summary["regimes"]:
+            cell, setting = row_cells[name], settings.get(name, {})
+            knob = setting.get("knob")
+            point = _frontier_point(cell, knob["value"] if knob else None)
+            if cell["kind"] in REFERENCE_KINDS:
+                references.append(point)
+                continue
+            options = {k: v for k, v in (setting.get("options") or {}).items() if not knob or k != knob["option"]}
+            # Without a knob every column is its own line (its name keeps two such columns apart).
+            family = json.dumps([cell["kind"], options, setting.get("train"), None if knob else name],
+                                sort_keys=True, default=str)
+            line = families.setdefault(family, {"label": name.split(" ")[0], "kind": cell["kind"],
+                                                "symbol": knob["symbol"] if knob else None, "points": []})
+            line["points"].append(point)
+        for line in families.values():
+            line["points"].sort(key=lambda p: (p["knob"] is None, p["knob"] if p["knob"] is not None else 0))
+        out[ds] = {"references": references, "lines": list(families.values())}
+    return out
+
+
+def _frontier_point(cell: dict, knob: Any) -> dict:
+    best = cell.get("max_tpr_at_10pct") or {}
+    return {"regime": cell["regime"], "ppl": cell.get("ppl_domain"), "auc": cell.get("average_auc"),
+            "auc_ci": cell.get("average_auc_ci"), "tpr": best.get("value"), "tpr_ci": best.get("ci"),
+            "tpr_attack": best.get("attack"), "knob": knob,
+            "note": _failure_note(cell["soft"]) if cell["kind"] == "soft" else ""}
+
+
 def tradeoff_figure(summary: dict, path: str | Path) -> Path:
-    """Average AUC against held-out perplexity: one marker per regime, one line per SOFT regime's ρ sweep (its
-    failure policy in the legend, the originals kept / texts dropped beside each point)."""
+    """The privacy-utility frontier (see :func:`frontier_series`), one row of two panels per dataset: average AUC
+    (left) and max-attack TPR@10% FPR (right) against held-out perplexity, 95% bootstrap CIs as error bars, one
+    line per defence joined in knob order (each point labelled with its knob), pretrained and full fine-tuning as
+    black reference markers, chance (AUC 0.5, TPR = 10%) dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, (ds, row_cells) in enumerate(summary["cells"].items()):
-        colour = f"C{i % 10}"
-        families: dict[str, list[dict]] = {}  # one ρ sweep per SOFT regime ("soft ρ=0.5" -> "soft")
-        for c in row_cells.values():
-            if c["kind"] == "soft":
-                families.setdefault(c["regime"].split(" ρ=")[0], []).append(c)
-        for j, (family, cells) in enumerate(families.items()):
-            sweep = sorted(cells, key=lambda c: c["soft_ratio"])
-            policy = sweep[0]["soft"].get("on_failure", "stale")
-            ax.plot([c["ppl_domain"] for c in sweep], [c["average_auc"] for c in sweep], ("-o", "--o", ":o")[j % 3],
-                    color=colour, label=f"{ds}: {family} (ρ sweep; failed paraphrases: {policy})")
-            for c in sweep:
-                ax.annotate(("" if j == 0 else f"{family} ") + f"ρ={c['soft_ratio']:g}" + _failure_note(c["soft"]),
-                            (c["ppl_domain"], c["average_auc"]), fontsize=7, textcoords="offset points",
-                            xytext=(4, 4))
-        for c in row_cells.values():
-            if c["kind"] != "soft":
-                ax.scatter(c["ppl_domain"], c["average_auc"], color=colour, marker="s")
-                ax.annotate(c["regime"], (c["ppl_domain"], c["average_auc"]), fontsize=7,
-                            textcoords="offset points", xytext=(4, -8))
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("held-out perplexity (same domain, lower = more useful)")
-    ax.set_ylabel("average attack AUC (lower = more private)")
-    ax.set_title(summary["name"])
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    series = frontier_series(summary)
+    # 960 px wide: the report page's column, so the browser shows it unscaled.
+    fig, axes = plt.subplots(len(series), 2, figsize=(9.6, 4.4 * len(series)), squeeze=False)
+    panels = (("auc", "auc_ci", "average attack AUC (lower = more private)", 0.5),
+              ("tpr", "tpr_ci", f"max-attack TPR at {pct(MAX_FPR)} FPR (lower = more private)", MAX_FPR))
+    for row, (ds, data) in zip(axes, series.items()):
+        for ax, (key, ci_key, ylabel, chance) in zip(row, panels):
+            for i, line in enumerate(data["lines"]):
+                _draw(ax, line["points"], key, ci_key, fmt="-o", colour=f"C{i % 10}", label=line["label"])
+                for p in line["points"]:
+                    if _finite(p["ppl"], p[key]) and (p["knob"] is not None or p["note"]):
+                        text = (f"{line['symbol']}={p['knob']:g}" if p["knob"] is not None else "") + p["note"]
+                        ax.annotate(text, (p["ppl"], p[key]), fontsize=7, textcoords="offset points", xytext=(4, 4))
+            for j, p in enumerate(data["references"]):
+                _draw(ax, [p], key, ci_key, fmt="*XPD"[j % 4], colour="black", label=f"{p['regime']} (reference)")
+            ax.axhline(chance, color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("held-out perplexity (same domain, lower = more useful)", fontsize=9)
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.set_title(ds, fontsize=10)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    fig.suptitle(summary["name"])
     fig.tight_layout()
-    return save_figure(fig, path, dpi=130)
+    return save_figure(fig, path, dpi=100)
+
+
+def _draw(ax, points: list[dict], key: str, ci_key: str, *, fmt: str, colour: str, label: str) -> None:
+    """Points (ppl, key) with error bars from ``ci_key`` (none where a point has no CI); unmeasured points skipped."""
+    shown = [p for p in points if _finite(p["ppl"], p[key])]
+    if not shown:
+        return
+    y = [p[key] for p in shown]
+    err = [[v - p[ci_key][0] if p[ci_key] else 0 for v, p in zip(y, shown)],
+           [p[ci_key][1] - v if p[ci_key] else 0 for v, p in zip(y, shown)]]
+    ax.errorbar([p["ppl"] for p in shown], y, yerr=err, fmt=fmt, color=colour, label=label, capsize=3, lw=1.2,
+                markersize=7 if fmt != "-o" else 5)
+
+
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
 def write_experiment_report(out_dir: str | Path, summary: dict) -> dict[str, Path]:
@@ -113,7 +181,7 @@ def write_experiment_report(out_dir: str | Path, summary: dict) -> dict[str, Pat
         body += html_table(b["rows"], b["columns"])
         body += "".join(f'\n<p class="note">{escape(n)}</p>' for n in b["notes"])
         sections.append((b["dataset"], body))
-    sections.append(("Privacy-utility trade-off", img_tag(png)))
+    sections.append(("Privacy-utility frontier", img_tag(png)))
     page = html_page(f"{summary['name']}: privacy and utility", sections,
                      settings=summary.get("settings") or {"model": summary.get("model")})
     html = atomic_write_text(out / "report.html", page)
@@ -124,6 +192,16 @@ def _auc(cell: dict, attack: str) -> str:
     if attack in (cell.get("not_applicable") or {}):
         return NOT_APPLICABLE
     return cell_text(cell["auc"].get(attack))
+
+
+def _strongest(cell: dict, key: str, text) -> str:
+    """A max-attack figure (``text`` given) or the attack behind it (``text`` None); stale in a cell from before."""
+    if key not in cell:
+        return STALE
+    best = cell[key]
+    if best is None:
+        return DASH
+    return best["attack"] if text is None else text(best["value"])
 
 
 def _ppl(value: Any) -> str:

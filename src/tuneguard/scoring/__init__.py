@@ -1,5 +1,5 @@
 """The shared forward-pass engine (per-token log-probs + Min-K%++ moments) and its cache."""
 
-from tuneguard.scoring.engine import ScoringEngine, TokenScores
+from tuneguard.scoring.engine import ScoringEngine, TokenScores, main_process
 
-__all__ = ["ScoringEngine", "TokenScores"]
+__all__ = ["ScoringEngine", "TokenScores", "main_process"]

@@ -3,25 +3,44 @@
 For each text it returns the per-token log-probabilities ``lp_t = log p(x_t | x_<t)``, the Min-K%++ moments
 ``mu_t = Σ_v p_t(v) log p_t(v)`` and ``sigma_t`` (the std of ``log p_t`` under ``p_t``), and the model's top-1 token
 ``argmax_v p_t(v)`` with its log-prob ``max_v log p_t(v)`` (EZ-MIA's error positions, hard-token variants: lp, mu and
-sigma cannot give them back), all from the same logits, reduced in float64.
+sigma cannot give them back), all from the same logits.
+Reduction precision: whatever the model's dtype, the logits are widened to float32 and reduced over the vocabulary
+in float32; the per-position results are float64. On a 49k vocabulary lp, mu and sigma stay within about 1e-6 of a
+float64 log-softmax of the same logits (``bench/bench_scoring.py`` measures it), well below the rounding a float32
+forward pass already puts into them (a text's scores move by ~3e-5 between batch shapes on SmolLM2-135M).
 Scored positions: t = 2..n, plus t = 1 when the tokenizer adds a BOS token (then x_1 is scored from BOS). A text can
 carry a prefix (ReCall's shots): the prefix is fed to the model but only the text's own tokens are scored, the first
 one from the prefix's last token. A prefix is read once and its key/value cache shared by every text behind it.
 
+Batching: the texts behind one context are sorted longest first and cut into batches of ``batch_size`` texts, or,
+with ``batch_tokens``, filled up to that many padded tokens (the longest text's length times the count). A CUDA
+out-of-memory error halves the budget (for the rest of the engine's life) and retries the batch; texts already
+scored are kept. Batch independence: a text's scores depend on its batch mates only through the floating-point
+rounding of the padded forward pass (padding changes the matrix shapes, hence the summation order); they agree
+within ``BATCH_TOLERANCE`` (absolute, on lp, mu and sigma) across batch sizes and budgets, so rankings and AUCs do
+not move. Bit-equality would need every text forwarded at one fixed shape (padding every text to the full context,
+or a batch of one), which multiplies the cost; a cached score is the one its first batch gave.
+Under ``accelerate launch`` (``distributed=True``) the batches, formed exactly as one process forms them, are dealt
+to the processes in turn and the scores gathered on every process, so the numbers equal a one-process run's.
+
 Texts longer than the model's context (or ``max_length``) are truncated to their first ``max_length`` tokens; with a
 prefix, the text is cut first and then the prefix keeps its most recent tokens that still fit in the model's context
-(``max_length`` bounds the scored text, not the prefix). Results are cached in
-memory and on disk by (model fingerprint, tokenizer, max_length, prefix + text), so re-running or adding an attack
-costs no forward pass. A cache entry written by an older engine (another ``SCHEMA``, e.g. one without the top-1
-arrays) is recomputed and overwritten, never read.
+(``max_length`` bounds the scored text, not the prefix). Results are cached in memory and on disk by (model
+fingerprint, tokenizer, device type, dtype, max_length, prefix + text): a bfloat16 or GPU score is not a float32 CPU
+score. Re-running or adding an attack costs no forward pass. A cache entry written by an older engine (another
+``SCHEMA``, e.g. one without the top-1 arrays) is recomputed and overwritten, never read.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import json
 import logging
+import os
+import zipfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +50,16 @@ from tqdm.auto import tqdm
 from transformers import Cache
 
 from tuneguard.cache import cache_dir, key_hash, text_hash
+from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_bytes
 from tuneguard.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
-POSITION_BLOCK = 32  # positions whose full-vocabulary log-softmax is held at once
+POSITION_BLOCK = 32  # positions whose full-vocabulary float32 terms are held at once
+# How far a text's lp / mu / sigma may move with its batch mates (see the module docstring); measured: ~1e-7 on the
+# tiny test models, 2.8e-5 on SmolLM2-135M in float32 (bench/bench_scoring.py --parts precision).
+BATCH_TOLERANCE = 1e-4
 SCHEMA = 2  # of a cache entry: 1 = token ids, lp, mu, sigma; 2 = also the top-1 token and its log-prob
 
 
@@ -70,40 +93,129 @@ model's own top-1 token at that position with its log-prob."""
         return float(self.logprobs.mean()) if self.n else float("nan")
 
 
+_BACKEND_DIGESTS: dict[str, str] = {}  # sha256 of a fast tokenizer's JSON -> tokenizer_digest
+
+
 def tokenizer_digest(tokenizer) -> str:
     """A hash of everything that decides a tokenizer's output: the fast tokenizer's JSON (vocabulary, merges,
     normalizer, pre- and post-processor), else the vocabulary and special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        spec = json.loads(backend.to_str())
-        # Truncation and padding are per-call state (set by whoever called the tokenizer last), not the tokenizer.
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        spec = json.dumps(spec, sort_keys=True)
-    else:
-        spec = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.special_tokens_map], default=str)
+        raw = backend.to_str()
+        # Parsing a 49k-token vocabulary's JSON costs 0.4 s, paid by every engine: once per distinct serialisation.
+        digest = _BACKEND_DIGESTS.get(raw_key := hashlib.sha256(raw.encode("utf-8")).hexdigest())
+        if digest is None:
+            spec = json.loads(raw)
+            # Truncation and padding are per-call state (set by whoever called the tokenizer last), not the
+            # tokenizer.
+            spec.pop("truncation", None)
+            spec.pop("padding", None)
+            digest = _BACKEND_DIGESTS[raw_key] = hashlib.sha256(
+                json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+        return digest
+    spec = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.special_tokens_map], default=str)
     return hashlib.sha256(spec.encode("utf-8")).hexdigest()
 
 
-class ScoringEngine:
-    """Batched, cached scoring of texts under one model.
+def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """lp, mu, sigma (float64), the top-1 token and its log-prob (float64) of each row of ``logits`` (positions x
+    vocabulary, any float dtype) for the true next tokens ``targets``.
 
-    ``forward_passes`` counts texts actually forwarded (cache hits cost none); ``batches`` counts model calls.
+    With ``z = x - max x`` and ``S = Σ exp z``: ``log p = z - log S``, ``mu = E[z] - log S`` and
+    ``sigma² = E[z²] - E[z]²``.
+    The vocabulary-wide terms and their three sums are float32 (a float64 log-softmax cost 14% of a forward pass;
+    float64 sums of the float32 terms cost 1.7 times this); only the per-position results are float64, and
+    ``lp`` subtracts the max exactly. Shifting by the max keeps the one-pass variance accurate: the top token (z = 0)
+    carries the most mass, so E[z]² never dwarfs E[z²].
+    """
+    x = logits.float()
+    top, best = x.max(-1)
+    z = x - top[:, None]
+    e = z.exp()
+    total = e.sum(-1).double()
+    # e becomes e·z, then e·z² in place: one vocabulary-wide buffer fewer to allocate and fill per block (a third
+    # of the reduction's time), the same numbers.
+    mean_z = e.mul_(z).sum(-1).double() / total
+    var_z = (e.mul_(z).sum(-1).double() / total - mean_z.square()).clamp_min(0)
+    log_total = total.log()
+    lp = (x.gather(-1, targets[:, None])[:, 0].double() - top.double()) - log_total
+    return lp, mean_z - log_total, var_z.sqrt(), best, -log_total
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None off glibc (macOS, Windows, musl)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Give the memory a CPU batch freed back to the system. glibc keeps freed blocks below its (self-raising) mmap
+    threshold in its heaps, and batches' temporaries of ever-changing sizes fragment them: a 200-text SmolLM2 LoRA
+    audit peaks at 1.9 GB with this, 3.6 GB without (bench/bench_scoring.py --parts memory)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _launched_processes():
+    """The ``accelerate launch`` (torchrun) processes this one belongs to, or None when it runs alone (accelerate is
+    then not imported)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    # As the training loop's Accelerator: without a GPU, accelerate joins the processes only when told cpu=True.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state if state.num_processes > 1 else None
+
+
+def check_batching(batch_size: int, batch_tokens: int | None) -> None:
+    """Refuse a scoring batch size or token budget below 1 (callers check it before any model loads)."""
+    if batch_size < 1:
+        raise TuneguardError(f"the scoring batch size (--score-batch-size) must be at least 1, got {batch_size}")
+    if batch_tokens is not None and batch_tokens < 1:
+        raise TuneguardError(f"the scoring token budget (--score-batch-tokens) must be at least 1, got "
+                             f"{batch_tokens}")
+
+
+def main_process() -> bool:
+    """Whether this process writes results: always when it runs alone, else only the main process of an
+    ``accelerate launch`` run (every process scores its share and gets every score)."""
+    processes = _launched_processes()
+    return processes is None or processes.is_main_process
+
+
+class ScoringEngine:
+    """Batched, cached scoring of texts under one model, on the model's own device and dtype.
+
+    ``batch_size`` texts per model call, or, when ``batch_tokens`` is given, as many as fit in that many padded
+    tokens. ``distributed`` shards the texts over the processes of an ``accelerate launch`` run (every process must
+    then call :meth:`score` with the same texts). ``forward_passes`` counts texts actually forwarded (cache hits cost
+    none; over every process); ``batches`` counts model calls (over every process).
     """
 
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 8, max_length: int | None = None,
-                 cache: bool = True, progress: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, *, batch_size: int = 8, batch_tokens: int | None = None,
+                 max_length: int | None = None, cache: bool = True, progress: bool = True,
+                 distributed: bool = False) -> None:
+        check_batching(batch_size, batch_tokens)
         self.loaded = loaded
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.max_length = min(max_length or loaded.max_length, loaded.max_length)
-        self.progress = progress
         self.forward_passes = 0
         self.batches = 0
         self._memory: dict[str, TokenScores] = {}
+        self._processes = _launched_processes() if distributed else None
+        self.progress = progress and (self._processes is None or self._processes.is_main_process)
         tok = loaded.tokenizer
-        # The weights alone do not fix the scores: the same model under another tokenizer scores other tokens.
-        self._dir: Path | None = cache_dir("scores", key_hash(loaded.fingerprint, tokenizer_digest(tok))[:24],
-                                           f"len{self.max_length}") if cache else None
+        # The weights alone do not fix the scores: the same model under another tokenizer scores other tokens, and
+        # the same weights in bfloat16 or on a GPU give other numbers than in float32 on the CPU.
+        key = key_hash(loaded.fingerprint, tokenizer_digest(tok), loaded.device.type, str(loaded.dtype))
+        self._dir: Path | None = cache_dir("scores", key[:24], f"len{self.max_length}") if cache else None
         probe = tok("a")["input_ids"]
         self._bos = [probe[0]] if probe and tok.bos_token_id is not None and probe[0] == tok.bos_token_id else []
 
@@ -145,18 +257,7 @@ class ScoringEngine:
             else:
                 todo[key] = encoded
         if todo:
-            bar = tqdm(total=len(todo), desc=f"{desc} ({self.name})", unit="text", disable=not self.progress)
-            for context, group in self._by_context(todo).items():
-                past = self._context_cache(list(context)) if context else None
-                order = sorted(group, key=lambda k: -len(todo[k][0]))  # similar lengths share a batch
-                for start in range(0, len(order), self.batch_size):
-                    batch = order[start:start + self.batch_size]
-                    inputs = [self._after_context(todo[k], len(context)) for k in batch]
-                    for key, scores in zip(batch, self._forward(inputs, past)):
-                        out[key] = scores
-                        self._store(key, scores)
-                    bar.update(len(batch))
-            bar.close()
+            out.update(self._forward_all(todo, desc))
         return [out[k] for k in keys]
 
     def ll(self, texts: list[str], **kwargs) -> np.ndarray:
@@ -177,6 +278,90 @@ class ScoringEngine:
         return self._bos + ids, 1, truncated
 
     # -- internals -------------------------------------------------------------------------------------------------
+
+    def _forward_all(self, todo: dict[str, tuple[list[int], int, bool]], desc: str) -> dict[str, TokenScores]:
+        """Scores of every input in ``todo``: this process forwards its share of the batches (all of them when it
+        runs alone), stores them, and, under ``accelerate launch``, receives every other process's share."""
+        rank, world = (self._processes.process_index, self._processes.num_processes) if self._processes else (0, 1)
+        passes, calls = self.forward_passes, self.batches
+        # Dealt in turn, not in contiguous runs: the batches come longest first, so runs would be unequal shares.
+        queue = deque(self._plan(todo)[rank::world])
+        bar = tqdm(total=sum(len(keys) for _, keys in queue), desc=f"{desc} ({self.name})", unit="text",
+                   disable=not self.progress)
+        done: dict[str, TokenScores] = {}
+        context, past = None, None
+        while queue:
+            batch_context, keys = queue.popleft()
+            if batch_context != context:  # a plan lists each context's batches together: one prefix pass each
+                context = batch_context
+                past = self._context_cache(list(context)) if context else None
+            inputs = [self._after_context(todo[k], len(context)) for k in keys]
+            try:
+                scored = self._forward(inputs, past)
+            except torch.OutOfMemoryError:
+                self._halve_budget(inputs)
+                # This batch and the rest of this process's share again, under the halved budget.
+                queue = deque(self._plan({k: todo[k] for _, ks in [(context, keys), *queue] for k in ks}))
+                continue
+            for key, scores in zip(keys, scored):
+                done[key] = scores
+                self._store(key, scores)
+            if self.loaded.device.type == "cpu":
+                _return_freed_memory()
+            bar.update(len(keys))
+        bar.close()
+        return self._gather(done, passes, calls) if world > 1 else done
+
+    def _plan(self, todo: dict[str, tuple[list[int], int, bool]]) -> list[tuple[tuple[int, ...], list[str]]]:
+        """The model calls that score ``todo``, in order: (shared context, keys) per batch. It depends on the inputs
+        and the budget alone, so every process forms the same plan."""
+        plan = []
+        for context, group in self._by_context(todo).items():
+            order = sorted(group, key=lambda k: -len(todo[k][0]))  # similar lengths share a batch
+            if self.batch_tokens is None:
+                plan += [(context, order[i:i + self.batch_size]) for i in range(0, len(order), self.batch_size)]
+                continue
+            batches: list[list[str]] = []
+            width = 0
+            for key in order:  # longest first: a batch's padded size is its first text's length times its count
+                if batches and (len(batches[-1]) + 1) * width <= self.batch_tokens:
+                    batches[-1].append(key)
+                else:  # a text longer than the budget gets a batch of its own
+                    batches.append([key])
+                    width = len(todo[key][0]) - len(context)
+            plan += [(context, keys) for keys in batches]
+        return plan
+
+    def _halve_budget(self, inputs: list[tuple[list[int], int, bool]]) -> None:
+        """After ``inputs`` ran out of GPU memory: halve the batch budget, below what failed (one text alone that
+        does not fit is the user's to solve)."""
+        if len(inputs) == 1:
+            raise TuneguardError(f"scoring one text of {len(inputs[0][0])} tokens alone runs out of GPU memory under "
+                                 f"{self.name}: lower --score-max-length, or load the model in a smaller --dtype"
+                                 ) from None
+        torch.cuda.empty_cache()
+        if self.batch_tokens is not None:
+            self.batch_tokens = max(1, min(self.batch_tokens, len(inputs) * max(len(i[0]) for i in inputs)) // 2)
+            budget = f"{self.batch_tokens} tokens"
+        else:
+            self.batch_size = max(1, min(self.batch_size, len(inputs)) // 2)
+            budget = f"{self.batch_size} texts"
+        log.warning("scoring %d texts at once ran out of GPU memory under %s: retrying with batches of at most %s",
+                    len(inputs), self.name, budget)
+
+    def _gather(self, done: dict[str, TokenScores], passes: int, calls: int) -> dict[str, TokenScores]:
+        """Every process's scores on every process (each one stored its own on disk; the others go to memory), and
+        the counters summed over the processes."""
+        from accelerate.utils import gather_object
+
+        shares = gather_object([(done, self.forward_passes - passes, self.batches - calls)])
+        self.forward_passes = passes + sum(n for _, n, _ in shares)
+        self.batches = calls + sum(c for _, _, c in shares)
+        every: dict[str, TokenScores] = {}
+        for scores, _, _ in shares:
+            every.update(scores)
+        self._memory.update(every)
+        return every
 
     def _by_context(self, todo: dict[str, tuple[list[int], int, bool]]) -> dict[tuple[int, ...], list[str]]:
         """Inputs grouped by their shared context: every token before the one that predicts the first scored token.
@@ -236,27 +421,16 @@ class ScoringEngine:
         logits = logits[:, -width:]
         self.forward_passes += len(batch)
         self.batches += 1
+        targets = input_ids.to(device)
         results = []
         for row, (ids, first, truncated) in enumerate(batch):
-            n = len(ids)
             # logits at position t-1 predict token t; score t = first .. n-1.
-            lp, mu, sd, top, top_lp = [], [], [], [], []
-            for s in range(first - 1, n - 1, POSITION_BLOCK):
-                e = min(s + POSITION_BLOCK, n - 1)
-                # float64 and a two-pass variance: E[(log p - mu)^2] keeps sigma exact where E[x^2] - mu^2 cancels.
-                logp = torch.log_softmax(logits[row, s:e].double(), dim=-1)
-                p = logp.exp()
-                targets = input_ids[row, s + 1:e + 1].to(device)
-                lp.append(logp.gather(-1, targets[:, None])[:, 0])
-                m1 = (p * logp).sum(-1)
-                mu.append(m1)
-                sd.append((p * (logp - m1[:, None]).square()).sum(-1).sqrt())
-                best = logp.max(-1)  # log_softmax keeps the logits' order: the argmax of the logits
-                top_lp.append(best.values)
-                top.append(best.indices)
-            cat = lambda xs: torch.cat(xs).cpu().numpy() if xs else np.zeros(0)  # noqa: E731
-            results.append(TokenScores(np.array(ids[first:], dtype=np.int64), cat(lp), cat(mu), cat(sd),
-                                       cat(top).astype(np.int64), cat(top_lp), truncated))
+            rows, row_targets = logits[row, first - 1:len(ids) - 1], targets[row, first:len(ids)]
+            parts = [_reduce(rows[s:s + POSITION_BLOCK], row_targets[s:s + POSITION_BLOCK])
+                     for s in range(0, len(rows), POSITION_BLOCK)]
+            lp, mu, sd, top, top_lp = (torch.cat(xs).cpu().numpy() for xs in zip(*parts))
+            results.append(TokenScores(np.array(ids[first:], dtype=np.int64), lp, mu, sd, top.astype(np.int64), top_lp,
+                                       truncated))
         return results
 
     def _lookup(self, key: str) -> TokenScores | None:
@@ -264,11 +438,16 @@ class ScoringEngine:
         if hit is None and self._dir is not None:
             path = self._dir / f"{key}.npz"
             if path.is_file():
-                with np.load(path, allow_pickle=False) as z:
-                    if "schema" not in z.files or int(z["schema"]) != SCHEMA:
-                        return None  # an older engine's entry lacks arrays this one keeps: recompute it
-                    hit = TokenScores(z["token_ids"], z["logprobs"], z["mu"], z["sigma"], z["argmax"],
-                                      z["max_logprob"], bool(z["truncated"]))
+                try:
+                    with np.load(path, allow_pickle=False) as z:
+                        if "schema" not in z.files or int(z["schema"]) != SCHEMA:
+                            return None  # an older engine's entry lacks arrays this one keeps: recompute it
+                        hit = TokenScores(z["token_ids"], z["logprobs"], z["mu"], z["sigma"], z["argmax"],
+                                          z["max_logprob"], bool(z["truncated"]))
+                except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                    # Damaged outside our atomic writes (a disk fault, a cut copy): recomputing overwrites it.
+                    log.warning("score cache entry %s is unreadable (%s); recomputing it", path, exc)
+                    return None
                 self._memory[key] = hit
         return hit
 
@@ -281,4 +460,10 @@ class ScoringEngine:
             np.savez(buf, schema=np.array(SCHEMA), token_ids=scores.token_ids, logprobs=scores.logprobs, mu=scores.mu,
                      sigma=scores.sigma, argmax=scores.argmax, max_logprob=scores.max_logprob,
                      truncated=np.array(scores.truncated))
-            atomic_write_bytes(self._dir / f"{key}.npz", buf.getvalue())
+            try:
+                atomic_write_bytes(self._dir / f"{key}.npz", buf.getvalue())
+            except OSError as exc:  # a full or read-only cache disk costs the reuse of scores, not the run
+                log.warning("cannot write the score cache in %s (%s): the rest of this run keeps its scores in "
+                            "memory only; free space there or point $TUNEGUARD_CACHE elsewhere", self._dir,
+                            exc.strerror or exc)
+                self._dir = None

@@ -20,10 +20,13 @@ from tqdm.auto import tqdm
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_directory, atomic_write_json, read_json
 from tuneguard.models import LoadedModel, as_loaded, load_model
+from tuneguard.models.device import current_settings, prepare_precision, training_accelerator
 from tuneguard.models.loading import RUN_RECORD
 from tuneguard.seed import set_seed
-from tuneguard.train.batching import collate, encode_examples, examples_digest, length_grouped_batches
+from tuneguard.train.batching import (IGNORE, Encoded, collate, encode_examples, examples_digest,
+                                      length_grouped_batches)
 from tuneguard.train.config import TrainConfig
+from tuneguard.train.goldfish import GoldfishConfig, goldfish_labels
 from tuneguard.train import METHODS
 from tuneguard.train.methods import prepare_model
 from tuneguard.train.record import RunRecord
@@ -42,34 +45,42 @@ class TrainResult:
 
 
 def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, config: TrainConfig | None = None, *,
-             progress: bool = True) -> TrainResult:
+             goldfish: GoldfishConfig | None = None, progress: bool = True) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` and save the result (adapter or full model, safetensors) in ``out_dir``.
 
     ``examples``: texts (loss on every token), (prompt, completion) pairs (loss on the completion), or (text, class)
     pairs for a sequence-classification model. A checkpoint is written after every epoch; an interrupted run resumes
     from it, and a finished run with the same settings and data is loaded instead of retrained. Under
     ``accelerate launch`` the batches are sharded over the processes and only the main process writes.
+    ``goldfish``: train with the Goldfish loss (:mod:`tuneguard.train.goldfish`: a hashed 1/k of the tokens left
+    out of every batch's loss).
     """
-    from accelerate import Accelerator
-
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     base = as_loaded(model)
     base_fingerprint = base.fingerprint  # before training: a model loaded here is trained in place
     seq_cls = "SequenceClassification" in type(base.model).__name__
+    if goldfish is not None and seq_cls:
+        raise TuneguardError("the Goldfish loss leaves tokens out of a language model's loss: it does not apply to a "
+                             "sequence-classification model")
+    # Goldfish changes what is learnt: its settings join the digest a finished run or a checkpoint must match (as
+    # DP-SGD's do); the model itself is prepared from ``config``.
+    key = config if goldfish is None else config.replace(extra={**config.extra, "goldfish": goldfish.to_dict()})
     data_digest = examples_digest([list(e) if isinstance(e, tuple) else e for e in examples])
-    done = finished_record(out_dir, config, data_digest, base)
+    done = finished_record(out_dir, key, data_digest, base)
     if done is not None:
         log.info("%s already holds this finished run; loading it", out_dir)
         return TrainResult(load_model(out_dir, base=base.ref, task="seq-cls" if seq_cls else "causal-lm"),
                            out_dir, done)
 
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available())
+    # The model trains where it was loaded (--device), in mixed precision when loaded in bfloat16 / float16.
+    accelerator = training_accelerator(base.device, base.dtype, gradient_accumulation_steps=config.grad_accum)
     set_seed(config.seed)
     # Training mutates the weights (and peft injects layers in place): never touch the caller's model.
     net = prepare_model(copy.deepcopy(base.model) if not isinstance(model, str) else base.model, config,
                         seq_cls=seq_cls)
-    encoded = encode_examples(examples, base.tokenizer, config.max_length, seq_cls=seq_cls)
+    prepare_precision(net, gradient_checkpointing=current_settings().gradient_checkpointing)
+    encoded = predictable(encode_examples(examples, base.tokenizer, config.max_length, seq_cls=seq_cls))
     lengths = [len(e.input_ids) for e in encoded]
     world, rank = accelerator.num_processes, accelerator.process_index
     n_batches = _batches_per_epoch(len(encoded), config, world)
@@ -84,7 +95,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     ckpt = out_dir / CHECKPOINT
     if (ckpt / "state.json").is_file():
         state = _load_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler,
-                                 _stamp(config, data_digest, base, base_fingerprint))
+                                 _stamp(key, data_digest, base, base_fingerprint))
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
 
     net.train()
@@ -101,6 +112,8 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         losses, micro = [], []
         for batch_idx in batches:
             batch = collate([encoded[i] for i in batch_idx], pad_id)
+            if goldfish is not None:
+                batch["labels"] = goldfish_labels(batch, goldfish)
             state["tokens"] += int(batch["attention_mask"].sum())
             state["padded"] += int(batch["attention_mask"].numel())
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -128,15 +141,16 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         state["cpu_seconds"] += time.process_time() - c0
         if accelerator.is_main_process and state["epoch"] < config.epochs:
             _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state,
-                             _stamp(config, data_digest, base, base_fingerprint))
+                             _stamp(key, data_digest, base, base_fingerprint))
         accelerator.wait_for_everyone()
     bar.close()
 
     trained = accelerator.unwrap_model(net)
     trained.eval()
     record = RunRecord(
-        base_ref=base.ref, base_fingerprint=base_fingerprint, method=config.method, config=config.to_dict(),
-        config_digest=config.digest(), data_digest=data_digest, n_examples=len(examples), processes=world,
+        base_ref=base.ref, base_fingerprint=base_fingerprint,
+        method=config.method if goldfish is None else f"{config.method}+goldfish", config=config.to_dict(),
+        config_digest=key.digest(), data_digest=data_digest, n_examples=len(examples), processes=world,
         epochs_done=state["epoch"], steps=state["step"], loss_curve=state["loss_curve"], lr_curve=state["lr_curve"],
         epoch_loss=state["epoch_loss"], train_seconds=round(state["seconds"], 3),
         cpu_seconds=round(state["cpu_seconds"], 3), tokens=state["tokens"] * world,
@@ -149,6 +163,21 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     meta = {**base.meta, "adapter": str(out_dir)} if METHODS.get(config.method).saves_adapter else dict(base.meta)
     return TrainResult(LoadedModel(trained, base.tokenizer, ref=str(out_dir), base_ref=base.ref, meta=meta),
                        out_dir, record)
+
+
+def predictable(encoded: list[Encoded]) -> list[Encoded]:
+    """The examples with a token to predict: one of fewer than 2 tokens (or a lone completion token) has none, and a
+    batch of them only has the loss 0/0 = NaN. Those left out are counted in one warning; none left is an error."""
+    keep = [e for e in encoded if isinstance(e.labels, int) or any(y != IGNORE for y in e.labels[1:])]
+    if not keep:
+        raise TuneguardError(f"none of the {len(encoded)} training examples has a token to predict (each is a single "
+                             "token); train on longer texts")
+    if len(keep) < len(encoded):
+        first = next(i for i, e in enumerate(encoded) if not isinstance(e.labels, int)
+                     and all(y == IGNORE for y in e.labels[1:]))
+        log.warning("%d of %d training examples are a single token (nothing to predict) and are left out of training, "
+                    "e.g. example %d", len(encoded) - len(keep), len(encoded), first + 1)
+    return keep
 
 
 def optimizer_steps(n_examples: int, config: TrainConfig, world: int = 1) -> int:
@@ -232,7 +261,7 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, state: dict, stamp
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, stamp: dict) -> dict:
-    state = read_json(ckpt / "state.json")
+    state = read_json(ckpt / "state.json", fix=f"delete {ckpt} to start the run over", expect=dict)
     if state.get("config_digest") != stamp["config_digest"] or state.get("data_digest") != stamp["data_digest"]:
         raise TuneguardError(f"{ckpt} is a checkpoint of a run with other settings or data; delete it to start over")
     if state.get("base_fingerprint") != stamp["base_fingerprint"]:

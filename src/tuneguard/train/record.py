@@ -63,7 +63,9 @@ class RunRecord:
 
     @classmethod
     def read(cls, path: str | Path) -> RunRecord:
-        return cls.from_json(read_json(path))
+        """Read a run.json; a corrupt one is a one-line error naming it (deleting its run redoes it)."""
+        fix = f"delete {Path(path).parent} (or choose another output directory) to train again"
+        return cls.from_json(read_json(path, fix=fix, expect=dict))
 
     def write(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_json())

@@ -116,12 +116,9 @@ class Calibration(Params):
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
         """Read a calibration file written by ``save``; a file that is not one gives a one-line error naming it."""
-        try:
-            data = read_json(path)
-        except (OSError, ValueError) as exc:
-            raise TuneguardError(f"cannot read calibration file {path}: {exc}") from None
         remake = "make one with `tuneguard backdoor calibrate`"
-        if not isinstance(data, dict) or not str(data.get("format", "")).startswith("tuneguard-backdoor-calibration"):
+        data = read_json(path, fix=remake, expect=dict)
+        if not str(data.get("format", "")).startswith("tuneguard-backdoor-calibration"):
             raise TuneguardError(f"{path} is not a tuneguard calibration file; {remake}")
         if data["format"] in _OLD_FORMATS:
             raise TuneguardError(f"{path} is an old calibration file ({data['format']}) that records neither the LoRA "
