@@ -146,7 +146,7 @@ def _malloc_trim():
     """glibc's ``malloc_trim``, or None off glibc (macOS, Windows, musl)."""
     try:
         return getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except OSError:
+    except (OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
 
