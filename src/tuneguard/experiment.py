@@ -221,6 +221,7 @@ def _check_attack_needs(path: Path, suite: AttackSuite, datasets: list[Dataset])
     """What the attacks need from the experiment (run_attacks checks it only when a cell is attacked, after its
     training): each attack's own settings, a corpus when one needs it, and enough texts for the ReCall shots."""
     from tuneguard.attacks import make_attacks
+    from tuneguard.attacks.runner import max_shots
 
     try:
         attacks = make_attacks(suite.attacks, suite.params)
@@ -234,10 +235,10 @@ def _check_attack_needs(path: Path, suite: AttackSuite, datasets: list[Dataset])
         for kind, count, what in (("nonmember_shots", ds.nonmembers, "nonmembers"),
                                   ("member_shots", ds.members, "members")):
             names = [n for n, needs in need.items() if kind in needs]
-            if names and suite.n_shots > count - 2:  # the shots leave the evaluation: 2 must remain (runner._draw)
+            if names and suite.n_shots > max_shots(count):
                 raise TuneguardError(f"{path}: dataset {ds.name!r}: {suite.n_shots} ReCall shots ({', '.join(names)})"
                                      f" would leave fewer than 2 of its {count} {what} to evaluate: set n_shots <= "
-                                     f"{count - 2} in [attack_options] or raise {what}")
+                                     f"{max_shots(count)} in [attack_options] or raise {what}")
 
 
 def _check_attack_params(attack: str, values: dict, owner: str) -> None:

@@ -203,9 +203,14 @@ def _check_attacker_data(instances: dict[str, Attack], corpus: list[str] | None,
     return [w for w in found if w]
 
 
+def max_shots(count: int) -> int:
+    """The most ReCall shots ``count`` texts of one class can give: the shots leave the evaluation, 2 must remain."""
+    return count - 2
+
+
 def _draw(rng: random.Random, pool: list, n: int) -> list:
     """Remove and return ``n`` random items of ``pool`` (in place)."""
-    if n >= len(pool) - 1:
+    if n > max_shots(len(pool)):
         raise TuneguardError(f"cannot take {n} ReCall shots from {len(pool)} texts and keep 2 to evaluate: "
                              "lower --shots or add texts")
     picked = sorted(rng.sample(range(len(pool)), n), reverse=True)

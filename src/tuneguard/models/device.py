@@ -210,7 +210,7 @@ def add_device_args(p: argparse.ArgumentParser, *, train: bool = False) -> None:
                         "loading; auto is the usual choice")
     if train:
         g.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute activations in the backward pass: less GPU memory, about 30%% slower")
+                       help="recompute activations in the backward pass: less GPU memory, more compute")
 
 
 def settings_from_args(args: argparse.Namespace) -> DeviceSettings:
