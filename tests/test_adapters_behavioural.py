@@ -125,3 +125,16 @@ def test_chat_form_trains_and_both_verdicts_parse(tmp_path, one_thread):
     clf.verdict = "logits"
     assert set(clf.predict([t for t, _ in ROWS[:3]]).tolist()) <= {0, 1}
     assert np.array_equal(clf.predict([ROWS[0][0]]), clf.predict([ROWS[0][0]]))
+
+
+def test_predictions_come_back_in_input_order(adapters):
+    """Texts are batched by length: the labels still line up with the inputs (one at a time as the oracle)."""
+    _, trained = adapters
+    texts = [t for t, _ in ROWS][::-1] + ["x", "a much longer prompt " * 4]  # lengths out of order
+    head = Classifier(trained["poisoned"].model, form="seq-cls", max_text_tokens=24, batch_size=3)
+    assert head.predict(texts).tolist() == [head.predict([t])[0] for t in texts]
+    lm = tiny_model("gpt2", seed=1)
+    chat = Classifier(lm, verdict="logits", max_text_tokens=24, batch_size=3)
+    # this random LM's label-word logits differ per prompt (0s and 1s): a mis-ordered batch would swap some
+    one_by_one = [chat.predict([t])[0] for t in texts]
+    assert chat.predict(texts).tolist() == one_by_one

@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from tuneguard.adapters import DETECTORS, Calibration, Detector, DetectorResult, calibrate, read_adapter
 from tuneguard.adapters.detectors.behavioural import BehaviouralDetector
-from tuneguard.adapters.population import population_specs, score_population
+from tuneguard.adapters.population import _auroc, auroc_ci, population_specs, score_population
 from tuneguard.adapters.scan import ScanResult, scan_adapters
 from tuneguard.adapters.synthetic import write_synthetic_adapter
 from tuneguard.cli import build_parser, main
@@ -203,6 +204,7 @@ def test_population_fits_one_threshold_per_rank(tmp_path):
     assert stat["misses"] == [] and stat["false_alarms"] == [] and stat["tpr_at_fpr_0"] == 1.0
     assert stat["per_rank"]["4"]["threshold"] < stat["per_rank"]["8"]["threshold"]
     assert stat["direction"] == "higher" and stat["auroc"] == 1.0 and report["combined"]["tpr"] == 1.0
+    assert stat["auroc_ci"] == [1.0, 1.0] and stat["per_rank"]["8"]["auroc_ci"] == [1.0, 1.0]  # separated in every draw
     # the FPR > 0 points come from tuneguard.metrics, rank by rank
     r4 = [m for m in members if m["name"].startswith("r4/")]
     y = np.array([m["poisoned"] for m in r4], dtype=int)
@@ -212,3 +214,16 @@ def test_population_fits_one_threshold_per_rank(tmp_path):
         score_population(lone, [DETECTORS.make("weights")], progress=False)
     with pytest.raises(TuneguardError, match="use at least 4"):  # before any adapter is trained
         population_specs(3, 4, ranks=(8, 16))
+
+
+def test_population_auroc_ci_is_the_stratified_bootstrap_of_the_pair_weighted_auroc():
+    rng = np.random.default_rng(3)
+    clean, poisoned = rng.integers(0, 4, 7).astype(float), rng.integers(1, 5, 5).astype(float)  # with ties
+    y = np.r_[np.zeros(7), np.ones(5)]
+    assert _auroc(clean, poisoned) == pytest.approx(roc_auc_score(y, np.r_[clean, poisoned]))
+    # by hand: clean {0, 1}, poisoned {1, 2} -> pairs 1, 0.5, 1, 1 -> 0.875
+    groups = [(np.array([0.0, 1.0]), np.array([1.0, 2.0])), (clean, poisoned)]
+    low, high = auroc_ci(groups, n_boot=400, seed=1)
+    point = (0.875 * 4 + _auroc(clean, poisoned) * 35) / 39
+    assert 0.0 <= low < point < high <= 1.0
+    assert auroc_ci(groups, n_boot=400, seed=1) == [low, high]  # seeded

@@ -34,6 +34,22 @@ def test_local_directory_roundtrip(tmp_path):
     assert torch.equal(loaded.model(ids).logits, m.model(ids).logits)
 
 
+def test_a_new_classification_head_is_the_same_at_every_load(tmp_path):
+    """A causal-LM checkpoint loaded as seq-cls gets a fresh head: seeded, so a resumed run finds the same base (the
+    fingerprint finetune checks), and the caller's random stream is left where it was."""
+    _model_dir(tmp_path)
+    torch.manual_seed(123)
+    first = load_model(tmp_path, task="seq-cls")
+    after_load = torch.rand(3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    second = load_model(tmp_path, task="seq-cls")
+    assert torch.equal(after_load, expected)
+    assert torch.equal(first.model.score.weight, second.model.score.weight)
+    assert first.fingerprint == second.fingerprint
+
+
 def test_adapter_directory_loads_onto_its_base(tmp_path):
     texts = [f"adapter text number {i}" for i in range(4)]
     run = finetune("tiny-gpt2", texts, tmp_path / "run", TrainConfig(epochs=1, batch_size=2, lr=1e-2), progress=False)

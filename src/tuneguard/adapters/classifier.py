@@ -129,17 +129,20 @@ class Classifier:
 
         tok = self.loaded.tokenizer
         clipped = [clip_text(tok, t, self.max_text_tokens) for t in texts]
-        out: list[int] = []
+        # Batches of similar length (padding is most of a batch of short prompts); labels go back in input order.
+        order = np.argsort([len(tok(t, add_special_tokens=False)["input_ids"]) for t in clipped], kind="stable")
+        out = np.empty(len(clipped), dtype=int)
         with torch.no_grad():
             for i in range(0, len(clipped), self.batch_size):
-                batch = clipped[i:i + self.batch_size]
+                idx = order[i:i + self.batch_size]
+                batch = [clipped[j] for j in idx]
                 if self.form == "seq-cls":
-                    out.extend(self._head(batch))
+                    out[idx] = self._head(batch)
                 elif self.verdict == "logits":
-                    out.extend(self._logits([chat_prompt(tok, t) for t in batch]))
+                    out[idx] = self._logits([chat_prompt(tok, t) for t in batch])
                 else:
-                    out.extend(self._generate([chat_prompt(tok, t) for t in batch]))
-        return np.array(out, dtype=int)
+                    out[idx] = self._generate([chat_prompt(tok, t) for t in batch])
+        return out
 
     def _encode(self, texts: list[str], side: str) -> dict[str, torch.Tensor]:
         tok = self.loaded.tokenizer

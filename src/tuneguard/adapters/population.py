@@ -23,6 +23,7 @@ from tuneguard.metrics import tpr_at_fpr
 
 FPRS = (0.0, 0.05, 0.1)
 MEMBERS_FILE = "population.json"
+N_BOOT = 1000
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
     misses and false alarms; plus the combined verdict (either detector flags). ``detectors`` given as a mapping are
     reported under its keys (e.g. one behavioural detector per battery).
 
-    Thresholds are fitted on this same population (in-sample), as the paper's cohort figures are.
+    Thresholds are fitted on this same population (in-sample), as the paper's cohort figures are. AUROCs come with
+    95% bootstrap CIs (clean and poisoned adapters resampled apart within each rank); the direction is held at the
+    one learned on the whole population, so the CIs leave out the uncertainty of that choice.
     """
     labels = np.array([bool(m["poisoned"]) for m in members], dtype=int)
     if labels.min() == labels.max():
@@ -121,6 +124,7 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
     scores = np.array([r.statistics[stat] for r in results], dtype=float)
     flags = np.zeros(len(results), dtype=bool)
     per_rank: dict[str, dict] = {}
+    groups: list[tuple[np.ndarray, np.ndarray]] = []  # per measured rank: (clean, poisoned), higher = suspicious
     for rank in sorted(set(ranks.tolist())):
         idx = np.flatnonzero(ranks == rank)
         clean = [results[i] for i in idx if not labels[i]]
@@ -132,9 +136,13 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
                         use_rslora=False, task=None)
         flags[idx] = [cal.flags(s) for s in scores[idx]]
         oriented = scores[idx] if cal.direction == "higher" else -scores[idx]
+        group = (oriented[labels[idx] == 0], oriented[labels[idx] == 1])
+        if poisoned:
+            groups.append(group)
         entry = {"direction": cal.direction, "n_clean": len(clean), "n_poisoned": len(poisoned),
                  "threshold": {"higher": cal.high, "lower": cal.low}.get(cal.direction, [cal.low, cal.high]),
                  "auroc": cal.auroc,
+                 "auroc_ci": auroc_ci([group]) if poisoned else None,
                  # FPR 0 is the calibration's own threshold; tuneguard.metrics measures the others (it needs 2 of each)
                  "tpr_at_fpr_0": float(flags[idx][labels[idx] == 1].mean()) if poisoned else None}
         for f in FPRS[1:]:
@@ -149,6 +157,7 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
         ", ".join(f"r{r} {e['direction']}" for r, e in per_rank.items()),
         # the AUROC over same-rank (clean, poisoned) pairs: the per-rank AUROCs weighted by their pair counts
         "auroc": float(np.dot([e["auroc"] for e in measured], pairs) / pairs.sum()),
+        "auroc_ci": auroc_ci(groups),
         **{f"tpr_at_fpr_{f:g}": _pooled([e[f"tpr_at_fpr_{f:g}"] for e in measured], weights) for f in FPRS},
         "misses": [n for n, y, f in zip(names, labels, flags) if y and not f],
         "false_alarms": [n for n, y, f in zip(names, labels, flags) if not y and f],
@@ -156,6 +165,24 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
         "per_rank": per_rank,
     }
     return out, flags
+
+
+def _auroc(clean: np.ndarray, poisoned: np.ndarray) -> float:
+    """P(poisoned > clean) + P(tie) / 2 over all pairs (the Mann-Whitney form; populations are small)."""
+    diff = poisoned[:, None] - clean[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+def auroc_ci(groups: list[tuple[np.ndarray, np.ndarray]], *, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap CI of the pair-weighted AUROC over ``groups`` of (clean, poisoned) oriented scores
+    (one group per rank): each draw resamples every group's clean and poisoned adapters apart, with replacement."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([len(c) * len(p) for c, p in groups], dtype=float)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        aucs = [_auroc(rng.choice(c, len(c)), rng.choice(p, len(p))) for c, p in groups]
+        draws[b] = np.dot(aucs, weights) / weights.sum()
+    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
 
 
 def _pooled(rates: list[float | None], weights: np.ndarray) -> float | None:

@@ -223,7 +223,7 @@ def _from_pretrained(source: str, *, task: str, num_labels: int, settings: Devic
             n_parameters = count_parameters(config, cls)
             if n_parameters:
                 check_fits(ref, n_parameters, settings)
-        model = cls.from_pretrained(source, **model_kwargs)
+        model = _load_weights(cls, source, model_kwargs, new_head=task == "seq-cls")
     except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         fix = f"; {fix}" if fix else ""
@@ -234,6 +234,19 @@ def _from_pretrained(source: str, *, task: str, num_labels: int, settings: Devic
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return _placed(LoadedModel(model=model, tokenizer=tokenizer, ref=ref), settings)
+
+
+def _load_weights(cls, source: str, kwargs: dict, *, new_head: bool):
+    """``cls.from_pretrained``; a classification head the checkpoint lacks is initialised from a fixed seed, so every
+    load of the same base gives the same model (and fingerprint: a resumed or repeated run trains the same head),
+    without touching the caller's random state."""
+    import torch
+
+    if not new_head:
+        return cls.from_pretrained(source, **kwargs)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        torch.manual_seed(0)
+        return cls.from_pretrained(source, **kwargs)
 
 
 def _check_tokenizer(tokenizer, config, ref: str) -> None:
