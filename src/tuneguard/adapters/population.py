@@ -168,7 +168,9 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
 
 
 def _auroc(clean: np.ndarray, poisoned: np.ndarray) -> float:
-    """P(poisoned > clean) + P(tie) / 2 over all pairs (the Mann-Whitney form; populations are small)."""
+    """P(poisoned > clean) + P(tie) / 2 over all pairs: the AUROC calibrate() takes from sklearn, in the Mann-Whitney
+    form because the bootstrap calls it thousands of times (with sklearn here the
+    tiny study test took 76 s instead of 16-20 s)."""
     diff = poisoned[:, None] - clean[None, :]
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
