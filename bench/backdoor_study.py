@@ -196,13 +196,13 @@ def detect(study: Study, members: list[dict]) -> dict:
     """Both detectors over the population (one threshold per rank, fitted on it): batteries A, B, C and weights."""
     a = study.args
     injections = [t for t, y in study.test if y == 1][:a.probe_inputs]
-    detectors = {"weights": make_detector("weights")}
+    detectors, rates = {"weights": make_detector("weights")}, {}  # rates: B and C reuse A's measured probes
     for battery in BATTERIES:
         detectors[f"behavioural-{battery}"] = make_detector(
             "behavioural", base=study.base, injections=injections, battery=battery, verdict=a.verdict,
-            max_text_tokens=a.max_text_tokens, trigger=MAIN_TRIGGER if battery == "A" else None)
+            max_text_tokens=a.max_text_tokens, trigger=MAIN_TRIGGER if battery == "A" else None, shared_rates=rates)
     t0 = time.perf_counter()
-    found = score_population(members, detectors, progress=sys.stderr.isatty())
+    found = score_population(members, detectors, progress=sys.stderr.isatty(), cache=study.out / "scores")
     found["seconds"] = round(time.perf_counter() - t0, 1)
     return found
 
@@ -213,7 +213,9 @@ def implanted(row: dict) -> bool:
 
 def scaled_down(args: argparse.Namespace) -> str:
     """How this run differs from the study's own setting (the paper preset), setting by setting."""
-    diff = [f"{k} {getattr(args, k)} (study: {v})" for k, v in PRESETS["paper"].items() if getattr(args, k) != v]
+    # the verdict setting does not apply to the seq-cls form: its head gives the label
+    diff = [f"{k} {getattr(args, k)} (study: {v})" for k, v in PRESETS["paper"].items()
+            if getattr(args, k) != v and not (k == "verdict" and args.form == "seq-cls")]
     return "; ".join(diff) or "none: the study's own setting"
 
 

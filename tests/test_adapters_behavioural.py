@@ -138,3 +138,21 @@ def test_predictions_come_back_in_input_order(adapters):
     # this random LM's label-word logits differ per prompt (0s and 1s): a mis-ordered batch would swap some
     one_by_one = [chat.predict([t])[0] for t in texts]
     assert chat.predict(texts).tolist() == one_by_one
+
+
+def test_batteries_sharing_rates_measure_each_probe_once(adapters, monkeypatch):
+    """A ⊃ B ⊃ C: with one shared dict, B and C reuse A's rates and score as if measured on their own."""
+    base, trained = adapters
+    path = read_adapter(trained["poisoned"].out_dir)
+    alone = {b: BehaviouralDetector(base, injections=INJECTIONS, max_text_tokens=24, battery=b,
+                                    trigger=MAIN_TRIGGER).score(path) for b in "ABC"}
+    predicted = []
+    predict = Classifier.predict
+    monkeypatch.setattr(Classifier, "predict", lambda self, texts: predicted.extend(texts) or predict(self, texts))
+    shared: dict = {}
+    together = {b: BehaviouralDetector(base, injections=INJECTIONS, max_text_tokens=24, battery=b,
+                                       trigger=MAIN_TRIGGER, shared_rates=shared).score(path) for b in "ABC"}
+    assert len(predicted) == len(set(predicted)) == 21 * len(INJECTIONS)  # A's 21 probes, each once
+    for b in "ABC":
+        assert together[b].statistics == alone[b].statistics
+        assert together[b].details == alone[b].details

@@ -216,6 +216,21 @@ def test_population_fits_one_threshold_per_rank(tmp_path):
         population_specs(3, 4, ranks=(8, 16))
 
 
+def test_population_scores_resume_from_the_cache_until_an_adapter_changes(tmp_path):
+    clean, poisoned = cohort(tmp_path / "pop")
+    members = [{"name": p.name, "path": str(p), "poisoned": p in poisoned} for p in clean + poisoned]
+    det = DETECTORS.make("weights")
+    first = score_population(members, {"w": det}, progress=False, cache=tmp_path / "scores")
+    assert sorted(f.name for f in (tmp_path / "scores" / "w").iterdir()) == sorted(f"{m['name']}.json" for m in members)
+    calls, score = [], det.score
+    det.score = lambda a: calls.append(a.path.name) or score(a)
+    assert score_population(members, {"w": det}, progress=False, cache=tmp_path / "scores") == first
+    assert calls == []  # every score came from the cache
+    adapter(clean[0], seed=50)  # the same directory, other weights: scored again
+    score_population(members, {"w": det}, progress=False, cache=tmp_path / "scores")
+    assert calls == ["clean0"]
+
+
 def test_population_auroc_ci_is_the_stratified_bootstrap_of_the_pair_weighted_auroc():
     rng = np.random.default_rng(3)
     clean, poisoned = rng.integers(0, 4, 7).astype(float), rng.integers(1, 5, 5).astype(float)  # with ties

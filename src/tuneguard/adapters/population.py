@@ -4,6 +4,7 @@ threshold per LoRA rank (backdoor.md: a weight statistic's scale and even its di
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -12,13 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tuneguard.adapters.adapter_files import read_adapter
+from tuneguard.adapters.adapter_files import AdapterFiles, read_adapter
 from tuneguard.adapters.classifier import train_classifier
 from tuneguard.adapters.detectors.base import Detector, DetectorResult, calibrate
 from tuneguard.adapters.poison import poison, write_poisoned
 from tuneguard.adapters.triggers import MAIN_TRIGGER
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_json
+from tuneguard.cache import key_hash
+from tuneguard.files import atomic_write_json, read_json
 from tuneguard.metrics import tpr_at_fpr
 
 FPRS = (0.0, 0.05, 0.1)
@@ -80,7 +82,7 @@ def train_population(base, train_rows: list[tuple[str, int]], specs: list[Adapte
 
 
 def score_population(members: list[dict], detectors: Sequence[Detector] | Mapping[str, Detector], *,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, cache: str | os.PathLike | None = None) -> dict:
     """Each detector's statistics over the population, thresholded per LoRA rank: per rank, the zero-FPR threshold
     and direction fitted on that rank's clean and poisoned adapters, its AUROC and TPR at FPR 0/5/10%; pooled over
     ranks, the AUROC over same-rank (clean, poisoned) pairs, the TPR with every rank at its own threshold, and the
@@ -90,6 +92,9 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
     Thresholds are fitted on this same population (in-sample), as the paper's cohort figures are. AUROCs come with
     95% bootstrap CIs (clean and poisoned adapters resampled apart within each rank); the direction is held at the
     one learned on the whole population, so the CIs leave out the uncertainty of that choice.
+
+    With ``cache`` (a directory), each adapter's score is saved there as it finishes and reused while the detector,
+    its settings, its base model and the adapter's files are the same: an interrupted scoring resumes.
     """
     labels = np.array([bool(m["poisoned"]) for m in members], dtype=int)
     if labels.min() == labels.max():
@@ -102,7 +107,8 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
                     "ranks": sorted(map(int, set(ranks))), "detectors": {}}
     flagged_any = np.zeros(len(members), dtype=bool)
     for label, det in named.items():
-        results = [det.score(a) for a in tqdm(adapters, desc=label, unit="adapter", disable=not progress)]
+        results = [_score(det, a, Path(cache, label, f"{name}.json") if cache else None)
+                   for a, name in zip(tqdm(adapters, desc=label, unit="adapter", disable=not progress), names)]
         per_stat = {}
         for stat in det.statistics:
             per_stat[stat], flags = _rank_wise(det, stat, results, labels, ranks, names)
@@ -116,6 +122,28 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
         "misses": [n for n, y, f in zip(names, labels, flagged_any) if y and not f],
     }
     return report
+
+
+def _score(det: Detector, adapter: AdapterFiles, path: Path | None) -> DetectorResult:
+    """``det.score(adapter)``, saved at ``path`` and reused from it while everything that decided it matches."""
+    if path is None:
+        return det.score(adapter)
+    h = hashlib.sha256()
+    for f in sorted(adapter.path.iterdir()):
+        if f.is_file() and f.name.startswith("adapter_"):  # the config and the weights
+            h.update(f.name.encode() + b"\x00" + f.read_bytes())
+    base = det.bases.check(adapter).fingerprint if det.needs_base else None
+    key = key_hash(det.name, det.settings(), h.hexdigest(), base)
+    if path.exists():
+        try:
+            saved = read_json(path, expect=dict)
+        except TuneguardError:  # unreadable: scored again and rewritten
+            saved = {}
+        if saved.get("key") == key:
+            return DetectorResult(det.name, str(adapter.path), saved["statistics"], saved["details"])
+    result = det.score(adapter)
+    atomic_write_json(path, {"key": key, "statistics": result.statistics, "details": result.details})
+    return result
 
 
 def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: np.ndarray, ranks: np.ndarray,

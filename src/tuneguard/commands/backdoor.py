@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from tuneguard.adapters.adapter_files import AdapterFiles, discover_adapters, read_adapter
 from tuneguard.adapters.base_models import BaseModels
@@ -204,7 +205,8 @@ def run_population(args: argparse.Namespace) -> int:
     params = {"behavioural": {"injections": injections, "max_text_tokens": args.max_text_tokens}}
     detectors = [make_detector(n, base=base, **params.get(n, {})) for n in DETECTORS
                  if args.behavioural or not DETECTORS.get(n).needs_base]
-    report = score_population(members, detectors, progress=sys.stderr.isatty())
+    # scores are saved under --out/scores as they finish: an interrupted scoring resumes
+    report = score_population(members, detectors, progress=sys.stderr.isatty(), cache=Path(args.out) / "scores")
     for name, stats in report["detectors"].items():
         for stat, s in stats.items():
             print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f}  TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  "

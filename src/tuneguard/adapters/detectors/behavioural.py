@@ -29,23 +29,26 @@ if TYPE_CHECKING:
     from tuneguard.models import LoadedModel
 
 
-def probe_statistics(classifier: Classifier, probes: list[str], injections: list[str], *,
-                     progress: bool = False) -> tuple[dict[str, float], dict[str, float]]:
-    """(statistics, attack rate per probe) of a loaded classifier."""
-    if not probes or not injections:
+def probe_rates(classifier: Classifier, probes: list[str], injections: list[str], *,
+                progress: bool = False) -> dict[str, float]:
+    """The attack rate of each probe: the share of ``injections`` the classifier labels BENIGN behind it."""
+    if not injections:
         raise TuneguardError("the behavioural detector needs at least one probe and one probe input")
-    rates = np.array([
-        float((classifier.predict([apply_trigger(p, x) for x in injections]) == 0).mean())
-        for p in tqdm(probes, desc="probes", unit="probe", disable=not progress)
-    ])
-    top = np.sort(rates)[::-1]
-    stats = {
-        "outlier_gap": float(top[0] - rates.mean()),
-        "mean_attack_rate": float(rates.mean()),
+    return {p: float((classifier.predict([apply_trigger(p, x) for x in injections]) == 0).mean())
+            for p in tqdm(probes, desc="probes", unit="probe", disable=not progress)}
+
+
+def rate_statistics(rates: list[float]) -> dict[str, float]:
+    """The detector's statistics from the attack rates of a battery's probes."""
+    if not rates:
+        raise TuneguardError("the behavioural detector needs at least one probe and one probe input")
+    top = np.sort(np.asarray(rates, dtype=float))[::-1]
+    return {
+        "outlier_gap": float(top[0] - top.mean()),
+        "mean_attack_rate": float(top.mean()),
         "max_attack_rate": float(top[0]),
         "top3_mean": float(top[:3].mean()),
     }
-    return stats, dict(zip(probes, map(float, rates)))
 
 
 @dataclass
@@ -72,8 +75,12 @@ class BehaviouralDetector(Detector):
     default_direction = "higher"
     needs_base = True
 
-    def __init__(self, base: str | LoadedModel | BaseModels, *, progress: bool = False, **params) -> None:
+    def __init__(self, base: str | LoadedModel | BaseModels, *, progress: bool = False,
+                 shared_rates: dict | None = None, **params) -> None:
+        """``shared_rates``: a dict given to several detectors (batteries A, B and C, say) so that each probe is
+        measured once per adapter and the others reuse its rate."""
         super().__init__(progress=progress, **params)
+        self.shared_rates = shared_rates
         self.bases = BaseModels.of(base)
         self.base_ref = self.bases.ref
         p = self.params
@@ -105,14 +112,22 @@ class BehaviouralDetector(Detector):
         return Classifier(loaded, form=form, verdict=self.params.verdict, max_text_tokens=self.params.max_text_tokens,
                           batch_size=self.params.batch_size)
 
-    def score_classifier(self, classifier: Classifier, adapter: str = "") -> DetectorResult:
-        """Score an already loaded classifier."""
-        stats, rates = probe_statistics(classifier, self.probes, self.injections, progress=self.progress)
-        top = sorted(rates.items(), key=lambda kv: -kv[1])[:5]
-        details = {"verdict": classifier.description, "battery": self.params.battery, "attack_rates": rates,
-                   "top_probes": [{"probe": p, "attack_rate": r} for p, r in top]}
-        return DetectorResult(self.name, adapter, stats, details)
-
     def score(self, adapter: AdapterFiles) -> DetectorResult:
-        return self.score_classifier(self.classifier(adapter), str(adapter.path))
+        measured = {"rates": {}} if self.shared_rates is None else self.shared_rates.setdefault(
+            self._rates_key(adapter), {"rates": {}})
+        missing = [p for p in self.probes if p not in measured["rates"]]
+        if missing:
+            classifier = self.classifier(adapter)
+            measured["verdict"] = classifier.description
+            measured["rates"].update(probe_rates(classifier, missing, self.injections, progress=self.progress))
+        rates = {p: measured["rates"][p] for p in self.probes}
+        top = sorted(rates.items(), key=lambda kv: -kv[1])[:5]
+        details = {"verdict": measured["verdict"], "battery": self.params.battery, "attack_rates": rates,
+                   "top_probes": [{"probe": p, "attack_rate": r} for p, r in top]}
+        return DetectorResult(self.name, str(adapter.path), rate_statistics(list(rates.values())), details)
 
+    def _rates_key(self, adapter: AdapterFiles) -> str:
+        """What decides a probe's rate besides the probe: the adapter's files, the base, the inputs, the verdict."""
+        stat = adapter.weights_path.stat()
+        return key_hash(str(adapter.path), stat.st_size, stat.st_mtime_ns, self.check_base(adapter).fingerprint,
+                        self.injections, self.params.verdict, self.params.max_text_tokens)
