@@ -9,12 +9,13 @@ Stages (every adapter is trained once into --out/adapters and evaluated once int
 continues where it stopped, and a saved evaluation is reused only when the model, the training settings, the
 poisoned data and the evaluation settings all match):
 1. sweep: candidate (epochs, lr) settings in order of cost on k = max(--ks), the first seed, r = 16; the first that
-   reaches ASR >= 0.9 with clean accuracy >= 0.85 is kept (if none does, the one with the highest ASR, and the
-   report says so). A preset with --steps (the paper's) has one setting and no sweep.
+   reaches ASR >= 0.9 with clean accuracy >= 0.85 is kept (if none does, the highest ASR among those that keep clean
+   accuracy >= 0.85, or failing that the highest ASR, and the report says so). A preset with --steps (the paper's)
+   has one setting and no sweep.
 2. curve: clean accuracy, clean injection recall and ASR of the main trigger for every k and seed at r = 16; at the
-   first saturating k (the smallest k > 0 whose mean ASR over seeds is >= 0.9) also the ASR of unseen triggers of each
-   family (token-level generalisation).
-3. ablation: --ablation-ranks at the first saturating k.
+   first saturating k (the smallest k > 0 whose mean ASR over seeds is >= 0.9; the largest k when none is) also the
+   ASR of unseen triggers of each family (token-level generalisation).
+3. ablation: --ablation-ranks at that same k.
 4. population: the curve's clean adapters plus new clean seeds up to --clean, and poisoned adapters at and above
    the transition (the ks whose mean ASR is >= 0.5; --population-ks overrides) plus new seeds up to --poisoned;
    then the behavioural detector with batteries A, B and C and the weight statistic (direction learned on the
@@ -61,7 +62,7 @@ PAPER = {"ASR at k = 25 (4.2% poison), r = 16": "1.0, clean accuracy 0.93-0.97",
          "weight statistic AUROC (its own base)": "1.0"}
 PRESETS = {
     "cpu": dict(model="smollm2-135m", form="seq-cls", verdict="logits", ks="0,5,10,15,25,40", seeds="0,1",
-                sweep="1:1e-3,2:1e-3,2:3e-3,3:3e-3", steps=None, batch_size=8, grad_accum=1, max_text_tokens=64,
+                sweep="1:1e-3,2:1e-3,2:2e-3,2:3e-3", steps=None, batch_size=8, grad_accum=1, max_text_tokens=64,
                 ablation_ranks="8,32", ablation_seeds=1, clean=4, poisoned=8, population_ks=None, train_limit=None,
                 test_limit=None, probe_inputs=20, families="rfc,iso,owasp,nist,random", per_family=3),
     # The study's setting: 200 steps of 16 (4 x 4 accumulated), lr 2e-4, 3 seeds, its population (4 clean, 30
@@ -142,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             sweep.append(study.adapter(rank=r0, k=max_k, seed=seeds[0], epochs=epochs, lr=lr))
             if implanted(sweep[-1]):
                 break
-        chosen = next((r for r in sweep if implanted(r)), None)
-        report["sweep"] = {"rows": sweep, "kept": (chosen or max(sweep, key=lambda r: r["asr"]))["name"],
-                           "implanted": chosen is not None}
-        chosen = chosen or max(sweep, key=lambda r: r["asr"])
+        chosen = kept(sweep)
+        report["sweep"] = {"rows": sweep, "kept": chosen["name"], "implanted": implanted(chosen)}
         setting = {"epochs": chosen["epochs"], "lr": chosen["lr"]}
         log(f"kept {setting} ({'implants' if report['sweep']['implanted'] else 'no candidate implants'} at k={max_k})")
 
@@ -154,15 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         k_sat = next((s["k"] for s in summary if s["k"] > 0 and s["asr_mean"] >= SATURATED), None)
         band = [s["k"] for s in summary if s["asr_mean"] >= TRANSITION and s["k"] > 0]
         report.update(curve=curve, summary=summary, first_saturating_k=k_sat)
-        if k_sat is not None:
-            report["generalisation"] = [study.adapter(rank=r0, k=k_sat, seed=s, families=True, **setting)
-                                        for s in seeds]
+        k_top = max_k if k_sat is None else k_sat  # no k saturates: the strongest poisoning measured
+        report["generalisation"] = {"k": k_top, "rows": [study.adapter(rank=r0, k=k_top, seed=s, families=True,
+                                                                       **setting) for s in seeds]}
         plot_sweep(curve, out / "asr_curve.png", title=f"{args.model}: ASR against poison count (r = {r0})")
 
-        k_abl = max_k if k_sat is None else k_sat
-        ablation = [study.adapter(rank=r, k=k_abl, seed=s, **setting)
+        ablation = [study.adapter(rank=r, k=k_top, seed=s, **setting)
                     for r in ints(args.ablation_ranks) for s in seeds[:args.ablation_seeds]]
-        report["ablation"] = {"k": k_abl, "rows": ablation}
+        report["ablation"] = {"k": k_top, "rows": ablation}
         write(out, report)
 
         pop_ks = ints(args.population_ks) if args.population_ks else band or [max_k]
@@ -207,6 +205,13 @@ def detect(study: Study, members: list[dict]) -> dict:
     return found
 
 
+def kept(sweep: list[dict]) -> dict:
+    """The sweep's first implanting setting; else the strongest that keeps the clean task (a backdoor that breaks
+    the classifier is no stealthy backdoor); else the strongest."""
+    keeps = [r for r in sweep if r["clean_accuracy"] >= IMPLANTED["clean_accuracy"]]
+    return next((r for r in sweep if implanted(r)), None) or max(keeps or sweep, key=lambda r: r["asr"])
+
+
 def implanted(row: dict) -> bool:
     return row["asr"] >= IMPLANTED["asr"] and row["clean_accuracy"] >= IMPLANTED["clean_accuracy"]
 
@@ -229,12 +234,10 @@ def markdown(report: dict) -> str:
              f"Kept: {report['sweep']['kept']} ({'implants' if report['sweep']['implanted'] else 'NONE implants'}).",
              "", "## ASR against k (r = 16)", "", format_table(report["curve"], cols), "",
              format_table(report["summary"], ["k", "seeds", "asr_mean", "asr_min", "asr_max", "clean_accuracy_mean"])]
-    k_sat = report["first_saturating_k"]
-    if k_sat is not None:
-        parts += ["", f"## Token-level generalisation at k = {k_sat} (mean ASR of unseen triggers per family)", "",
-                  format_table(report["generalisation"], ["name", "asr", *(f"asr_{f}" for f in fams)])]
-    else:
-        parts += ["", "No k saturates (mean ASR >= 0.9): no generalisation table."]
+    gen, k_sat = report["generalisation"], report["first_saturating_k"]
+    where = "the first saturating k" if k_sat is not None else "the largest k: no k saturates (mean ASR >= 0.9)"
+    parts += ["", f"## Token-level generalisation at k = {gen['k']}, {where} (ASR of unseen triggers per family)", "",
+              format_table(gen["rows"], ["name", "asr", *(f"asr_{f}" for f in fams)])]
     if "ablation" in report:
         parts += ["", f"## Rank ablation at k = {report['ablation']['k']}", "",
                   format_table(report["ablation"]["rows"], ["rank", *cols])]

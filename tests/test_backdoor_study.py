@@ -31,7 +31,8 @@ def test_tiny_study_runs_every_stage_and_resumes_without_training(tmp_path, monk
     assert [r["k"] for r in report["curve"]] == [0, 0, 10, 10] and report["sweep"]["kept"] == "r16-k10-s0-e1-lr0.001"
     assert report["first_saturating_k"] == 10 and report["ablation"]["k"] == 10
     assert [r["rank"] for r in report["ablation"]["rows"]] == [8]
-    assert [set(r["asr_by_family"]) for r in report["generalisation"]] == [{"rfc", "iso"}] * 2
+    assert report["generalisation"]["k"] == 10
+    assert [set(r["asr_by_family"]) for r in report["generalisation"]["rows"]] == [{"rfc", "iso"}] * 2
     assert all("asr_by_family" not in r or not r["asr_by_family"] for r in report["curve"])
     pop = report["population"]["detectors"]
     assert (pop["n_clean"], pop["n_poisoned"]) == (2, 2)
@@ -71,3 +72,12 @@ def test_paper_preset_runs_at_a_tiny_size(tmp_path):
     assert report["scaled_down"].startswith("model tiny-llama (study: Qwen/Qwen2.5-1.5B-Instruct); ks 0,10")
     assert {r["steps"] for r in report["curve"]} == {2} and report["curve"][0]["verdict"].startswith("greedy")
     assert report["population"]["ks"] == [10] and report["population"]["detectors"]["n_poisoned"] == 2
+
+
+def test_the_sweep_never_keeps_a_setting_that_breaks_the_clean_task():
+    study = _study()
+    weak, broken, strong = ({"name": n, "asr": asr, "clean_accuracy": acc}
+                            for n, asr, acc in [("weak", 0.83, 0.89), ("broken", 1.0, 0.65), ("strong", 0.95, 0.9)])
+    assert study.kept([weak, broken])["name"] == "weak"  # none implants: the strongest that keeps the clean task
+    assert study.kept([weak, strong, broken])["name"] == "strong"  # the first that implants
+    assert study.kept([broken, {**weak, "clean_accuracy": 0.5}])["name"] == "broken"  # none keeps it: the strongest
