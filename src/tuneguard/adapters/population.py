@@ -18,8 +18,8 @@ from tuneguard.adapters.classifier import train_classifier
 from tuneguard.adapters.detectors.base import Detector, DetectorResult, calibrate
 from tuneguard.adapters.poison import poison, write_poisoned
 from tuneguard.adapters.triggers import MAIN_TRIGGER
-from tuneguard.errors import TuneguardError
 from tuneguard.cache import key_hash
+from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, read_json
 from tuneguard.metrics import tpr_at_fpr
 
