@@ -85,6 +85,8 @@ def test_one_token_texts_are_left_out_of_training_with_a_warning(tmp_path, caplo
     (["audit-dp", "--epsilon", "1,-4"], "argument --epsilon: must be > 0, got -4"),
     (["backdoor", "population", "--ranks", "16,0"], "argument --ranks: must be >= 1, got 0"),
     (["defend", "soft", "--max-tries", "0"], "argument --max-tries: must be >= 1, got 0"),
+    (["defend", "goldfish", "--k", "1"], "argument --k: must be >= 2, got 1"),
+    (["defend", "dp", "--epsilon", "0"], "argument --epsilon: must be > 0, got 0"),
 ])
 def test_an_option_out_of_range_is_refused_while_parsing(capsys, tmp_path, argv, message):
     # The data files do not exist: had the arguments been accepted, the error would be that one, not the range.
@@ -137,7 +139,8 @@ def test_an_attack_parameter_is_checked_before_any_model_loads_or_training(tmp_p
 DIRECTORY_OUTPUTS = [
     ["finetune", "--model", "m", "--data", "d"], ["attack", "--target", "m", "--members", "d", "--nonmembers", "d"],
     ["audit", "--model", "m", "--data", "d"], ["audit-dp", "--scores", "s"], ["demo"],
-    ["defend", "soft", "--model", "m", "--data", "d"], ["backdoor", "poison", "--data", "d", "--k", "1"],
+    ["defend", "soft", "--model", "m", "--data", "d"], ["defend", "goldfish", "--model", "m", "--data", "d"],
+    ["defend", "dp", "--model", "m", "--data", "d"], ["backdoor", "poison", "--data", "d", "--k", "1"],
     ["backdoor", "train", "--base", "m", "--data", "d"], ["backdoor", "population", "--base", "m", "--data", "d"],
 ]
 FILE_OUTPUTS = [["backdoor", "calibrate", "a", "--out"], ["scan", "a", "--json"], ["backdoor", "evaluate", "a",

@@ -1,4 +1,6 @@
-"""`tuneguard defend soft`: fine-tune with SOFT (paraphrase the samples the model memorises first)."""
+"""`tuneguard defend`: fine-tune with a defence against membership inference: SOFT (paraphrase the samples the model
+memorises first), Goldfish (leave a hashed 1/k of the tokens out of the loss), DP-SGD (LoRA with per-sample clipping
+and noise at a target epsilon)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,8 @@ import argparse
 import json
 import textwrap
 
-from tuneguard.commands import declared, output
-from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
-from tuneguard.models.device import add_device_args
+from tuneguard.commands import declared
+from tuneguard.commands.finetune import add_finetune_args, print_run, read_texts, train_config
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig
 
 
@@ -21,7 +22,7 @@ def _paraphraser_help() -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     from tuneguard.defenses.soft import DEFAULT_FALLBACK, ON_FAILURE, STARTS, SoftConfig
 
-    p = sub.add_parser("defend", help="fine-tune with a privacy defence (SOFT)",
+    p = sub.add_parser("defend", help="fine-tune with a privacy defence (SOFT, Goldfish, DP-SGD)",
                        description="Fine-tune with a defence against membership inference.")
     defences = p.add_subparsers(dest="defence", metavar="DEFENCE", required=True)
     s = defences.add_parser(
@@ -34,8 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_paraphraser_help() + "\n\nexample: tuneguard defend soft --model smollm2-135m --data notes.jsonl "
                                      "--ratio 0.5 --paraphraser local --out runs/soft")
-    s.add_argument("--model", required=True, help="embedded name (tuneguard models), model dir, .gguf or hub id")
-    add_data_args(s)
     d = SoftConfig()
     g = s.add_argument_group("selection")
     g.add_argument("--ratio", type=declared(SoftConfig, "ratio"), default=d.ratio,
@@ -73,10 +72,58 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"--on-failure fallback: the second paraphraser (default {DEFAULT_FALLBACK})")
     q.add_argument("--fallback-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the fallback paraphraser; repeatable")
-    add_train_args(s)
-    add_device_args(s, train=True)
-    s.add_argument("--out", required=True, type=output(), help="run directory")
+    add_finetune_args(s)
     s.set_defaults(func=run)
+    _register_goldfish(defences)
+    _register_dp(defences)
+
+
+def _register_goldfish(defences: argparse._SubParsersAction) -> None:
+    from tuneguard.train.goldfish import GoldfishConfig
+
+    d = GoldfishConfig()
+    p = defences.add_parser(
+        "goldfish", help="Goldfish loss: leave a hashed 1 token in k out of the loss",
+        description=textwrap.fill(
+            "Goldfish loss (Hans et al., NeurIPS 2024): fine-tune as 'tuneguard finetune' does, but leave one token "
+            "in --k out of the loss, chosen by a hash of the --h tokens before it, so a passage repeated anywhere in "
+            "the data always drops the same tokens and is never learnt verbatim in full. Saves the model with a run "
+            "record (run.json, method '<method>+goldfish'); an interrupted run resumes.", 100),
+        epilog="example: tuneguard defend goldfish --model smollm2-135m --data notes.jsonl --method full --lr 1e-4 "
+               "--out runs/goldfish")
+    g = p.add_argument_group("goldfish")
+    g.add_argument("--k", type=declared(GoldfishConfig, "k"), default=d.k, help="drop one token in K; "
+                   "default: %(default)s (the paper's)")
+    g.add_argument("--h", type=declared(GoldfishConfig, "h"), default=d.h,
+                   help="tokens hashed to decide each drop; default: %(default)s (the paper's)")
+    add_finetune_args(p)
+    p.set_defaults(func=run_goldfish)
+
+
+def _register_dp(defences: argparse._SubParsersAction) -> None:
+    from tuneguard.defenses.dp_sgd import DPConfig
+
+    d = DPConfig()
+    p = defences.add_parser(
+        "dp", help="DP-SGD: LoRA with per-sample clipping and Gaussian noise at a target epsilon",
+        description=textwrap.fill(
+            "DP-SGD (Opacus, RDP accountant): fine-tune LoRA parameters with Poisson-sampled batches of expected "
+            "size --batch-size x --grad-accum, each text's gradient clipped to --max-grad-norm and noise calibrated "
+            "so the whole run spends --epsilon at --delta. The run record (run.json) holds the epsilon spent, the "
+            "noise multiplier and the noise on each step's mean gradient. DP steps need a larger learning rate and "
+            "batch than non-private ones (about 10x the lr; see 'tuneguard run' regime dp); check the result with "
+            "'tuneguard audit-dp'.", 100),
+        epilog="example: tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8 --lr 1e-2 "
+               "--grad-accum 4 --out runs/dp")
+    g = p.add_argument_group("differential privacy")
+    g.add_argument("--epsilon", type=declared(DPConfig, "target_epsilon"), default=d.target_epsilon,
+                   help="target epsilon of the whole run (inf: clipping only); default: %(default)s")
+    g.add_argument("--delta", type=declared(DPConfig, "delta"),
+                   help="target delta; default: 1/(10·n), n = training texts")
+    g.add_argument("--max-grad-norm", type=declared(DPConfig, "max_grad_norm"), default=d.max_grad_norm,
+                   help="per-sample gradient clipping bound; default: %(default)s")
+    add_finetune_args(p)
+    p.set_defaults(func=run_dp)
 
 
 def _params(pairs: list[str], flag: str) -> dict:
@@ -118,4 +165,32 @@ def run(args: argparse.Namespace) -> int:
     result = run_soft(args.model, texts.texts, args.out, train=train, config=config)
     print(summary_line(result.summary))
     print(json.dumps(result.summary, indent=2))
+    return 0
+
+
+def run_goldfish(args: argparse.Namespace) -> int:
+    from tuneguard.train import finetune
+    from tuneguard.train.goldfish import GoldfishConfig
+
+    goldfish = GoldfishConfig.create("defend goldfish", {"k": args.k, "h": args.h})
+    train = train_config(args)
+    texts = read_texts(args.data, args.column, args.limit)
+    print(texts.summary())
+    print_run(finetune(args.model, texts.texts, args.out, train, goldfish=goldfish))
+    return 0
+
+
+def run_dp(args: argparse.Namespace) -> int:
+    from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
+    from tuneguard.errors import TuneguardError
+
+    dp = DPConfig.create("defend dp", {"target_epsilon": args.epsilon, "delta": args.delta,
+                                       "max_grad_norm": args.max_grad_norm})
+    train = train_config(args)
+    if train.method != "lora":  # before any data or model is read
+        raise TuneguardError(f"defend dp trains LoRA only (Opacus has no per-sample gradients for {train.method} "
+                             "layers): drop --method or pass --method lora")
+    texts = read_texts(args.data, args.column, args.limit)
+    print(texts.summary())
+    print_run(dp_finetune(args.model, texts.texts, args.out, train, dp))
     return 0

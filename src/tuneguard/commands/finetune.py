@@ -72,27 +72,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--out with a run record (run.json). Interrupted runs resume from the last finished epoch. "
                     "For several processes or GPUs: accelerate launch -m tuneguard.cli finetune ...",
         epilog="example: tuneguard finetune --model smollm2-135m --data notes.jsonl --method lora --out runs/lora")
+    add_finetune_args(p)
+    p.set_defaults(func=run)
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    """What every command that fine-tunes on one text file takes: model, data, fine-tuning, device and --out."""
     p.add_argument("--model", required=True, help="embedded name (tuneguard models), model dir, .gguf or hub id")
     add_data_args(p)
     add_train_args(p)
     add_device_args(p, train=True)
     p.add_argument("--out", required=True, type=output(), help="output directory")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from tuneguard.train import finetune
 
     report = read_texts(args.data, args.column, args.limit)
     print(report.summary())
-    result = finetune(args.model, report.texts, args.out, train_config(args))
-    if not PartialState().is_main_process:  # under `accelerate launch` one process reports
-        return 0
-    r = result.record
-    print(json.dumps({"method": r.method, "epochs_done": r.epochs_done, "epoch_loss": r.epoch_loss,
-                      "train_seconds": r.train_seconds, "tokens_per_second": r.tokens_per_second,
-                      "padding_fraction": r.padding_fraction}))
-    print(f"saved: {result.out_dir} (run record: {result.out_dir / 'run.json'})")
+    print_run(finetune(args.model, report.texts, args.out, train_config(args)))
     return 0
+
+
+def print_run(result) -> None:
+    """A finished training run's figures as JSON and where it was saved (one process reports under `accelerate
+    launch`)."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    r = result.record
+    print(json.dumps({"method": r.method, "epochs_done": r.epochs_done, "steps": r.steps, "epoch_loss": r.epoch_loss,
+                      "train_seconds": r.train_seconds, "tokens_per_second": r.tokens_per_second,
+                      "padding_fraction": r.padding_fraction, **({"dp": r.dp} if r.dp else {})}))
+    print(f"saved: {result.out_dir} (run record: {result.out_dir / 'run.json'})")

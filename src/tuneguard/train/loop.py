@@ -149,7 +149,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     trained.eval()
     record = RunRecord(
         base_ref=base.ref, base_fingerprint=base_fingerprint,
-        method=config.method if goldfish is None else f"{config.method}+goldfish", config=config.to_dict(),
+        method=config.method if goldfish is None else f"{config.method}+goldfish", config=key.to_dict(),
         config_digest=key.digest(), data_digest=data_digest, n_examples=len(examples), processes=world,
         epochs_done=state["epoch"], steps=state["step"], loss_curve=state["loss_curve"], lr_curve=state["lr_curve"],
         epoch_loss=state["epoch_loss"], train_seconds=round(state["seconds"], 3),

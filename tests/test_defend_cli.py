@@ -1,0 +1,54 @@
+"""`tuneguard defend goldfish` and `tuneguard defend dp`: the defences of `tuneguard run` as commands of their own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneguard.cli import main
+from tuneguard.files import read_json
+
+TEXTS = [f"patient {i} was seen on day {i % 7} with a cough and a mild fever, then sent home to rest" for i in range(8)]
+TRAIN = ["--epochs", "1", "--batch-size", "4", "--max-length", "24"]
+
+
+def _data(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    return str(path)
+
+
+def _figures(capsys) -> dict:
+    out = capsys.readouterr().out.splitlines()
+    return json.loads(next(line for line in out if line.startswith("{")))
+
+
+def test_defend_goldfish_trains_with_the_goldfish_loss_and_records_it(tmp_path, capsys):
+    out = tmp_path / "goldfish"
+    assert main(["defend", "goldfish", "--model", "tiny-gpt2", "--data", _data(tmp_path), "--k", "3", "--h", "5",
+                 *TRAIN, "--out", str(out)]) == 0
+    assert _figures(capsys)["method"] == "lora+goldfish"
+    record = read_json(out / "run.json")
+    assert record["method"] == "lora+goldfish" and record["epochs_done"] == 1
+    assert record["config"]["extra"]["goldfish"] == {"k": 3, "h": 5}  # the record says how the loss was masked
+
+
+def test_defend_dp_spends_at_most_its_epsilon(tmp_path, capsys):
+    out = tmp_path / "dp"
+    assert main(["defend", "dp", "--model", "tiny-gpt2", "--data", _data(tmp_path), "--epsilon", "4", *TRAIN,
+                 "--out", str(out)]) == 0
+    dp = _figures(capsys)["dp"]
+    assert dp["target_epsilon"] == 4.0 and dp["noise_multiplier"] > 0
+    assert dp["epsilon_spent"] == pytest.approx(4.0, rel=0.05)  # the noise is calibrated to the target, not above it
+    assert dp["delta"] == pytest.approx(1 / 80)  # 1/(10·n) for n = 8 texts
+    assert read_json(out / "run.json")["method"] == "lora+dp-sgd"
+
+
+def test_defend_dp_refuses_a_method_without_per_sample_gradients_before_reading_the_data(tmp_path, capsys):
+    rc = main(["defend", "dp", "--model", "tiny-gpt2", "--data", str(tmp_path / "missing.jsonl"), "--method", "full",
+               "--out", str(tmp_path / "dp")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("tuneguard: error: defend dp trains LoRA only (Opacus has no per-sample gradients for full layers): "
+                   "drop --method or pass --method lora")
