@@ -142,3 +142,48 @@ def test_bad_options_are_tuneguard_errors():
         evaluate(y, s, rule="closest")
     with pytest.raises(TuneguardError, match="n_boot"):
         evaluate(y, s, n_boot=-1)
+
+
+# -- the mean AUC of several attacks --------------------------------------------------------------------------------
+
+def _noisy_attacks(n: int = 60, attacks: int = 4, seed: int = 3) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Attacks sharing a weak membership signal, each with its own noise."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n), np.zeros(n)].astype(int)
+    return y, [0.6 * y + rng.normal(size=2 * n) for _ in range(attacks)]
+
+
+def test_mean_auc_is_the_mean_of_sklearn_aucs_with_ties_and_a_non_finite_score():
+    y, scores = _noisy_attacks()
+    scores[0] = np.round(scores[0], 1)  # ties
+    scores[1][[0, 70]] = [np.nan, np.inf]
+    mean, _ = metrics.mean_auc(y, scores, n_boot=0)
+    finite = [np.isfinite(s) for s in scores]
+    assert mean == pytest.approx(np.mean([roc_auc_score(y[f], s[f]) for s, f in zip(scores, finite)]), abs=1e-12)
+
+
+def test_mean_auc_ci_resamples_the_attacks_jointly():
+    y, scores = _noisy_attacks()
+    mean, (lo, hi) = metrics.mean_auc(y, scores, n_boot=2000, seed=1)
+    assert lo < mean < hi
+    assert metrics.mean_auc(y, scores, n_boot=2000, seed=1) == (mean, [lo, hi])  # seeded
+    # The same attack twice is that attack: a joint draw cannot average its noise away.
+    assert metrics.mean_auc(y, [scores[0]] * 3, n_boot=500, seed=2) == metrics.mean_auc(y, scores[:1], n_boot=500,
+                                                                                       seed=2)
+    # Attacks with their own noise average part of it away: the joint CI is narrower than the mean of their CIs,
+    # which is what averaging their CI bounds would report.
+    widths = [np.diff(evaluate(y, s, n_boot=2000, seed=1)["auc_ci"])[0] for s in scores]
+    assert hi - lo < 0.85 * np.mean(widths)
+
+
+def test_mean_auc_draws_equal_sklearn_on_each_joint_resample():
+    y, scores = _noisy_attacks(n=15, attacks=3)
+    _, ci = metrics.mean_auc(y, scores, n_boot=40, seed=4)
+    # The same draws, the slow way: one resample of the member and non-member rows, every attack scored on it.
+    rng_mem, rng_non = np.random.default_rng(4).spawn(2)
+    mem, non = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    pick_mem, pick_non = rng_mem.integers(0, 15, (40, 15)), rng_non.integers(0, 15, (40, 15))
+    yb = np.r_[np.ones(15, int), np.zeros(15, int)]
+    draws = [np.mean([roc_auc_score(yb, s[np.r_[mem[pick_mem[b]], non[pick_non[b]]]]) for s in scores])
+             for b in range(40)]
+    assert ci == pytest.approx(list(np.percentile(draws, [2.5, 97.5])), abs=1e-12)

@@ -197,8 +197,8 @@ def test_a_run_records_each_regimes_strongest_attack_and_its_knob(tmp_path, capl
     best = cell["max_tpr_at_10pct"]
     assert best["value"] == max(cell["tpr_at_10pct"][a] for a in model_attacks)
     assert best["ci"] == cell["tpr_at_10pct_ci"][best["attack"]]
-    lows, highs = zip(*cell["auc_ci"].values())
-    assert cell["average_auc_ci"] == pytest.approx([sum(lows) / 3, sum(highs) / 3])
+    lo, hi = cell["average_auc_ci"]
+    assert lo <= cell["average_auc"] <= hi
     assert saved["cells"]["A"]["pretrained"]["max_auc"]["attack"] == "loss"  # ratio does not apply to the base
     assert saved["settings"]["regimes"]["goldfish"]["knob"] == {"option": "k", "symbol": "k", "value": 2}
     assert saved["settings"]["regimes"]["pretrained"]["knob"] is None

@@ -41,7 +41,8 @@ CELL_SCHEMA = 2
 TRAINING_PARTS = ("schema", "base", "tokenizer", "members", "regime", "train")
 # Version of the figures a cell holds (not of its model): a cell saved under another is re-scored, its model reused.
 # 2: per-attack CIs and TPR@10% FPR, the average AUC's CI, the max-attack AUC and TPR@10% FPR.
-SCORED_FIELDS = 2
+# 3: the average AUC's CI from one joint bootstrap of the attacks (it was the mean of their CI bounds).
+SCORED_FIELDS = 3
 MAX_ATTACK_FPR = 0.1  # each regime's strongest attack is quoted at 10% FPR: 10 non-members measure it, 1% needs 100
 
 
@@ -420,10 +421,11 @@ def attack_figures(result) -> dict[str, Any]:
     strongest attack (``max_auc``, ``max_tpr_at_10pct``: attack, value, CI), picked as the report's verdict picks it
     (:mod:`tuneguard.report.verdict`: attacks that query the model only, so not the blind baseline).
 
-    The average's CI is the average of the counted attacks' CI bounds: exact when the attacks rise and fall together
-    over resamples, wider (conservative) otherwise. The strongest attack is picked after seeing the results, so its
-    figure leans optimistic for the attacker's side.
+    The average's CI comes from one joint bootstrap of every counted attack (:func:`tuneguard.metrics.mean_auc`), with
+    the run's bootstrap draws and seed. The strongest attack is picked after seeing the results, so its figure leans
+    optimistic for the attacker's side.
     """
+    from tuneguard.metrics import mean_auc
     from tuneguard.report.verdict import mia_verdict
 
     attacks = result.attacks
@@ -431,16 +433,16 @@ def attack_figures(result) -> dict[str, Any]:
     auc = {n: a.auc for n, a in attacks.items()}
     auc_ci = {n: a.metrics.get("auc_ci") for n, a in attacks.items()}
     counted = [n for n, v in auc.items() if n not in not_applicable and math.isfinite(v)]
-    cis = [auc_ci[n] for n in counted]
+    average, average_ci = mean_auc(result.attacks[counted[0]].labels, [attacks[n].scores for n in counted],
+                                   n_boot=result.settings["bootstrap"], seed=result.settings["seed"]) \
+        if counted else (math.nan, None)
     verdict = mia_verdict(result)
     best_tpr = next((b for b in verdict.strongest if b.fpr == MAX_ATTACK_FPR), None)
     return {"auc": auc, "auc_ci": auc_ci, "tpr_at_1pct": {n: a.tpr(0.01) for n, a in attacks.items()},
             "tpr_at_10pct": {n: a.tpr(MAX_ATTACK_FPR) for n, a in attacks.items()},
             "tpr_at_10pct_ci": {n: a.metrics["tpr_ci"].get(f"{MAX_ATTACK_FPR:g}") for n, a in attacks.items()},
             "not_applicable": not_applicable,
-            "average_auc": sum(auc[n] for n in counted) / len(counted) if counted else math.nan,
-            "average_auc_ci": [sum(c[0] for c in cis) / len(cis), sum(c[1] for c in cis) / len(cis)]
-            if cis and all(cis) else None,
+            "average_auc": average, "average_auc_ci": average_ci,
             "max_auc": _leader(verdict.best_auc), "max_tpr_at_10pct": _leader(best_tpr)}
 
 

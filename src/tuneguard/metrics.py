@@ -87,6 +87,38 @@ def evaluate(labels: Any, scores: Any, *, alphas: tuple[float, ...] = ALPHAS, n_
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "rule": rule, "n_boot": int(n_boot)}
 
 
+def mean_auc(labels: Any, scores: list[Any], *, n_boot: int = 1000, seed: int = 0) -> tuple[float, list[float] | None]:
+    """The mean AUC of several attacks that scored the same texts, and its 95% percentile-bootstrap CI.
+
+    One joint resampling: each draw resamples the members and the non-members once (stratified, with replacement,
+    as :func:`evaluate` does) and every attack is measured on that same draw, so the CI follows how the attacks rise
+    and fall together. Averaging the attacks' own CI bounds instead would assume they move in lockstep and overstate
+    the width when they do not. A pair with a non-finite score is left out of that attack's AUC, as :func:`evaluate`
+    drops the row. ``n_boot=0``: no CI.
+    """
+    if not scores:
+        raise TuneguardError("mean_auc needs at least one attack's scores")
+    y = np.asarray(labels)
+    pairs = []  # per attack: member x non-member win matrix (1, 0.5 for a tie, 0) and which pairs count
+    for s in scores:
+        _prepare(y, s)  # the shape, label and class-size checks of evaluate()
+        s = np.asarray(s, dtype=float)
+        mem, non = s[y == 1], s[y == 0]
+        valid = np.isfinite(mem)[:, None] & np.isfinite(non)[None, :]
+        wins = (mem[:, None] > non[None, :]) + 0.5 * (mem[:, None] == non[None, :])
+        pairs.append((np.where(valid, wins, 0.0), valid.astype(float)))
+    mean = float(np.mean([w.sum() / v.sum() for w, v in pairs]))
+    if not n_boot:
+        return mean, None
+    n_mem, n_non = pairs[0][0].shape
+    rng_mem, rng_non = np.random.default_rng(seed).spawn(2)
+    cm = _resample_counts(rng_mem, n_mem, n_boot).astype(float)
+    cn = _resample_counts(rng_non, n_non, n_boot).astype(float)
+    # AUC of a draw = sum_ij c_i c_j win_ij / sum_ij c_i c_j valid_ij, for every attack on the same counts.
+    draws = np.mean([((cm @ w) * cn).sum(axis=1) / ((cm @ v) * cn).sum(axis=1) for w, v in pairs], axis=0)
+    return mean, _percentile_ci(draws)
+
+
 def _prepare(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, int]:
     """Validate labels/scores, drop non-finite scores; return labels (int), scores (float) and the drop count."""
     y = np.asarray(labels)
