@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,6 +26,23 @@ def sentences(n: int, seed: int, *, clauses: int = 3) -> list[str]:
         out[" ".join(f"The {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(ADJS)} "
                      f"{rng.choice(NOUNS)}." for _ in range(clauses))] = None
     return list(out)
+
+
+def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
+    """``tuneguard <args>`` in two CPU processes under ``accelerate launch``; fails the test with the child's
+    traceback when it exits non-zero.
+
+    ``--multi_gpu`` with no GPU runs torchrun with the gloo backend on the CPU (``--cpu`` would start one process).
+    The error quotes the child's stderr from its first traceback: its last lines alone are torchrun's summary.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tuneguard.cli", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    if proc.returncode != 0:
+        start = proc.stderr.find("Traceback")
+        tail = proc.stderr[max(start, 0):][:6000]
+        raise AssertionError(f"accelerate launch exited {proc.returncode}:\n{tail}")
+    return proc
 
 
 def ts(lp, mu=None, sigma=None, ids=None, argmax=None, max_lp=None) -> TokenScores:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import sentences
+from helpers import accelerate_launch, sentences
 from tuneguard.attacks import run_attacks
 from tuneguard.errors import TuneguardError
 from tuneguard.metrics import evaluate
@@ -213,14 +211,9 @@ def test_two_processes_under_accelerate_launch_equal_one(tmp_path):
     for name, texts in (("m", members), ("n", nonmembers)):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
     attacks = "loss,zlib,min-k++,recall"
-    # --multi_gpu with no GPU runs torchrun with the gloo backend on the CPU (--cpu would start one process).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tuneguard.cli", "attack", "--target", "tiny-gpt2", "--members", str(tmp_path / "m.jsonl"),
-           "--nonmembers", str(tmp_path / "n.jsonl"), "--attacks", attacks, "--shots", "2", "--bootstrap", "0",
-           "--score-batch-size", "3", "--out", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = accelerate_launch("attack", "--target", "tiny-gpt2", "--members", str(tmp_path / "m.jsonl"),
+                             "--nonmembers", str(tmp_path / "n.jsonl"), "--attacks", attacks, "--shots", "2",
+                             "--bootstrap", "0", "--score-batch-size", "3", "--out", str(tmp_path / "out"))
     assert proc.stdout.count("results: ") == 1  # one process reports and writes
     # 22 texts (24 less 2 shots) in 8 batches of 3 dealt in turn: the main process forwards 4 batches, 12 texts.
     assert re.search(r"target \(tiny-gpt2\): 100%[^\n]*\| 12/12 ", proc.stderr), proc.stderr[-2000:]

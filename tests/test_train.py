@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from helpers import accelerate_launch
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
 from tuneguard.train import TrainConfig, finetune
@@ -109,13 +110,8 @@ def test_length_grouping_reduces_padding():
 def test_two_processes_under_accelerate_launch(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
-    # --multi_gpu with no GPU runs torchrun with the gloo backend on the CPU (--cpu would start one process).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tuneguard.cli", "finetune", "--model", "tiny-gpt2", "--data", str(data), "--epochs", "2",
-           "--batch-size", "2", "--out", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    accelerate_launch("finetune", "--model", "tiny-gpt2", "--data", str(data), "--epochs", "2", "--batch-size", "2",
+                      "--out", str(tmp_path / "ddp"))
     record = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert record["processes"] == 2 and record["epochs_done"] == 2
     assert len(record["loss_curve"]) == 4  # 8 texts / (2 per batch x 2 processes) = 2 steps per epoch
