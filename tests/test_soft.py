@@ -82,6 +82,8 @@ def test_run_soft_paraphrases_the_lowest_loss_fraction(base, tmp_path):
     assert result.summary["on_failure"] == "original" and result.summary["originals_kept"] == 0
     assert result.summary["dropped"] == 0 and result.summary["train_size"] == 10
     assert read_json(run / "soft.json")["summary"] == result.summary
+    seconds = result.summary["paraphrase_seconds"]
+    assert seconds > 0 and result.summary["paraphrases_per_second"] == pytest.approx(3 / seconds, rel=1e-3)
 
 
 def test_second_run_does_no_work(base, tmp_path, monkeypatch):

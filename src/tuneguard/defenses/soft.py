@@ -6,7 +6,8 @@ Stages, each saved in the run directory and skipped when its output is there (so
 2. ``losses.json``       ℓ_i = NLL(x_i; θ_warm), mean per token (and the reference texts' losses, in threshold mode)
 3. ``selection.json``    the ⌊ρ·|D|⌋ lowest-loss samples, or those below the q-quantile of the reference losses
 4. ``paraphrases.jsonl`` each selected sample's paraphrase through the quality gate (retried), and its outcome:
-                         ``paraphrased``, ``original`` (every paraphrase failed: trained on unprotected) or ``dropped``
+                         ``paraphrased``, ``original`` (every paraphrase failed: trained on unprotected) or ``dropped``;
+                         ``paraphrase_time.json`` the stage's wall time (paraphrases per second in the summary)
 5. ``final/``            fine-tune θ0 (or θ_warm) on D' = paraphrases in place of the selected originals
 
 ``soft.json`` holds the settings (a run directory holds one SOFT run) and, once finished, the summary. The settings
@@ -22,6 +23,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,7 +239,11 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
     # 4. obfuscation through the quality gate
     para_path = out / "paraphrases.jsonl"
     if not para_path.is_file():
-        atomic_write_jsonl(para_path, _obfuscate(texts, selected, losses, primary, fallback, gate, cfg.on_failure))
+        start = time.perf_counter()
+        rows = _obfuscate(texts, selected, losses, primary, fallback, gate, cfg.on_failure)
+        atomic_write_jsonl(para_path, rows)
+        atomic_write_json(out / "paraphrase_time.json", {"seconds": round(time.perf_counter() - start, 3),
+                                                        "texts": len(selected)})
     records = read_jsonl(para_path)
 
     # 5. final fine-tuning on D'
@@ -250,7 +256,8 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
     else:
         final = _final_from_warm(warm, base, d_prime, out, train, progress)
 
-    summary = _summary(cfg, settings, selection, records, len(d_prime), out, para_path, primary, fallback)
+    timing = read_json(out / "paraphrase_time.json") if (out / "paraphrase_time.json").is_file() else None
+    summary = _summary(cfg, settings, selection, records, len(d_prime), out, para_path, primary, fallback, timing)
     if summary["failed"]:
         log.warning("SOFT: %d of %d selected text(s) failed the quality gate with %s: %d paraphrased by the fallback, "
                     "%d kept as originals (unprotected), %d dropped (see %s)", summary["failed"], len(records),
@@ -317,7 +324,9 @@ def _obfuscate(texts: list[str], selected: list[int], losses: list[float], prima
 
 
 def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dict], train_size: int, out: Path,
-             para_path: Path, primary: Paraphraser, fallback: Paraphraser | None) -> dict:
+             para_path: Path, primary: Paraphraser, fallback: Paraphraser | None, timing: dict | None) -> dict:
+    """The run's counts and settings; the paraphrasing stage's wall time and rate when it was timed (answers from
+    the paraphrase cache count as done, so a stage redone from the cache is fast)."""
     outcomes = Counter(r["outcome"] for r in records)
     sims = [r["similarity"] for r in records if r["outcome"] == "paraphrased"]
     return {"ratio": settings["ratio"], "mode": cfg.mode, "quantile": settings["quantile"],
@@ -329,7 +338,9 @@ def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dic
             "train_size": train_size, "mean_similarity": float(np.mean(sims)) if sims else None,
             "paraphraser": primary.name, "fallback_paraphraser": fallback.name if fallback else None,
             "warmup_epochs": cfg.warmup_epochs, "start": cfg.start, "final": str(out / "final"),
-            "paraphrases": str(para_path)}
+            "paraphrases": str(para_path), "paraphrase_seconds": timing["seconds"] if timing else None,
+            "paraphrases_per_second": round(timing["texts"] / timing["seconds"], 4)
+            if timing and timing["seconds"] > 0 else None}
 
 
 def _claim(out: Path, settings: dict) -> None:
