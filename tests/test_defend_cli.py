@@ -42,7 +42,10 @@ def test_defend_dp_spends_at_most_its_epsilon(tmp_path, capsys):
     assert dp["target_epsilon"] == 4.0 and dp["noise_multiplier"] > 0
     assert dp["epsilon_spent"] == pytest.approx(4.0, rel=0.05)  # the noise is calibrated to the target, not above it
     assert dp["delta"] == pytest.approx(1 / 80)  # 1/(10·n) for n = 8 texts
-    assert read_json(out / "run.json")["method"] == "lora+dp-sgd"
+    record = read_json(out / "run.json")
+    assert record["method"] == "lora+dp-sgd"
+    # Not finetune's defaults (lr 1e-4, no accumulation): the DP regime's 10x learning rate and 4x batch.
+    assert record["config"]["lr"] == pytest.approx(1e-3) and record["config"]["grad_accum"] == 4
 
 
 def test_defend_dp_refuses_a_method_without_per_sample_gradients_before_reading_the_data(tmp_path, capsys):

@@ -102,6 +102,8 @@ def _register_goldfish(defences: argparse._SubParsersAction) -> None:
 
 def _register_dp(defences: argparse._SubParsersAction) -> None:
     from tuneguard.defenses.dp_sgd import DPConfig
+    from tuneguard.regimes.dp import DPOptions
+    from tuneguard.train import TrainConfig
 
     d = DPConfig()
     p = defences.add_parser(
@@ -111,10 +113,9 @@ def _register_dp(defences: argparse._SubParsersAction) -> None:
             "size --batch-size x --grad-accum, each text's gradient clipped to --max-grad-norm and noise calibrated "
             "so the whole run spends --epsilon at --delta. The run record (run.json) holds the epsilon spent, the "
             "noise multiplier and the noise on each step's mean gradient. DP steps need a larger learning rate and "
-            "batch than non-private ones (about 10x the lr; see 'tuneguard run' regime dp); check the result with "
-            "'tuneguard audit-dp'.", 100),
-        epilog="example: tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8 --lr 1e-2 "
-               "--grad-accum 4 --out runs/dp")
+            "batch than non-private ones, so --lr and --grad-accum default to 10x and 4x 'tuneguard finetune's "
+            "(as 'tuneguard run' regime dp scales them); check the result with 'tuneguard audit-dp'.", 100),
+        epilog="example: tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8 --out runs/dp")
     g = p.add_argument_group("differential privacy")
     g.add_argument("--epsilon", type=declared(DPConfig, "target_epsilon"), default=d.target_epsilon,
                    help="target epsilon of the whole run (inf: clipping only); default: %(default)s")
@@ -123,7 +124,9 @@ def _register_dp(defences: argparse._SubParsersAction) -> None:
     g.add_argument("--max-grad-norm", type=declared(DPConfig, "max_grad_norm"), default=d.max_grad_norm,
                    help="per-sample gradient clipping bound; default: %(default)s")
     add_finetune_args(p)
-    p.set_defaults(func=run_dp)
+    # Clipped, noisy steps need a larger step size and batch than the non-private defaults: the DP regime's factors.
+    scale, train = DPOptions(), TrainConfig()
+    p.set_defaults(func=run_dp, lr=train.lr * scale.lr_factor, grad_accum=train.grad_accum * scale.batch_factor)
 
 
 def _params(pairs: list[str], flag: str) -> dict:
