@@ -15,6 +15,7 @@ import torch
 
 from tuneguard.errors import TuneguardError
 from tuneguard.models import as_loaded
+from tuneguard.models.kv_cache import cache_kwarg, returned_cache
 from tuneguard.neighbours.masking import MaskingParams, SpanMaskingGenerator, apply_fills
 from tuneguard.neighbours.sampling import sample_tokens
 from tuneguard.params import param
@@ -104,7 +105,7 @@ class LMFillNeighbours(SpanMaskingGenerator):
         limit = self.lm.max_length
         counts = torch.zeros(len(rows), dtype=torch.long)
         attention = torch.zeros(len(rows), 0, dtype=torch.long)
-        cache = None
+        cache, cache_name = None, cache_kwarg(model)
         while True:
             for k, row in enumerate(rows):  # a row that would overflow the context keeps its remaining words
                 if not row.done and counts[k] + len(row.feed) + self.params.max_span_tokens >= limit:
@@ -124,8 +125,8 @@ class LMFillNeighbours(SpanMaskingGenerator):
             attention = torch.cat([attention, chunk_mask], dim=1)
             positions = (counts.unsqueeze(1) + torch.arange(width) - (width - fed).unsqueeze(1)).clamp_min(0)
             out = model(input_ids=ids.to(device), attention_mask=attention.to(device),
-                        position_ids=positions.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+                        position_ids=positions.to(device), use_cache=True, logits_to_keep=1, **{cache_name: cache})
+            cache = returned_cache(out)
             last = out.logits[:, -1].float().cpu()
             counts += fed
             uniforms = torch.tensor([r.rng.random() for r in rows])
