@@ -28,19 +28,19 @@ def sentences(n: int, seed: int, *, clauses: int = 3) -> list[str]:
     return list(out)
 
 
-def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
-    """``tuneguard <args>`` in two CPU processes under ``accelerate launch``; fails the test with the child's
-    traceback when it exits non-zero.
+def accelerate_launch(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
+    """``tuneguard <args>`` (or ``script <args>``) in two CPU processes under ``accelerate launch``; fails the test
+    with the child's traceback when it exits non-zero.
 
     ``--multi_gpu`` with no GPU runs torchrun with the gloo backend on the CPU (``--cpu`` would start one process).
-    The error quotes the child's stderr from its first traceback: its last lines alone are torchrun's summary.
+    The error quotes stderr from a child's traceback on (else from the start): its last lines are torchrun's summary.
     """
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tuneguard.cli", *args]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *([script] if script else ["-m", "tuneguard.cli"]), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:
-        start = proc.stderr.find("Traceback")
-        tail = proc.stderr[max(start, 0):][:6000]
+        child = proc.stderr.find("[rank")  # a child's traceback, before the launcher's own
+        tail = proc.stderr[max(child, 0):][:6000]
         raise AssertionError(f"accelerate launch exited {proc.returncode}:\n{tail}")
     return proc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 
 import numpy as np
@@ -224,3 +225,27 @@ def test_two_processes_under_accelerate_launch_equal_one(tmp_path):
         np.testing.assert_array_equal(np.array(two["attacks"][name]["scores"]), result.scores)  # bit for bit
     # Texts forwarded over both processes, as one process forwards them.
     assert two["cost"]["forward_passes"] == one.cost["forward_passes"]
+
+
+def test_processes_that_find_different_scores_cached_still_score_every_text(tmp_path, monkeypatch):
+    """One process can find in the shared disk cache what another stored a moment ago; here each process gets a
+    cache of its own and the second one's already holds some texts, so their todo lists differ from the start."""
+    members, nonmembers = TEXTS[::2], TEXTS[1::2]
+    for name, texts in (("m", members), ("n", nonmembers)):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    cache = os.environ["TUNEGUARD_CACHE"]
+    monkeypatch.setenv("TUNEGUARD_CACHE", f"{cache}-1")
+    run_attacks(tiny_model("gpt2"), members[:5], nonmembers[:5], attacks=["loss"], n_shots=0, n_boot=0,
+                cache=True, progress=False)
+    monkeypatch.setenv("TUNEGUARD_CACHE", cache)
+    script = tmp_path / "cache_per_rank.py"
+    script.write_text("import os, sys\nif os.environ['RANK'] != '0':\n"
+                      "    os.environ['TUNEGUARD_CACHE'] += '-' + os.environ['RANK']\n"
+                      "from tuneguard.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    accelerate_launch("attack", "--target", "tiny-gpt2", "--members", str(tmp_path / "m.jsonl"), "--nonmembers",
+                      str(tmp_path / "n.jsonl"), "--attacks", "loss", "--bootstrap", "0",
+                      "--score-batch-size", "3", "--out", str(tmp_path / "out"), script=str(script))
+    two = json.loads((tmp_path / "out" / "results.json").read_text())
+    one = run_attacks(tiny_model("gpt2"), members, nonmembers, attacks=["loss"], n_shots=0, n_boot=0, batch_size=3,
+                      cache=False, progress=False)
+    np.testing.assert_array_equal(np.array(two["attacks"]["loss"]["scores"]), one.attacks["loss"].scores)

@@ -53,6 +53,7 @@ from tuneguard.cache import cache_dir, key_hash, text_hash
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_bytes
 from tuneguard.models import LoadedModel
+from tuneguard.models.kv_cache import cache_kwarg, returned_cache
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +257,26 @@ class ScoringEngine:
                 out[key] = TokenScores.empty(truncated)
             else:
                 todo[key] = encoded
+        if self._processes is not None and self._processes.num_processes > 1:
+            todo = self._agree(todo, keys, texts, prefixes)
         if todo:
             out.update(self._forward_all(todo, desc))
         return [out[k] for k in keys]
+
+    def _agree(self, todo: dict[str, tuple[list[int], int, bool]], keys: list[str], texts: list[str],
+               prefixes: list[str]) -> dict[str, tuple[list[int], int, bool]]:
+        """What every process forwards under ``accelerate launch``: the union of the inputs each one is missing, in
+        the texts' order. Each process deals itself a share of one plan, so the plans must be equal; but the disk
+        cache is shared, and a process that starts later finds scores another has just stored, so its own todo
+        would be shorter and some inputs would fall in no process's share."""
+        from accelerate.utils import gather_object
+
+        missing = set().union(*gather_object([sorted(todo)]))
+        agreed: dict[str, tuple[list[int], int, bool]] = {}
+        for key, text, prefix in zip(keys, texts, prefixes):
+            if key in missing and key not in agreed:
+                agreed[key] = todo[key] if key in todo else self.encode(text, prefix)
+        return agreed
 
     def ll(self, texts: list[str], **kwargs) -> np.ndarray:
         """``LL(x)`` for each text."""
@@ -395,7 +413,7 @@ class ScoringEngine:
         ids = torch.tensor([context], device=self.loaded.device)
         out = self.loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
         self.batches += 1
-        return out.past_key_values
+        return returned_cache(out)
 
     @torch.no_grad()
     def _forward(self, batch: list[tuple[list[int], int, bool]], past: Cache | None = None) -> list[TokenScores]:
@@ -414,7 +432,7 @@ class ScoringEngine:
             cache = copy.deepcopy(past)
             cache.batch_repeat_interleave(len(batch))
             mask = torch.cat([torch.ones((len(batch), n_past), dtype=torch.long), mask], dim=1)
-            kwargs = {"past_key_values": cache, "use_cache": True,
+            kwargs = {cache_kwarg(model): cache, "use_cache": True,
                       "position_ids": torch.arange(n_past, n_past + width, device=device).expand(len(batch), -1)}
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
         # Prompt / p-tuning adapters prepend virtual tokens and return their logits too: keep the inputs' positions.
