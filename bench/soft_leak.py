@@ -26,18 +26,17 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from tuneguard.experiment import _slug, draw_texts, load_experiment
+from tuneguard.experiment import cell_path, draw_texts, load_experiment
 from tuneguard.files import atomic_write_json, read_jsonl
 from tuneguard.models import load_model
 from tuneguard.report.table import format_table
-from tuneguard.scoring import ScoringEngine
+from tuneguard.scoring import ScoringEngine, TokenScores
 
 
-def gains(target, base, texts: list[str], window: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per text: its scored token ids and each token's log-prob gain (target minus base)."""
-    t = ScoringEngine(target, max_length=window, progress=False).score(texts)
-    b = ScoringEngine(base, max_length=window, progress=False).score(texts)
-    return [(x.token_ids, x.logprobs - y.logprobs) for x, y in zip(t, b, strict=True)]
+def gains(target: ScoringEngine, base: dict[str, TokenScores], texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per text: its scored token ids and each token's log-prob gain (target minus the base's scores of it)."""
+    return [(x.token_ids, x.logprobs - base[text].logprobs)
+            for x, text in zip(target.score(texts), texts, strict=True)]
 
 
 def mean_ci(per_text: list[np.ndarray], seed: int = 0) -> tuple[float, list[float]]:
@@ -82,24 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     members, nonmembers = draw_texts(ds, exp.seed)
     base = load_model(exp.model)
     columns = [c for c in exp.regimes if c.kind in ("soft", "full")]
-    rows, out = [], {}
+    rows, out, base_scores = [], {}, {}
     for column in columns:
-        cell = exp.out / _slug(ds.name) / _slug(column.name)
+        cell = cell_path(exp, ds.name, column.name)
         model_dir = cell / ("soft/final" if column.kind == "soft" else "model")
         if not (model_dir / "run.json").is_file():
             print(f"skipped {column.name}: {model_dir} has no finished model", file=sys.stderr)
             continue
-        target = load_model(model_dir)
         window = exp.suite.max_length or column.train.max_length
         trained_as = {r["original"]: r["paraphrase"] for r in read_jsonl(cell / "soft" / "paraphrases.jsonl")
                       if r["outcome"] == "paraphrased"} if column.kind == "soft" else {}
-        mem = gains(target, base, members, window)
-        non = [g for _, g in gains(target, base, nonmembers, window)]
+        texts = members + nonmembers + list(trained_as.values())
+        scored = base_scores.setdefault(window, {})  # every column's members and non-members: scored once
+        todo = [x for x in dict.fromkeys(texts) if x not in scored]
+        scored.update(zip(todo, ScoringEngine(base, max_length=window, progress=False).score(todo)))
+        target = ScoringEngine(load_model(model_dir), max_length=window, progress=False)
+        mem = gains(target, scored, members)
+        non = [g for _, g in gains(target, scored, nonmembers)]
         kept, other = split_members(mem, members, trained_as, base.tokenizer)
         n_kept, n_other = sum(map(len, kept)), sum(map(len, other))
         shares = [len(k) / (len(k) + len(o)) for k, o in zip(kept, other)]
         member_gain = [g for _, g in mem]
-        trained = [g for _, g in gains(target, base, [trained_as.get(m, m) for m in members], window)]
+        trained = [g for _, g in gains(target, scored, [trained_as.get(m, m) for m in members])]
         figures = {"nonmember": mean_ci(non), "kept": mean_ci(kept), "not_kept": mean_ci(other) if n_other else None,
                    "kept_share": n_kept / (n_kept + n_other), "auc_members": auc(member_gain, non),
                    "auc_trained_texts": auc(trained, non),
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                      "Spearman gain~kept": round(figures["spearman_gain_vs_kept_share"], 3) if n_other else None})
     print(format_table(rows, list(rows[0]) if rows else ["column"],
                        title=f"{ds.name}: log-prob gain per token, target over base (nats)"))
-    atomic_write_json(exp.out / _slug(ds.name) / "soft_leak.json", out)
+    atomic_write_json(cell_path(exp, ds.name) / "soft_leak.json", out)
     return 0
 
 

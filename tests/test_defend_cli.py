@@ -53,5 +53,5 @@ def test_defend_dp_refuses_a_method_without_per_sample_gradients_before_reading_
                "--out", str(tmp_path / "dp")])
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("tuneguard: error: defend dp trains LoRA only (Opacus has no per-sample gradients for full layers): "
-                   "drop --method or pass --method lora")
+    assert err == ("tuneguard: error: DP-SGD is offered for LoRA only (Opacus has no per-sample gradients for full "
+                   'layers): use --method lora / method = "lora"')

@@ -392,7 +392,7 @@ def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str]
     from tuneguard.report import confounding_warning
     from tuneguard.scoring import ScoringEngine
 
-    cell_dir = exp.out / _slug(ds.name) / _slug(column.name)
+    cell_dir = cell_path(exp, ds.name, column.name)
     window = exp.suite.max_length or column.train.max_length  # tokens past the training window were never learnt
     parts = cell_key_parts(exp, column, base, members, nonmembers, general, corpus, window)
     saved = _saved_cell(cell_dir, parts, f"{ds.name} / {column.name}")
@@ -433,7 +433,7 @@ def attack_figures(result) -> dict[str, Any]:
     auc = {n: a.auc for n, a in attacks.items()}
     auc_ci = {n: a.metrics.get("auc_ci") for n, a in attacks.items()}
     counted = [n for n, v in auc.items() if n not in not_applicable and math.isfinite(v)]
-    average, average_ci = mean_auc(result.attacks[counted[0]].labels, [attacks[n].scores for n in counted],
+    average, average_ci = mean_auc(attacks[counted[0]].labels, [attacks[n].scores for n in counted],
                                    n_boot=result.settings["bootstrap"], seed=result.settings["seed"]) \
         if counted else (math.nan, None)
     verdict = mia_verdict(result)
@@ -498,6 +498,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def cell_path(exp: Experiment, dataset: str, column: str | None = None) -> Path:
+    """Where the cell of ``dataset`` x ``column`` keeps its models and figures (no column: the dataset's folder)."""
+    folder = exp.out / _slug(dataset)
+    return folder if column is None else folder / _slug(column)
 
 
 def _slug(name: str) -> str:

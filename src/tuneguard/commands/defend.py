@@ -176,24 +176,22 @@ def run_goldfish(args: argparse.Namespace) -> int:
     from tuneguard.train.goldfish import GoldfishConfig
 
     goldfish = GoldfishConfig.create("defend goldfish", {"k": args.k, "h": args.h})
-    train = train_config(args)
-    texts = read_texts(args.data, args.column, args.limit)
-    print(texts.summary())
-    print_run(finetune(args.model, texts.texts, args.out, train, goldfish=goldfish))
-    return 0
+    return _train(args, lambda texts, train: finetune(args.model, texts, args.out, train, goldfish=goldfish))
 
 
 def run_dp(args: argparse.Namespace) -> int:
-    from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
-    from tuneguard.errors import TuneguardError
+    from tuneguard.defenses.dp_sgd import DPConfig, check_method, dp_finetune
 
     dp = DPConfig.create("defend dp", {"target_epsilon": args.epsilon, "delta": args.delta,
                                        "max_grad_norm": args.max_grad_norm})
+    check_method(train_config(args))  # before any data or model is read
+    return _train(args, lambda texts, train: dp_finetune(args.model, texts, args.out, train, dp))
+
+
+def _train(args: argparse.Namespace, fit) -> int:
+    """Read --data, fit on it with the command's TrainConfig, print the run."""
     train = train_config(args)
-    if train.method != "lora":  # before any data or model is read
-        raise TuneguardError(f"defend dp trains LoRA only (Opacus has no per-sample gradients for {train.method} "
-                             "layers): drop --method or pass --method lora")
     texts = read_texts(args.data, args.column, args.limit)
     print(texts.summary())
-    print_run(dp_finetune(args.model, texts.texts, args.out, train, dp))
+    print_run(fit(texts.texts, train))
     return 0

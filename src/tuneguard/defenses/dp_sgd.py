@@ -42,6 +42,13 @@ class DPConfig(Params):
     max_grad_norm: float = param(1.0, "per-sample gradient clipping bound", gt=0)
 
 
+def check_method(config: TrainConfig) -> None:
+    """DP-SGD needs per-sample gradients, which Opacus has for LoRA layers only."""
+    if config.method != "lora":
+        raise TuneguardError(f"DP-SGD is offered for LoRA only (Opacus has no per-sample gradients for "
+                             f"{config.method} layers): use --method lora / method = \"lora\"")
+
+
 def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path, config: TrainConfig | None = None,
                 dp: DPConfig | None = None, *, progress: bool = True) -> TrainResult:
     """Fine-tune LoRA parameters with DP-SGD and save the adapter with a run record holding the epsilon spent.
@@ -58,9 +65,7 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
         raise TuneguardError("DP-SGD needs Opacus: pip install 'tuneguard[dp]' (or pip install opacus)") from None
     config = config or TrainConfig()
     dp = dp or DPConfig()
-    if config.method != "lora":
-        raise TuneguardError(f"DP-SGD is offered for LoRA only (Opacus has no per-sample gradients for "
-                             f"{config.method} layers)")
+    check_method(config)
     base = as_loaded(model)
     out_dir = Path(out_dir)
     # Examples with no token to predict are left out before anything depends on n (the Poisson sampling rate and

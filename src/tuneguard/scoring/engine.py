@@ -257,7 +257,7 @@ class ScoringEngine:
                 out[key] = TokenScores.empty(truncated)
             else:
                 todo[key] = encoded
-        if self._processes is not None and self._processes.num_processes > 1:
+        if self._processes is not None:  # set only when several processes run
             todo = self._agree(todo, keys, texts, prefixes)
         if todo:
             out.update(self._forward_all(todo, desc))
