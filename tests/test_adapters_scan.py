@@ -231,6 +231,17 @@ def test_population_scores_resume_from_the_cache_until_an_adapter_changes(tmp_pa
     assert calls == ["clean0"]
 
 
+def test_population_score_cache_stays_inside_its_folder_whatever_the_names(tmp_path):
+    # A population file names its members and detectors; '..' and '/' in them once put cached scores elsewhere.
+    clean, poisoned = cohort(tmp_path / "pop")
+    names = ["../../escape", "a/b", "..", "ok", "new\nline", "/abs"]
+    members = [{"name": n, "path": str(p), "poisoned": p in poisoned} for n, p in zip(names, clean + poisoned)]
+    score_population(members, {"../w": DETECTORS.make("weights")}, progress=False, cache=tmp_path / "c" / "scores")
+    written = [p for p in tmp_path.rglob("*.json") if "pop" not in p.relative_to(tmp_path).parts]
+    assert len(written) == len(members)
+    assert all((tmp_path / "c" / "scores") in p.parents for p in written)
+
+
 def test_population_auroc_ci_is_the_stratified_bootstrap_of_the_pair_weighted_auroc():
     rng = np.random.default_rng(3)
     clean, poisoned = rng.integers(0, 4, 7).astype(float), rng.integers(1, 5, 5).astype(float)  # with ties

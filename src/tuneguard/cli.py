@@ -15,6 +15,7 @@ from typing import Collection
 
 from tuneguard import __version__
 from tuneguard.errors import TuneguardError
+from tuneguard.report.table import printable
 
 # OSError numbers that mean the disk or the output location, not tuneguard, stopped a run.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except TuneguardError as exc:
         if args.verbose:
             raise
-        print(f"tuneguard: error: {exc}", file=sys.stderr)
+        print(f"tuneguard: error: {printable(str(exc))}", file=sys.stderr)  # a name in it may hold a newline
         return 2
     except OSError as exc:
         # A full disk or a directory that became unwritable mid-run: the user's problem, not a bug; what finished

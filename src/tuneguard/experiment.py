@@ -14,7 +14,6 @@ import difflib
 import logging
 import math
 import random
-import shutil
 import tomllib
 import typing
 from dataclasses import dataclass, fields
@@ -28,8 +27,10 @@ from tuneguard.files import atomic_write_json, check_output, read_json
 from tuneguard.models.device import (DEVICE_HELP, DEVICE_MAPS, DTYPE_CHOICES, DeviceSettings, resolve_settings,
                                      use_device)
 from tuneguard.params import Params, param
+from tuneguard.paths import inside, remove_tree, safe_component
 from tuneguard.regimes import REGIMES
 from tuneguard.regimes.base import Regime
+from tuneguard.report.table import printable
 from tuneguard.scoring.perplexity import perplexity
 from tuneguard.train import TrainConfig
 
@@ -144,15 +145,14 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(raw["datasets"], list) or not raw["datasets"]:
         raise TuneguardError(f"{path}: 'datasets' must be one or more [[datasets]] tables")
     datasets = [_dataset(path, here, spec, i) for i, spec in enumerate(raw["datasets"])]
-    names = [d.name for d in datasets]
-    if len(set(names)) < len(names):
-        raise TuneguardError(f"{path}: two datasets are named {next(n for n in names if names.count(n) > 1)!r}")
+    _check_folders(path, "dataset", [d.name for d in datasets])
     _check_attack_needs(path, suite, datasets)
     regimes = _table(raw, "regimes", path)
     if not regimes:
         raise TuneguardError(f"{path}: [regimes] is empty: name at least one (e.g. lora = {{}})")
     columns = [c for name, spec in regimes.items()
                for c in _columns(path, here, name, spec, {"seed": top.seed, **shared_train})]
+    _check_folders(path, "regime column", [c.name for c in columns])
     try:  # an output that cannot be written fails now, not after the first cell has trained
         out = check_output((here / (top.out or f"runs/{path.stem}")).resolve())
     except TuneguardError as exc:
@@ -160,6 +160,19 @@ def load_experiment(path: str | Path) -> Experiment:
     return Experiment(name=top.name or path.stem, model=top.model, out=out, datasets=datasets, regimes=columns,
                       train=train, suite=suite, general_texts=top.general_texts, seed=top.seed,
                       device=_device(path, top))
+
+
+def _check_folders(path: Path, what: str, names: list[str]) -> None:
+    """Refuse two names that would share an output folder: the same name twice, or names whose folders differ only
+    by case (one folder on a case-insensitive file system)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = safe_component(name).casefold()
+        if key in seen:
+            clash = (f"two {what}s are named {name!r}" if seen[key] == name else
+                     f"{what}s {seen[key]!r} and {name!r} would share one output folder")
+            raise TuneguardError(f"{path}: {clash}: rename one")
+        seen[key] = name
 
 
 def _device(path: Path, top: _TopLevel) -> DeviceSettings:
@@ -395,10 +408,10 @@ def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str]
     cell_dir = cell_path(exp, ds.name, column.name)
     window = exp.suite.max_length or column.train.max_length  # tokens past the training window were never learnt
     parts = cell_key_parts(exp, column, base, members, nonmembers, general, corpus, window)
-    saved = _saved_cell(cell_dir, parts, f"{ds.name} / {column.name}")
+    saved = _saved_cell(exp.out, cell_dir, parts, printable(f"{ds.name} / {column.name}"))
     if saved is not None:
         return saved
-    log.info("cell %s / %s (scoring window %d tokens)", ds.name, column.name, window)
+    log.info("cell %s / %s (scoring window %d tokens)", printable(ds.name), printable(column.name), window)
     target, extra = column.regime.build(base, members, cell_dir, column.train, progress=progress)
     suite = exp.suite
     result = run_attacks(target, members, nonmembers, attacks=suite.attacks, reference=base, params=suite.params,
@@ -463,9 +476,10 @@ def cell_key_parts(exp: Experiment, column: Column, base, members: list[str], no
             "scored_fields": SCORED_FIELDS}
 
 
-def _saved_cell(cell_dir: Path, parts: dict[str, Any], label: str) -> dict | None:
+def _saved_cell(out: Path, cell_dir: Path, parts: dict[str, Any], label: str) -> dict | None:
     """The saved cell when its key matches; else None, after saying why and clearing what is stale (the whole cell
-    when its training changed, else only its scores, so the trained model is reused)."""
+    when its training changed, else only its scores, so the trained model is reused). Nothing outside ``out`` is
+    removed."""
     path = cell_dir / "cell.json"
     if not path.is_file():
         return None
@@ -480,7 +494,7 @@ def _saved_cell(cell_dir: Path, parts: dict[str, Any], label: str) -> dict | Non
         reason = f"its {', '.join(changed)} changed"
     if any(k in TRAINING_PARTS for k in changed):
         log.warning("cell %s: recomputing it from scratch: %s", label, reason)
-        shutil.rmtree(cell_dir)
+        remove_tree(out, cell_dir, f"stale cell {label!r}")
     else:
         log.warning("cell %s: re-scoring it (its trained model is reused): %s", label, reason)
         path.unlink()
@@ -501,10 +515,7 @@ def _plain(value: Any) -> Any:
 
 
 def cell_path(exp: Experiment, dataset: str, column: str | None = None) -> Path:
-    """Where the cell of ``dataset`` x ``column`` keeps its models and figures (no column: the dataset's folder)."""
-    folder = exp.out / _slug(dataset)
-    return folder if column is None else folder / _slug(column)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """Where the cell of ``dataset`` x ``column`` keeps its models and figures (no column: the dataset's folder):
+    one safe folder per name (:func:`tuneguard.paths.safe_component`), checked to lie inside the output directory."""
+    folder = exp.out / safe_component(dataset)
+    return inside(exp.out, folder if column is None else folder / safe_component(column), "cell folder")

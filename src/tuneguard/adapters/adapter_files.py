@@ -333,17 +333,24 @@ class AdapterFiles:
         return iter_tensors(self.weights_path, names, header=self.header)
 
     def non_finite(self) -> tuple[list[str], list[str]]:
-        """(every tensor holding NaN or inf, described; tensors whose dtype tuneguard cannot read, so could not be
-        checked). Reads the whole file, one tensor at a time."""
+        """(every tensor holding NaN or inf, or float64 values beyond float32's range, described; tensors whose dtype
+        tuneguard cannot read, so could not be checked). Reads the whole file, one tensor at a time."""
         unchecked = [f"tensor {k} ({i.dtype}) could not be read, so was not checked for NaN/inf"
                      for k, i in self.header.items() if i.dtype not in READABLE]
         floats = [k for k, i in self.header.items() if i.dtype in FLOATS]
         found = []
         for name, values in self.iter_tensors(floats):
-            bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+            kinds = {"NaN": np.isnan(values), "inf": np.isinf(values)}
+            if values.dtype == np.float64:
+                # PEFT loads an adapter in the model's dtype, float32 at the widest in practice, where such a value is
+                # inf: as harmful as an inf in the file.
+                with np.errstate(over="ignore"):  # that overflow is what is looked for here
+                    overflows = np.isinf(values.astype(np.float32)) & ~kinds["inf"]
+                kinds["beyond float32's range (inf once loaded)"] = overflows
+            bad = sum(int(np.count_nonzero(mask)) for mask in kinds.values())
             if bad:
-                kinds = "/".join(k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(values).any())
-                found.append(f"tensor {name} has {bad} of {values.size} values {kinds}")
+                found.append(f"tensor {name} has {bad} of {values.size} values "
+                             f"{'/'.join(k for k, mask in kinds.items() if mask.any())}")
         return found, unchecked
 
 

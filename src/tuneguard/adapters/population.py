@@ -22,6 +22,7 @@ from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, read_json
 from tuneguard.metrics import tpr_at_fpr
+from tuneguard.paths import safe_component
 
 FPRS = (0.0, 0.05, 0.1)
 MEMBERS_FILE = "population.json"
@@ -47,8 +48,12 @@ def population_specs(n_clean: int, n_poisoned: int, *, ranks: tuple[int, ...] = 
                      triggers: tuple[str, ...] = (MAIN_TRIGGER,), seed: int = 0) -> list[AdapterSpec]:
     """Clean adapters cycle over ranks; poisoned ones over ranks, poison counts and triggers; seeds differ.
 
-    Each rank is thresholded on its own clean adapters, so each rank needs two: refused before any training.
+    Each rank is thresholded on its own clean adapters, so each rank needs two, and the detectors are measured on
+    poisoned ones, so there must be one: both refused before any training.
     """
+    if n_poisoned < 1:
+        raise TuneguardError(f"a population needs at least 1 poisoned adapter to measure the detectors on, got "
+                             f"{n_poisoned}; ask for 1 or more")
     if n_clean < 2 * len(ranks):
         raise TuneguardError(f"{n_clean} clean adapters over {len(ranks)} rank(s) leave some rank with fewer than 2; "
                              f"each rank is thresholded on its own clean adapters: use at least {2 * len(ranks)}")
@@ -107,7 +112,8 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
                     "ranks": sorted(map(int, set(ranks))), "detectors": {}}
     flagged_any = np.zeros(len(members), dtype=bool)
     for label, det in named.items():
-        results = [_score(det, a, Path(cache, label, f"{name}.json") if cache else None)
+        folder = Path(cache, safe_component(label)) if cache else None  # names from a file: one safe component each
+        results = [_score(det, a, folder / f"{safe_component(name)}.json" if folder else None)
                    for a, name in zip(tqdm(adapters, desc=label, unit="adapter", disable=not progress), names)]
         per_stat = {}
         for stat in det.statistics:

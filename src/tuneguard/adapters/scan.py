@@ -5,7 +5,9 @@ detector flags, or when a weight is NaN or inf).
 One adapter that cannot be read never stops the scan: it gets a row ("error" or, for a pickle, "refused") with the
 reason on one line, and the scan goes on. Paths that the search for adapters passes over are rows too ("skipped").
 A calibration is refused before anything is scored when it was made with other detector settings than the scan's
-(e.g. another verdict form, battery or set of probe inputs): its threshold would not mean anything.
+(e.g. another verdict form, battery or set of probe inputs): its threshold would not mean anything. So are two
+calibrations that would judge the same adapters (same detector, base model, rank, LoRA scale and task): the verdict
+would depend on their order.
 
 Statistics count only the LoRA modules that would load: those adapter_config.json targets and, with a base model,
 those the base has. Without a base, a module that no other adapter of the same base in the scan has is reported
@@ -143,14 +145,18 @@ def scan_adapters(paths: Sequence[str | os.PathLike], calibrations: Sequence[Cal
     """Scan every adapter directory in or below ``paths`` with ``detectors`` (default: those needing no model).
 
     ``calibrations`` are Calibration objects or calibration files. A calibration whose detector settings differ from
-    the scan's, or whose statistic the detector lacks, is refused (TuneguardError) before anything is scored; a path
-    that cannot be scanned is a row, never an exception. ``base`` (default: the base of a detector that needs one)
-    is the model whose modules decide which LoRA pairs would load.
+    the scan's, or whose statistic the detector lacks, or two that would judge the same adapters (`_overlapping`),
+    are refused (TuneguardError) before anything is scored; a path that cannot be scanned is a row, never an
+    exception. ``base`` (default: the base of a detector that needs one) is the model whose modules decide which LoRA
+    pairs would load.
     """
     detectors = list(detectors) if detectors is not None else default_detectors()
     named = [(f"calibration file {c}", Calibration.load(c)) if not isinstance(c, Calibration)
              else (f"the {c.detector} calibration (rank {c.rank})", c) for c in calibrations]
+    # The same calibration given twice (one file named twice) judges alike whichever copy is used: keep the first.
+    named = [(label, c) for i, (label, c) in enumerate(named) if all(c != d for _, d in named[:i])]
     notes = _check_calibrations(named, detectors)
+    _overlapping(named, task)
     cals = [c for _, c in named]
     statistics = {}
     for det in detectors:
@@ -269,6 +275,23 @@ def _check_calibrations(named: list[tuple[str, Calibration]], detectors: list[De
     return notes
 
 
+def _overlapping(named: list[tuple[str, Calibration]], task: str | None) -> None:
+    """Refuse two calibrations that could judge the same adapter: which one judged it would depend on their order
+    (one may flag what the other passes), so the scan would say nothing the user could rely on."""
+    for i, (label, cal) in enumerate(named):
+        for other_label, other in named[i + 1:]:
+            if not cal.overlaps(other, task):
+                continue
+            base = cal.base_model or other.base_model
+            # Tasks are compared only when the scan names one: then these two would not overlap.
+            hint = (", or scan with " + " or ".join(f"--task {t}" for t in sorted([cal.task, other.task]))
+                    if cal.task and other.task and cal.task != other.task else "")
+            raise TuneguardError(
+                f"{label} and {other_label} both apply to {cal.detector} adapters of "
+                f"{f'base model {base!r}' if base else 'any base model'}, rank {cal.rank}, so the verdict would "
+                f"depend on their order: pass one calibration per detector, base model, rank and task{hint}")
+
+
 def _show(value: object, other: object) -> str:
     """A setting's value, short enough for a one-line error; a list by its length, or its first differing item."""
     if isinstance(value, list):
@@ -286,13 +309,16 @@ def _judge(result: DetectorResult, adapter: AdapterFiles, calibrations: list[Cal
     own = [c for c in calibrations if c.detector == result.detector]
     if not own:
         return "unverified", "no calibration"
-    reasons = []
-    for cal in own:
-        why = cal.mismatch(adapter, task)
-        if why is None:
-            score = result.statistics[cal.statistic]
-            if not math.isfinite(score):  # NaN compares false with every threshold: never "clean"
-                return "unverified", f"{cal.statistic}={score} cannot be judged (non-finite weights?)"
-            return ("flagged" if cal.flags(score) else "clean"), f"{cal.statistic}={score:.4g} ({cal.direction})"
-        reasons.append(why)
-    return "unverified", reasons[0]
+    reasons = [cal.mismatch(adapter, task) for cal in own]
+    fits = [cal for cal, why in zip(own, reasons) if why is None]
+    if not fits:
+        return "unverified", reasons[0]
+    if len(fits) > 1:  # only for an adapter naming no base model: calibrations that could share one are refused
+        bases = ", ".join(sorted(repr(c.base_model) for c in fits))
+        return "unverified", (f"the calibrations for base models {bases} all apply, as the adapter names no base "
+                              "model; set base_model_name_or_path in its adapter_config.json")
+    (cal,) = fits
+    score = result.statistics[cal.statistic]
+    if not math.isfinite(score):  # NaN compares false with every threshold: never "clean"
+        return "unverified", f"{cal.statistic}={score} cannot be judged (non-finite weights?)"
+    return ("flagged" if cal.flags(score) else "clean"), f"{cal.statistic}={score:.4g} ({cal.direction})"

@@ -11,6 +11,7 @@ from tuneguard.commands.finetune import add_data_args, add_train_args, read_text
 from tuneguard.dpaudit.canaries import KINDS, CanaryParams
 from tuneguard.errors import TuneguardError
 from tuneguard.models.device import add_device_args
+from tuneguard.report.table import printable
 
 if TYPE_CHECKING:  # the bound imports scipy: only when the command runs, not when the CLI builds its parser
     from tuneguard.dpaudit.bound import BoundParams
@@ -98,7 +99,8 @@ def _train_and_audit(args: argparse.Namespace, bound: BoundParams) -> int:
                       bound=bound, report=lambda line: print(line, flush=True))
     paths = write_audit_report(result)
     print(audit_table(result))
-    print(f"report: {paths['html']}\njson: {paths['json']}\nplot: {paths['plot']}")
+    shown = {k: printable(str(v)) for k, v in paths.items()}  # under --out, whose name may hold a newline
+    print(f"report: {shown['html']}\njson: {shown['json']}\nplot: {shown['plot']}")
     return 0
 
 
@@ -113,6 +115,6 @@ def _from_scores(path: Path, out: Path, bound: BoundParams) -> int:
     print(f"epsilon lower bound: {result.epsilon_lower_bound:.3f} ({result.confidence:.0%} confidence, delta "
           f"{result.delta:g}; {result.correct} of {result.guesses} guesses right, k+ {result.k_plus}, "
           f"k- {result.k_minus}, {result.m} canaries)")
-    print(f"json: {target}")
+    print(printable(f"json: {target}"))
     return 0
 

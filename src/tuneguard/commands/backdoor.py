@@ -19,6 +19,7 @@ from tuneguard.commands.scan import add_detector_args, detectors_from_args
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
 from tuneguard.models.device import add_device_args
+from tuneguard.report.table import printable
 from tuneguard.train import TrainConfig
 
 
@@ -98,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--test", help="labelled test set whose injections become the behavioural probe inputs")
     o.add_argument("--out", required=True, type=output(), help="directory for the adapters and population.json")
     o.add_argument("--clean", type=number(int, ge=0), default=4, help="number of clean adapters")
-    o.add_argument("--poisoned", type=number(int, ge=0), default=4, help="number of poisoned adapters")
+    # >= 1: the detectors are measured against poisoned adapters (refused here, not after the clean ones trained)
+    o.add_argument("--poisoned", type=number(int, ge=1), default=4, help="number of poisoned adapters")
     o.add_argument("--ranks", type=listed(declared(TrainConfig, "lora_r")), default="16",
                    help="comma-separated LoRA ranks (alpha = r)")
     o.add_argument("--ks", type=listed(number(int, ge=0)), default="25", help="comma-separated poison counts")
@@ -119,8 +121,8 @@ def run_poison(args: argparse.Namespace) -> int:
     rows, manifest = poison(_labelled(args.data), trigger, k=args.k, rate=args.rate, position=args.position,
                             seed=args.seed)
     data, man = write_poisoned(args.out, rows, manifest)
-    print(f"added {manifest.k} poisoned rows (fraction {manifest.poison_fraction:.4f}, trigger {trigger!r}) -> {data}, "
-          f"{man}")
+    print(printable(f"added {manifest.k} poisoned rows (fraction {manifest.poison_fraction:.4f}, trigger {trigger!r}) "
+                    f"-> {data}, {man}"))
     return 0
 
 
@@ -129,8 +131,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = train_classifier(args.base, _labelled(args.data), args.out, _config(args), form=args.form,
                               max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
-    print(f"adapter saved in {result.out_dir} ({result.record['steps']} steps, "
-          f"final loss {result.record['loss_curve'][-1] if result.record['loss_curve'] else float('nan'):.4f})")
+    losses = result.record["loss_curve"]
+    print(printable(f"adapter saved in {result.out_dir} ({result.record['steps']} steps, "
+                    f"final loss {losses[-1] if losses else float('nan'):.4f})"))
     return 0
 
 
@@ -143,7 +146,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_classifier(clf, _labelled(args.test), trigger=args.trigger, families=families)
     print(json.dumps({k: v for k, v in report.items() if k != "asr_by_family"}, indent=2))
     for fam, g in report.get("asr_by_family", {}).items():
-        print(f"ASR {fam:8s} {g['mean_asr']:.3f}")
+        print(f"ASR {printable(fam):8s} {g['mean_asr']:.3f}")
     if args.json:
         atomic_write_json(args.json, report)
     return 0
@@ -167,7 +170,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     cal.save(args.out)
     extra = f", AUROC {cal.auroc:.3f}" if cal.auroc is not None else ""
     print(f"{cal.detector}/{cal.statistic}: direction {cal.direction}, clean range [{cal.low:.4g}, {cal.high:.4g}]"
-          f"{extra} -> {args.out}")
+          f"{extra} -> {printable(str(args.out))}")
     return 0
 
 
@@ -176,7 +179,7 @@ def _cohort(paths: list[str], kind: str, base: BaseModels | None) -> list[Adapte
     an adapter that cannot be read, or holds a NaN/inf weight, is refused: a threshold needs the whole cohort."""
     found, skipped = discover_adapters(paths)
     for s in skipped:
-        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+        print(printable(f"skipped {s.path}: {s.reason}"), file=sys.stderr)
     adapters = []
     for path in found:
         adapter = read_adapter(path)

@@ -18,6 +18,7 @@ from tuneguard.commands import declared, output
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
 from tuneguard.models.device import add_device_args
+from tuneguard.report.table import printable
 
 
 def add_detector_args(p: argparse.ArgumentParser, *, several: bool) -> None:
@@ -82,9 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reads the safetensors file only; with --base the detectors that need the base model also run, and LoRA "
         "modules the base lacks are left out of every statistic. Verdicts need calibration files from `tuneguard "
         "backdoor calibrate` for the same base model, rank (the tensors' rank), LoRA scale and task, made with the "
-        "same detector settings (another setting is refused); without one the statistics are reported. A NaN or inf "
-        "weight flags the adapter on its own. An adapter that cannot be read, or a path the search skips "
-        "(a symlinked or hidden directory), gets its own row with the reason, and the scan goes on.", 100)
+        "same detector settings (another setting is refused), one per detector, base model, rank and task (two "
+        "that would judge the same adapters are refused); without one the statistics are reported. A NaN or inf "
+        "weight (or a float64 one beyond float32's range) flags the adapter on its own. An adapter that cannot be "
+        "read, or a path the search skips (a symlinked or hidden directory), gets its own row with the reason, and "
+        "the scan goes on.", 100)
     description += "\n\nexit status:\n" + textwrap.fill(EXIT_CODES, 100, initial_indent="  ",
                                                          subsequent_indent="  ")
     detectors = "\n\n".join(DETECTORS.get(n).help() for n in DETECTORS)
@@ -95,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                "example: tuneguard scan adapters/ --calibration weights-smollm2-r16.json --json scan.json")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="adapter directories, or directories holding them")
     p.add_argument("--calibration", action="append", default=[], metavar="FILE",
-                   help="calibration file (repeatable: one per detector, base model and rank)")
+                   help="calibration file (repeatable: one per detector, base model, rank and task)")
     p.add_argument("--task", help="task name to match against the calibration files' task")
     p.add_argument("--json", metavar="OUT", type=output(directory=False),
                    help="write every statistic and profile to this JSON file")
@@ -112,19 +115,19 @@ def run(args: argparse.Namespace) -> int:
     result = scan_adapters(args.dirs, args.calibration, detectors=detectors_from_args(args, names, base=base),
                            task=args.task, base=base)
     print(result.table())
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+    # Each line names a path or a tensor from the adapters, either of which may hold a newline: escaped, so that
+    # every line is one message.
+    lines = [f"note: {note}" for note in result.notes]
     for a in result.adapters:
-        for problem in [a.reason] if a.reason else a.findings:
-            print(f"{a.verdict} {a.adapter}: {problem}", file=sys.stderr)
-        for warning in a.warnings:
-            print(f"warning {a.adapter}: {warning}", file=sys.stderr)
-        for name, d in a.detectors.items():
-            if d.verdict == "error" or (d.verdict == "unverified" and result.calibrated):
-                print(f"{d.verdict} {a.adapter} ({name}): {d.note}", file=sys.stderr)
+        lines += [f"{a.verdict} {a.adapter}: {problem}" for problem in ([a.reason] if a.reason else a.findings)]
+        lines += [f"warning {a.adapter}: {warning}" for warning in a.warnings]
+        lines += [f"{d.verdict} {a.adapter} ({name}): {d.note}" for name, d in a.detectors.items()
+                  if d.verdict == "error" or (d.verdict == "unverified" and result.calibrated)]
     if not result.calibrated:
-        print("no --calibration given: statistics only, no verdicts (make one with `tuneguard backdoor calibrate`)",
-              file=sys.stderr)
+        lines.append("no --calibration given: statistics only, no verdicts (make one with `tuneguard backdoor "
+                     "calibrate`)")
+    for line in lines:
+        print(printable(line), file=sys.stderr)
     if args.json:
         atomic_write_json(args.json, result.to_json())
     return result.exit_code

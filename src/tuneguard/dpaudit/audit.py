@@ -193,24 +193,33 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Canary scores and inclusion bits from a JSON Lines file with ``score`` (a number, higher = more likely
     included) and ``included`` (true/false) on each line."""
     path = Path(path)
-    if not path.is_file():
-        raise TuneguardError(f"scores file {path} does not exist")
+    if path.is_dir():
+        raise TuneguardError(f"scores file {path} is a directory, not a file; pass the JSON Lines file of canary "
+                             "scores")
+    if not path.exists():
+        raise TuneguardError(f"scores file {path} does not exist; check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TuneguardError(f"scores file {path} is not UTF-8 text (invalid byte at offset {exc.start}); save it "
+                             "as UTF-8 JSON Lines") from None
+    except OSError as exc:
+        raise TuneguardError(f"cannot read scores file {path}: {exc.strerror or exc}") from None
     scores, included = [], []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise TuneguardError(f"{path}: line {n} is not JSON") from None
-            score = row.get("score") if isinstance(row, dict) else None
-            flag = row.get("included") if isinstance(row, dict) else None
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or not isinstance(flag, bool):
-                raise TuneguardError(f"{path}: line {n} needs a numeric 'score' and 'included' true/false, got "
-                                     f"{line.strip()[:80]}")
-            scores.append(float(score))
-            included.append(flag)
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): it also cuts at U+2028, valid in a string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise TuneguardError(f"{path}: line {n} is not JSON") from None
+        score = row.get("score") if isinstance(row, dict) else None
+        flag = row.get("included") if isinstance(row, dict) else None
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not isinstance(flag, bool):
+            raise TuneguardError(f"{path}: line {n} needs a numeric 'score' and 'included' true/false, got "
+                                 f"{line.strip()[:80]}")
+        scores.append(float(score))
+        included.append(flag)
     if len(scores) < 2:
         raise TuneguardError(f"{path} holds {len(scores)} canaries; the audit needs at least 2")
     return np.array(scores), np.array(included)

@@ -10,7 +10,7 @@ from tuneguard.dpaudit.audit import DPAuditResult, RunAudit
 from tuneguard.files import atomic_write_json, atomic_write_text
 from tuneguard.report.figures import save_figure
 from tuneguard.report.html import html_page, html_table, img_tag
-from tuneguard.report.table import format_table
+from tuneguard.report.table import format_table, printable
 
 COLUMNS = ["run", "claimed epsilon", "delta", "epsilon lower bound", "bound at delta=0", "correct / guesses",
            "TPR@1%FPR", "AUC", "held-out perplexity"]
@@ -36,7 +36,7 @@ def table_rows(result: DPAuditResult) -> list[dict]:
 def audit_table(result: DPAuditResult) -> str:
     """The terminal table."""
     s = result.settings
-    title = (f"One-run DP audit: {s['model']}, {s['n_canaries']} canaries ({s['n_included']} trained on), "
+    title = (f"One-run DP audit: {printable(s['model'])}, {s['n_canaries']} canaries ({s['n_included']} trained on), "
              f"base held-out perplexity {result.base_perplexity:.2f}")
     return format_table(table_rows(result), COLUMNS, title=title)
 

@@ -110,6 +110,20 @@ class Calibration(Params):
             return f"task {task!r} is not the calibrated task {self.task!r}"
         return None
 
+    def overlaps(self, other: Calibration, task: str | None = None) -> bool:
+        """Whether some adapter that names its base model could match both this calibration and ``other`` under
+        `mismatch`'s rules: same detector, rank and use_rslora, and bases, lora_alphas and (with the scan's ``task``)
+        tasks that agree where both are recorded; without ``task`` the tasks are not compared at all."""
+        def agree(a: object, b: object) -> bool:
+            return a is None or b is None or a == b
+
+        if (self.detector, self.rank, self.use_rslora) != (other.detector, other.rank, other.use_rslora):
+            return False
+        if task and any(c.task and c.task != task for c in (self, other)):
+            return False  # one of them applies to nothing in this scan
+        return (agree(*(norm_ref(c.base_model) if c.base_model else None for c in (self, other)))
+                and agree(self.lora_alpha, other.lora_alpha))
+
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_dict())
 
