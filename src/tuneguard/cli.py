@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import errno
 import importlib
 import importlib.util
 import logging
@@ -15,10 +14,9 @@ from typing import Collection
 
 from tuneguard import __version__
 from tuneguard.errors import TuneguardError
+from tuneguard.files import DISK_ERRORS
 from tuneguard.report.table import printable
 
-# OSError numbers that mean the disk or the output location, not tuneguard, stopped a run.
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 # Each entry names a module in tuneguard.commands exposing ``register(subparsers)``; the parser it adds sets
 # ``func(args) -> int``. Adding a command = one module + one line here.

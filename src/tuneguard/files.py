@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -20,23 +22,70 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
+# The modes open() and mkdir() give under the user's umask. Outputs are meant to be shared like any other file, but
+# mkstemp makes 0600 files, mkdtemp 0700 directories, and safetensors writes through a temporary file of its own
+# (0600): every output gets these modes before it is renamed into place.
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+# OSError numbers that mean the disk or the output location, not tuneguard, stopped a write.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """The OSError number behind a failed write, wherever the writer left it: the OSError itself, the one torch.save
+    turns into a RuntimeError ("unexpected pos": the OSError is its context), or a safetensors error's "(os error N)"
+    (raised from Rust, with no OSError at all). None when there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found:
+            return int(found.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Raise a write in the block that the disk stopped (full, over quota, read-only, not permitted) as an OSError
+    naming ``path``, whichever library wrote: the command line prints that as one line with the fix."""
+    try:
+        yield
+    except Exception as exc:
+        code = disk_errno(exc)
+        if code not in DISK_ERRORS:
+            raise
+        raise OSError(code, os.strerror(code), os.fspath(path)) from exc
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path``, and for a directory everything under it, ``FILE_MODE`` / ``DIR_MODE`` (symbolic links are
+    left alone: chmod would follow them out of the tree)."""
+    path = Path(path)
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not item.is_symlink():
+            os.chmod(item, DIR_MODE if item.is_dir() else FILE_MODE)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory (given ``FILE_MODE``) and an
+    atomic rename; a write the disk stopped is an OSError naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared like any other file
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -131,26 +180,30 @@ def check_output(path: str | os.PathLike, *, directory: bool = True) -> Path:
 
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
+    """Yield a temporary sibling directory; on success its contents get ``FILE_MODE`` / ``DIR_MODE`` and it
+    replaces ``path`` in one rename.
 
-    A crash inside the block leaves any previous ``path`` untouched.
+    A crash inside the block leaves any previous ``path`` untouched; a write the disk stopped, whichever library
+    wrote, is an OSError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            yield tmp
+            apply_umask(tmp)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _jsonable(obj: Any) -> Any:

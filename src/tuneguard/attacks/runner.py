@@ -144,12 +144,15 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     if non_shots or mem_shots:
         warnings.append(f"{len(non_shots)} non-member and {len(mem_shots)} member texts were used as ReCall shots and "
                         "are not evaluated")
+    # Named only when used: a score read from the cache may differ from a fresh-cache run's by float rounding.
+    score_cache = {k: e.cache_use() for k, e in engines.items() if e.cache_reads}
     return MIAResult(
         title=title or f"Membership inference against {target.ref}",
         settings={"target": target.ref, "reference": reference_engine.name if reference_engine else None,
                   "attacks": names, "params": {n: a.params.to_dict() for n, a in instances.items()}, "seed": seed,
                   "members": len(split.members), "nonmembers": len(split.nonmembers), "evaluated": len(texts),
-                  **window, "n_shots": n_shots, "bootstrap": n_boot, **target.placement()},
+                  **window, "n_shots": n_shots, "bootstrap": n_boot, **target.placement(),
+                  **({"score_cache": score_cache} if score_cache else {})},
         attacks=results, skipped=skipped, warnings=warnings, shots={"nonmember": non_shots, "member": mem_shots},
         cost={"seconds": timing, "forward_passes": {k: e.forward_passes for k, e in engines.items()},
               "forward_passes_by_attack": passes, "model_calls": {k: e.batches for k, e in engines.items()}},

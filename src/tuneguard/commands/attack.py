@@ -80,16 +80,20 @@ def attack_options(args: argparse.Namespace) -> dict:
 
 
 def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> None:
-    """The verdict first, then the scoring window, the table, warnings, the records at risk, what to do next and
-    where the report went; ``given`` names how a scoring window the caller set was given (e.g. the option)."""
+    """The verdict first, then the scoring window (and the scores reused from the score cache), the table, warnings,
+    the records at risk, what to do next and where the report went; ``given`` names how a scoring window the caller
+    set was given (e.g. the option)."""
     from tuneguard.files import read_jsonl
-    from tuneguard.report.mia import mia_table, next_steps_text, records_text, verdict_text
+    from tuneguard.report.mia import mia_table, next_steps_text, records_text, score_cache_text, verdict_text
 
     settings = result.settings
     source = given if settings["max_length_source"] == "given" else settings["max_length_source"]
     print(verdict_text(result))
     where = f"; scored on {settings['device']} in {settings['dtype']}" if "device" in settings else ""
     print(f"\nscoring window: {settings['max_length']} tokens per text ({source}){where}")
+    cached = score_cache_text(result)
+    if cached:
+        print(cached)
     print(mia_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}")

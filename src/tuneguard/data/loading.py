@@ -21,7 +21,8 @@ def load_texts(source: str | Path, *, column: str | None = None, split: str = "t
 
     ``source`` is a JSONL/JSON/CSV/TSV/parquet file (``column`` picks the text field; default ``text`` or the only
     string column), a ``.txt`` file (one text per non-empty line), a directory (one text per file), or a
-    ``datasets`` name such as ``hf:imdb`` (``split`` picks the split; needs a network).
+    ``datasets`` name such as ``hf:imdb`` (``split`` picks the split; needs the hub, or HF_HUB_OFFLINE=1 and a
+    copy in the local datasets cache).
     """
     rows, column = _load_rows(source, column, split)
     texts = [row[column] for row in rows]
@@ -143,6 +144,16 @@ def _dir_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _hub_rows(name: str, split: str) -> list[dict[str, Any]]:
+    from huggingface_hub import constants
+
+    from tuneguard.models.loading import hub_unreachable
+
+    # Unreachable, datasets retries each file for about 30 s with a warning per try: ask the hub once, as model
+    # loading does. HF_HUB_OFFLINE, the user's own switch, makes datasets read its local cache at once instead.
+    down = None if constants.HF_HUB_OFFLINE else hub_unreachable()
+    if down:
+        raise TuneguardError(f"could not load dataset {name!r}: {down}; connect to the network, use a local data "
+                             "file, or set HF_HUB_OFFLINE=1 to read a copy from the local datasets cache")
     import datasets
 
     try:

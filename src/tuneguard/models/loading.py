@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from tuneguard.errors import TuneguardError
+from tuneguard.files import read_json
 from tuneguard.models.device import DeviceSettings, check_fits, resolve_settings
 from tuneguard.models.embedded import EMBEDDED, EMBEDDED_DIRS, tiny_model
 from tuneguard.models.loaded import LoadedModel
@@ -110,6 +111,7 @@ def _load_plain(ref: str, path: Path, *, task: str, num_labels: int, settings: D
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise TuneguardError(f"{ref} is not a model directory (no config.json or adapter_config.json in it)")
+        check_model_type(path)
         check_weight_files(path)
         loaded = _from_pretrained(str(path), task=task, num_labels=num_labels, settings=settings, ref=ref)
         record = path / RUN_RECORD
@@ -143,6 +145,19 @@ def hub_unreachable() -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure to get an answer is what the probe looks for
         return f"{constants.ENDPOINT} does not answer ({type(exc).__name__})"
     return None
+
+
+def check_model_type(path: Path) -> None:
+    """Refuse a model directory whose config.json names a ``model_type`` this transformers does not know, in one
+    line (transformers' own message runs over several lines, its fix in the last)."""
+    from transformers import CONFIG_MAPPING, __version__
+
+    config = path / "config.json"
+    model_type = read_json(config, fix="download or save the model again", expect=dict).get("model_type")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
+        raise TuneguardError(f"{config} names model_type {model_type!r}, which transformers {__version__} does not "
+                             "know: upgrade transformers (pip install -U transformers) if the model is newer, else "
+                             f"correct model_type in {config}")
 
 
 def check_weight_files(path: Path) -> None:
@@ -251,7 +266,8 @@ def _load_weights(cls, source: str, kwargs: dict, *, new_head: bool):
 
 def _check_tokenizer(tokenizer, config, ref: str) -> None:
     """Give the tokenizer a pad token; refuse one that does not belong to the model ``config`` describes: ids
-    beyond its embedding, or begin/end-of-text tokens none of which are the model's (another model family's)."""
+    beyond its embedding, begin/end-of-text tokens none of which are the model's (another model family's), or,
+    for a tokenizer without such tokens (BERT's), the model's own begin/end-of-text tokens missing from it."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise TuneguardError(f"the tokenizer of {ref} has neither a pad nor an eos token")
@@ -270,6 +286,14 @@ def _check_tokenizer(tokenizer, config, ref: str) -> None:
     if ours and theirs and not ours & theirs:
         raise TuneguardError(f"the tokenizer of {ref} marks text with token ids {sorted(ours)} but the model with "
                              f"{sorted(theirs)}: the tokenizer is from another model; use the model's own tokenizer")
+    # A model's begin/end-of-text token is one of its own tokenizer's: one the model can emit (inside its
+    # embedding) but this tokenizer cannot name means the tokenizer is another, smaller one. (An id beyond the
+    # embedding is the config's own slip, not the tokenizer's.)
+    unknown = sorted(i for i in theirs if i >= len(tokenizer) and (not rows or i < rows))
+    if unknown:
+        raise TuneguardError(f"the model {ref} marks text with token id {unknown[0]} but its tokenizer has only "
+                             f"{len(tokenizer)} tokens: the tokenizer is from another model; use the model's own "
+                             "tokenizer")
 
 
 def as_loaded(model: LoadedModel | str | Path, **kwargs) -> LoadedModel:

@@ -61,6 +61,19 @@ def next_steps_text(result: MIAResult) -> str:
     return "\n".join(lines)
 
 
+def score_cache_text(result: MIAResult) -> str | None:
+    """Which scores the run read from the score cache (``settings["score_cache"]``), or None when it computed them
+    all."""
+    use = result.settings.get("score_cache")
+    if not use:
+        return None
+    counts = " and ".join(f"{u['from_cache']} of the {u['from_cache'] + u['computed']} {model} scores"
+                          for model, u in use.items())
+    return (f"score cache: {counts} were read from the score cache, not computed in this run: computed beside other "
+            "texts, they may differ from fresh ones by float rounding (far below what moves a result); to recompute "
+            "them all, delete the scores folder of $TUNEGUARD_CACHE (default ~/.cache/tuneguard)")
+
+
 def records_text(rows: list[dict], top: int = 5) -> str:
     """The most exposed members (exposure.jsonl's rows), one line each, by record number only: a terminal may be
     logged where the user's texts must not go."""
@@ -100,7 +113,9 @@ def write_mia_report(out_dir: Path, result: MIAResult, *,
         n_nonmembers=max(m["n_nonmembers"] for m in metrics.values()), fpr_levels=levels)
 
     table, columns, notes = _rows(result)
+    cached = score_cache_text(result)
     results_body = (f"<p>{escape(_summary(result))}</p>\n"
+                    + (f'<p class="note">{escape(cached)}</p>\n' if cached else "")
                     + html_table(table, columns, highlight={AUC_COLUMN: "max"})
                     + "".join(f'\n<p class="note">{DASH} {escape(n)}</p>' for n in notes)
                     + "".join(f'\n<p class="note">not applicable ({escape(name)}): {escape(a.not_applicable)}</p>'

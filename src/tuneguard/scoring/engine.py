@@ -196,7 +196,9 @@ class ScoringEngine:
     ``batch_size`` texts per model call, or, when ``batch_tokens`` is given, as many as fit in that many padded
     tokens. ``distributed`` shards the texts over the processes of an ``accelerate launch`` run (every process must
     then call :meth:`score` with the same texts). ``forward_passes`` counts texts actually forwarded (cache hits cost
-    none; over every process); ``batches`` counts model calls (over every process).
+    none; over every process); ``batches`` counts model calls (over every process); ``cache_reads`` counts scores
+    read from the disk cache (this process's), computed by an earlier engine in other batches: within
+    ``BATCH_TOLERANCE`` of, not bit-equal to, what this engine would compute.
     """
 
     def __init__(self, loaded: LoadedModel, *, batch_size: int = 8, batch_tokens: int | None = None,
@@ -209,6 +211,7 @@ class ScoringEngine:
         self.max_length = min(max_length or loaded.max_length, loaded.max_length)
         self.forward_passes = 0
         self.batches = 0
+        self.cache_reads = 0
         self._memory: dict[str, TokenScores] = {}
         self._processes = _launched_processes() if distributed else None
         self.progress = progress and (self._processes is None or self._processes.is_main_process)
@@ -277,6 +280,11 @@ class ScoringEngine:
             if key in missing and key not in agreed:
                 agreed[key] = todo[key] if key in todo else self.encode(text, prefix)
         return agreed
+
+    def cache_use(self) -> dict[str, int]:
+        """Where this engine's scores came from so far: ``from_cache`` (read from the disk cache) and ``computed``
+        (forwarded), each score counted once."""
+        return {"from_cache": self.cache_reads, "computed": self.forward_passes}
 
     def ll(self, texts: list[str], **kwargs) -> np.ndarray:
         """``LL(x)`` for each text."""
@@ -467,6 +475,7 @@ class ScoringEngine:
                     log.warning("score cache entry %s is unreadable (%s); recomputing it", path, exc)
                     return None
                 self._memory[key] = hit
+                self.cache_reads += 1
         return hit
 
     def _store(self, key: str, scores: TokenScores) -> None:

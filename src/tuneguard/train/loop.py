@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_directory, atomic_write_json, read_json
+from tuneguard.files import apply_umask, atomic_directory, atomic_write_json, read_json, writing
 from tuneguard.models import LoadedModel, as_loaded, load_model
 from tuneguard.models.device import current_settings, prepare_precision, training_accelerator
 from tuneguard.models.loading import RUN_RECORD
@@ -100,50 +100,50 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
 
     net.train()
     pad_id = base.tokenizer.pad_token_id
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"finetune {config.method}", unit="step",
-               disable=not progress or not accelerator.is_local_main_process)
-    for epoch in range(state["epoch"], config.epochs):
-        if config.max_steps and state["step"] >= config.max_steps:
-            break
-        t0, c0 = time.perf_counter(), time.process_time()
-        batches = length_grouped_batches(lengths, config.batch_size, seed=config.seed, epoch=epoch,
-                                         group=config.group_by_length)
-        batches = (batches * world)[:n_batches][rank::world]  # equal count per process for DDP
-        losses, micro = [], []
-        for batch_idx in batches:
-            batch = collate([encoded[i] for i in batch_idx], pad_id)
-            if goldfish is not None:
-                batch["labels"] = goldfish_labels(batch, goldfish)
-            state["tokens"] += int(batch["attention_mask"].sum())
-            state["padded"] += int(batch["attention_mask"].numel())
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(net):
-                loss = net(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            micro.append(accelerator.reduce(loss.detach(), "mean").item())  # the loss over all processes
-            if accelerator.sync_gradients:
-                state["lr_curve"].append(scheduler.get_last_lr()[0])
-                scheduler.step()
-                state["step"] += 1
-                step_loss = sum(micro) / len(micro)
-                micro = []
-                state["loss_curve"].append(round(step_loss, 6))
-                losses.append(step_loss)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}")
-                if config.max_steps and state["step"] >= config.max_steps:
-                    break
-        state["epoch"] = epoch + 1
-        state["epoch_loss"].append(round(sum(losses) / max(len(losses), 1), 6))
-        state["seconds"] += time.perf_counter() - t0
-        state["cpu_seconds"] += time.process_time() - c0
-        if accelerator.is_main_process and state["epoch"] < config.epochs:
-            _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state,
-                             _stamp(key, data_digest, base, base_fingerprint))
-        accelerator.wait_for_everyone()
-    bar.close()
+    # Closed on an error too: the error line then starts on a line of its own, not glued to the bar.
+    with tqdm(total=total_steps, initial=state["step"], desc=f"finetune {config.method}", unit="step",
+              disable=not progress or not accelerator.is_local_main_process) as bar:
+        for epoch in range(state["epoch"], config.epochs):
+            if config.max_steps and state["step"] >= config.max_steps:
+                break
+            t0, c0 = time.perf_counter(), time.process_time()
+            batches = length_grouped_batches(lengths, config.batch_size, seed=config.seed, epoch=epoch,
+                                             group=config.group_by_length)
+            batches = (batches * world)[:n_batches][rank::world]  # equal count per process for DDP
+            losses, micro = [], []
+            for batch_idx in batches:
+                batch = collate([encoded[i] for i in batch_idx], pad_id)
+                if goldfish is not None:
+                    batch["labels"] = goldfish_labels(batch, goldfish)
+                state["tokens"] += int(batch["attention_mask"].sum())
+                state["padded"] += int(batch["attention_mask"].numel())
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.accumulate(net):
+                    loss = net(**batch).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                micro.append(accelerator.reduce(loss.detach(), "mean").item())  # the loss over all processes
+                if accelerator.sync_gradients:
+                    state["lr_curve"].append(scheduler.get_last_lr()[0])
+                    scheduler.step()
+                    state["step"] += 1
+                    step_loss = sum(micro) / len(micro)
+                    micro = []
+                    state["loss_curve"].append(round(step_loss, 6))
+                    losses.append(step_loss)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}")
+                    if config.max_steps and state["step"] >= config.max_steps:
+                        break
+            state["epoch"] = epoch + 1
+            state["epoch_loss"].append(round(sum(losses) / max(len(losses), 1), 6))
+            state["seconds"] += time.perf_counter() - t0
+            state["cpu_seconds"] += time.process_time() - c0
+            if accelerator.is_main_process and state["epoch"] < config.epochs:
+                _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state,
+                                 _stamp(key, data_digest, base, base_fingerprint))
+            accelerator.wait_for_everyone()
 
     trained = accelerator.unwrap_model(net)
     trained.eval()
@@ -225,23 +225,31 @@ def _base_name(ref: str | None, fingerprint: str | None) -> str:
 
 
 def save_trained(model: torch.nn.Module, base: LoadedModel, out_dir: Path, record: RunRecord) -> None:
-    """Write the adapter (or full model + tokenizer) as safetensors, then the run record that marks it complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".save."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if not METHODS.get(record.config["method"]).saves_adapter:
-            base.tokenizer.save_pretrained(tmp)
-        else:  # name the base as the user named it, so `load_model(out_dir)` finds it again
-            cfg_path = tmp / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = base.ref
-            cfg_path.write_text(json.dumps(cfg, indent=2))
-        for item in tmp.iterdir():
-            os.replace(item, out_dir / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    record.write(out_dir / RUN_RECORD)
+    """Write the adapter (or full model + tokenizer) as safetensors and the run record that marks it complete.
+
+    Everything is written into a temporary directory inside ``out_dir`` and moved in only once all of it is there,
+    the run record last, every file with the user's umask's mode: a full disk or a crash leaves no half-written
+    file and no run record (a write the disk stopped is an OSError naming ``out_dir``). Not one atomic rename of
+    ``out_dir`` itself: it may hold the user's other files.
+    """
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".save."))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if not METHODS.get(record.config["method"]).saves_adapter:
+                base.tokenizer.save_pretrained(tmp)
+            else:  # name the base as the user named it, so `load_model(out_dir)` finds it again
+                cfg_path = tmp / "adapter_config.json"
+                cfg = json.loads(cfg_path.read_text())
+                cfg["base_model_name_or_path"] = base.ref
+                cfg_path.write_text(json.dumps(cfg, indent=2))
+            record.write(tmp / RUN_RECORD)
+            apply_umask(tmp)
+            for item in sorted(tmp.iterdir(), key=lambda p: p.name == RUN_RECORD):
+                os.replace(item, out_dir / item.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
 
 
@@ -255,8 +263,11 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, state: dict, stamp
     with atomic_directory(ckpt) as tmp:
         trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        # Through a Python file: torch.save's own writer drops the OSError of a full disk ("unexpected pos" alone),
+        # while with a Python file the OSError stays the error's context, which atomic_directory reports.
+        with open(tmp / "optimizer.pt", "wb") as fh:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state()}, fh)
         atomic_write_json(tmp / "state.json", {**state, **stamp})
 
 
