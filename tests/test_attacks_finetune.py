@@ -14,7 +14,7 @@ import torch
 from helpers import FakeEngine, context, run, sentences, ts
 from test_scoring import with_bos
 
-from tuneguard.attacks import ATTACKS, DEFAULT_ATTACKS, resolve_attacks, run_attacks
+from tuneguard.attacks import ALL_ATTACKS, ATTACKS, resolve_attacks, run_attacks
 from tuneguard.attacks.ez_mia import EDGE_HIGH, ez_score
 from tuneguard.attacks.gradnorm import chosen_tensors
 from tuneguard.attacks.ht_mia import ht_score
@@ -231,7 +231,7 @@ def test_token_level_attacks_add_no_forward_pass(tuned):
 def test_the_default_suite_and_the_extended_ensemble_take_them(tuned):
     suite = resolve_attacks("all")
     assert suite[suite.index("ratio") + 1:suite.index("ratio") + 4] == list(TOKEN_LEVEL)
-    assert "gradnorm" not in DEFAULT_ATTACKS  # a backward pass per text: opt-in
+    assert "gradnorm" not in ALL_ATTACKS  # a backward pass per text: opt-in
     out = run_attacks(tuned.target, tuned.members, tuned.nonmembers, attacks=["ratio", *TOKEN_LEVEL, "ensemble"],
                       params={"ensemble": {"features": "extended"}}, n_boot=0, progress=False)
     assert out.attacks["ensemble"].note.endswith("over: ratio, ez-mia, wbc, ht-mia")

@@ -340,3 +340,17 @@ def test_the_bench_table_loads_and_a_typo_in_it_fails(tmp_path):
         '"../../shared/', f'"{bench.parent.parent.parent}/shared/'))
     with pytest.raises(TuneguardError, match=r"x.toml: regime 'dp' has no option 'epsilom' \(options: epsilon, "):
         load_experiment(typo)
+
+
+def test_a_suite_in_the_file_keeps_its_settings_and_the_default_is_softs_table(tmp_path):
+    from tuneguard.attacks import SUITES
+
+    fast = EXPERIMENT.replace('attacks = ["loss", "zlib", "min-k", "ratio", "bag-of-words"]', 'attacks = "fast"')
+    suite = experiment(tmp_path, fast).suite
+    assert "ez-mia" in suite.attacks and suite.params["ensemble"]["features"] == "extended"
+    own = fast.replace("n_boot = 50", "n_boot = 50\nparams = { ensemble = { folds = 3 } }")
+    params = experiment(tmp_path, own).suite.params["ensemble"]
+    assert params["features"] == "extended" and params["folds"] == 3  # the file's own on top of the suite's
+    default = EXPERIMENT.replace('attacks = ["loss", "zlib", "min-k", "ratio", "bag-of-words"]\n', "").replace(
+        "n_boot = 50", "n_boot = 50\nn_shots = 2")
+    assert experiment(tmp_path, default).suite.attacks == list(SUITES["soft-table"].members())

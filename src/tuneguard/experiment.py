@@ -62,7 +62,8 @@ class Dataset(Params):
 class AttackSuite(Params):
     """The attacks run on every cell (top-level ``attacks``) and how (the ``[attack_options]`` table)."""
 
-    attacks: list[str] = param(["all"], "attack names (tuneguard.attacks.ATTACKS; 'all' = the default suite)")
+    attacks: list[str] = param(["soft-table"], "attack and suite names (tuneguard.attacks.ATTACKS; suites fast, all, "
+                               "soft-table: SOFT's Table 1, the default)")
     params: dict = param({}, "per-attack parameters: {attack = {parameter = value}}")
     n_shots: int = param(7, "ReCall / CON-ReCall shots drawn from the texts", ge=0)
     max_length: int | None = param(None, "scoring window in tokens (default: each regime's training window)", ge=1)
@@ -106,7 +107,8 @@ class _TopLevel(Params):
     name: str | None = param(None, "title (default: the file's name)")
     out: str | None = param(None, "output directory, relative to the file (default: runs/<file name>)")
     seed: int = param(0, "seed of the member draw, the training runs and the attacks")
-    attacks: str | list[str] = param("all", "attack names, a list or a comma-separated string")
+    attacks: str | list[str] = param("soft-table", "attack and suite names (fast, all, soft-table), a list or a "
+                                     "comma-separated string")
     general_texts: int = param(32, "standard-library docstrings scored for perplexity on general text", ge=1)
     device: str = param("auto", f"where models run: {DEVICE_HELP}")
     dtype: str = param("auto", "weights' precision (auto: bfloat16 on a GPU that computes it, else float32)",
@@ -203,15 +205,19 @@ def _table(raw: dict, key: str, path: Path) -> dict:
 
 
 def _suite(path: Path, here: Path, attacks: str | list[str], options: dict) -> AttackSuite:
-    from tuneguard.attacks import resolve_attacks
+    from tuneguard.attacks import resolve_suite
 
     owner = f"{path}: [attack_options]"
     _check_keys(options, [f.name for f in fields(AttackSuite) if f.name != "attacks"], owner, "has no option")
     try:
-        names = resolve_attacks(attacks)
+        resolved = resolve_suite(attacks)
     except TuneguardError as exc:
         raise TuneguardError(f"{path}: {exc}") from None
-    suite = AttackSuite.create(owner, {**options, "attacks": names})
+    names, given = resolved.names, options.get("params", {})
+    if isinstance(given, dict):  # a suite's own settings (fast: the extended ensemble), the file's on top of them
+        given = {**resolved.params, **{n: {**resolved.params.get(n, {}), **v} if isinstance(v, dict) else v
+                                       for n, v in given.items()}}
+    suite = AttackSuite.create(owner, {**options, "attacks": names, "params": given})
     for attack, values in suite.params.items():
         if attack not in names:
             raise TuneguardError(f"{owner}: parameters given for attack {attack!r}, which is not among the attacks "

@@ -1,10 +1,15 @@
 """Membership inference attacks, one module each behind a registry; ``run_attacks`` runs a suite.
 
 Adding an attack = a module with a :class:`tuneguard.attacks.base.Attack` subclass (its parameters declared as a
-``Params`` dataclass) + one ``ATTACKS.register`` line below.
+``Params`` dataclass) + one ``ATTACKS.register`` line below. Named suites (``--attacks fast|all|soft-table``) expand
+where names are resolved; ``fast`` is derived from each attack's declared passes, so a new attack reading only the
+target's and the reference's pass joins it by its declaration.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
 from tuneguard.attacks.result import AttackResult, MIAResult
@@ -34,30 +39,103 @@ ATTACKS.register("ensemble", "tuneguard.attacks.ensemble:EnsembleAttack")
 # What `--attacks all` means: every attack that needs nothing the user must bring (dc-pdd needs a corpus) and costs
 # no more than a few passes per text (the neighbour attacks, SPV-MIA and GradNorm's backward passes are opt-in).
 # EZ-MIA, WBC and the hard-token comparison read the same two passes as ratio (target and reference): free beside it.
-DEFAULT_ATTACKS = ("loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "ez-mia", "wbc", "ht-mia", "recall",
-                   "con-recall", "bag-of-words", "ensemble")
+ALL_ATTACKS = ("loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "ez-mia", "wbc", "ht-mia", "recall",
+               "con-recall", "bag-of-words", "ensemble")
+# The ten attacks of SOFT's Table 1 (the average AUC over them is the paper's privacy figure).
+SOFT_TABLE = ("loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "recall", "con-recall", "bag-of-words",
+              "ensemble")
+# Resources only the user can bring: an attack needing one is never in a suite chosen for it.
+USER_NEEDS = frozenset({"corpus"})
+NO_REFERENCE = "needs a reference model, and none was given or recorded with the target"
+
+
+def fast_attacks() -> tuple[str, ...]:
+    """Every attack that needs nothing only the user can bring and reads no forward pass beyond the target's and the
+    reference's pass of each text (by its declared :meth:`Attack.passes`), in registry order: a new such attack
+    joins by its declaration alone. Imports every attack."""
+    return tuple(n for n in ATTACKS if not ATTACKS.get(n).needs & USER_NEEDS and
+                 ATTACKS.make(n).reads_shared_passes_only())
+
+
+@dataclass(frozen=True)
+class NamedSuite:
+    """A set of attacks named on ``--attacks``: what it is, its members (resolved when used), the parameters it sets
+    (the user's override them), and whether it runs without a reference model by leaving out the attacks needing
+    one (else those attacks are refused)."""
+
+    summary: str
+    members: Callable[[], tuple[str, ...]]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference_optional: bool = False
+
+
+SUITES: dict[str, NamedSuite] = {
+    "fast": NamedSuite("every attack reading only the target's and the reference's pass of each text, and the "
+                       "ensemble over them (features=extended); without a reference model, the single-pass ones",
+                       fast_attacks, {"ensemble": {"features": "extended"}}, reference_optional=True),
+    "all": NamedSuite("every attack needing nothing the user must bring and at most a few passes per text",
+                      lambda: ALL_ATTACKS),
+    "soft-table": NamedSuite("the ten attacks of SOFT's Table 1", lambda: SOFT_TABLE),
+}
+DEFAULT_SUITE = "fast"  # of `attack`, `audit` and `demo`
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A resolved attack list: the names in run order, the parameters the named suites in it set, and the attacks a
+    suite left out (name -> why)."""
+
+    names: list[str]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_suite(spec: str | list[str] | tuple[str, ...], *, reference: bool = True) -> Suite:
+    """Attack names and suite names (:data:`SUITES`), comma-separated or a list, as a :class:`Suite` in registry
+    order. ``reference=False`` (no reference model) leaves out of a ``reference_optional`` suite the attacks that
+    need one; an attack named on its own is kept (and refused by the runner). A later suite's parameters win."""
+    parts = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    params: dict[str, dict[str, Any]] = {}
+    left_out: dict[str, str] = {}
+    for part in filter(None, parts):
+        suite = SUITES.get(part)
+        if suite is None:
+            if part not in ATTACKS:
+                raise TuneguardError(f"unknown attack {part!r}: choose from {', '.join(ATTACKS)}, or a suite: "
+                                     f"{', '.join(SUITES)}")
+            names.append(part)
+            continue
+        members = list(suite.members())
+        if not reference and suite.reference_optional:
+            left_out |= {n: NO_REFERENCE for n in members if "reference" in ATTACKS.get(n).needs}
+            members = [n for n in members if n not in left_out]
+        names += members
+        for name, values in suite.params.items():
+            params[name] = {**params.get(name, {}), **values}
+    ordered = [n for n in ATTACKS if n in names]
+    return Suite(ordered, {n: p for n, p in params.items() if n in ordered},
+                 {n: why for n, why in left_out.items() if n not in ordered})
 
 
 def resolve_attacks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Attack names from a comma-separated string or a list (``all`` = DEFAULT_ATTACKS), in registry order."""
-    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [n for part in names for n in (DEFAULT_ATTACKS if part == "all" else [part]) if n]
-    for n in names:
-        ATTACKS.check(n)
-    return [n for n in ATTACKS if n in names]
+    """Attack names from a comma-separated string or a list of attack and suite names, in registry order."""
+    return resolve_suite(spec).names
 
 
-def make_attacks(spec: str | list[str] | tuple[str, ...], params: dict[str, dict] | None = None) -> dict[str, Attack]:
-    """The attacks of ``spec`` (see :func:`resolve_attacks`) built with their ``params``: every declared parameter
-    and each attack's settings checked, with no model or data touched (``audit`` calls it before fine-tuning)."""
+def make_attacks(spec: str | list[str] | tuple[str, ...] | Suite,
+                 params: dict[str, dict] | None = None) -> dict[str, Attack]:
+    """The attacks of ``spec`` (see :func:`resolve_suite`) built with the suites' parameters overridden by
+    ``params``: every declared parameter and each attack's settings checked, with no model or data touched
+    (``audit`` calls it before fine-tuning)."""
+    suite = spec if isinstance(spec, Suite) else resolve_suite(spec)
     params = params or {}
-    names = resolve_attacks(spec)
-    unknown = set(params) - set(names)
+    unknown = set(params) - set(suite.names)
     if unknown:
         raise TuneguardError(f"parameters given for attack(s) not being run: {', '.join(sorted(unknown))}")
-    instances = {n: ATTACKS.make(n, **params.get(n, {})) for n in names}
+    instances = {n: ATTACKS.make(n, **{**suite.params.get(n, {}), **params.get(n, {})}) for n in suite.names}
     for attack in instances.values():
-        attack.check_needs(names)
+        attack.check_needs(suite.names)
     return instances
 
 
@@ -68,5 +146,6 @@ def run_attacks(*args, **kwargs) -> MIAResult:
     return run(*args, **kwargs)
 
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_ATTACKS", "MIAResult",
-           "make_attacks", "resolve_attacks", "run_attacks"]
+__all__ = ["ALL_ATTACKS", "ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_SUITE",
+           "MIAResult", "SOFT_TABLE", "SUITES", "Suite", "make_attacks", "resolve_attacks", "resolve_suite",
+           "run_attacks"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_extraction.text import CountVectorizer
 
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
+from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.folds import out_of_fold, usable_folds
 from tuneguard.params import Params, param
 
@@ -45,3 +45,6 @@ class BagOfWordsAttack(Attack):
         return AttackOutput(scores=scores, raw=scores, raw_name="out-of-fold P(member)",
                             note=f"{usable_folds(ctx.labels, p.folds)}-fold out-of-fold; uses the labels of the "
                                  "other folds")
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        return {}  # blind: no model

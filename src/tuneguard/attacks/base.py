@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -27,6 +27,22 @@ if TYPE_CHECKING:
     from tuneguard.scoring import ScoringEngine, TokenScores
 
 ROUNDING = ("ceil", "floor")  # how k·n becomes a token count: ⌈k·n⌉ (canonical) or ⌊k·n⌋ (MIMIR)
+
+
+class Pass(NamedTuple):
+    """One set of forward passes an attack reads: the model (``target``, ``reference``, or another model the attack
+    loads) and what it scores. Attacks reading the same pass share it (the scoring engine's cache serves the later
+    ones), so a suite's cost is summed over its distinct passes."""
+
+    model: str
+    what: str
+
+
+# The passes a run shares: every evaluated text once under the target (made before the first attack) and once under
+# the reference (made once for every attack that needs a reference).
+TARGET_TEXTS = Pass("target", "texts")
+REFERENCE_TEXTS = Pass("reference", "texts")
+SHARED_PASSES = frozenset({TARGET_TEXTS, REFERENCE_TEXTS})
 
 
 @dataclass
@@ -103,6 +119,8 @@ class Attack(Plugin):
     ``same_tokens`` (a reference that scores the target's token ids: checked on the tokenised texts before any pass).
     ``ensemble``: which feature set of the ensemble this attack's score joins: ``"soft"`` (SOFT's features, also in
     the extended set), ``"extended"`` (the extended set only) or None (not a feature).
+    :meth:`passes` declares the forward passes it reads: an attack forwarding anything beyond the shared passes
+    (:data:`SHARED_PASSES`) overrides it, which keeps it out of the ``fast`` suite and prices it in the report.
     """
 
     kind: ClassVar[str] = "attack"
@@ -112,6 +130,20 @@ class Attack(Plugin):
     def run(self, ctx: AttackContext) -> AttackOutput:
         """Score every text of ``ctx`` (higher = member)."""
         raise NotImplementedError
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        """The forward passes this attack reads to score ``n_texts`` evaluated texts, counted as texts forwarded (as
+        ``ScoringEngine.forward_passes`` counts them): by default the target's pass of every text and, when it needs
+        a reference, the reference's. The keys never depend on ``n_texts``."""
+        passes = {TARGET_TEXTS: n_texts}
+        if "reference" in self.needs:
+            passes[REFERENCE_TEXTS] = n_texts
+        return passes
+
+    def reads_shared_passes_only(self) -> bool:
+        """Whether every pass this attack reads is one the run shares (the target's and the reference's of each
+        text): such an attack costs nothing beside them."""
+        return set(self.passes(1)) <= SHARED_PASSES
 
     def check_needs(self, suite: list[str]) -> None:
         """Refuse, before any model loads, settings this attack cannot run with; ``suite`` = every attack of the run,

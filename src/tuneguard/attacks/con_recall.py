@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass
 
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
-from tuneguard.attacks.recall import FIRST_TOKEN, FIRST_TOKEN_HELP, conditional_ll, shots_note
+from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, AttackOutput, Pass
+from tuneguard.attacks.recall import (FIRST_TOKEN, FIRST_TOKEN_HELP, MEMBER_PREFIXED, NONMEMBER_PREFIXED,
+                                      conditional_ll, shots_note)
 from tuneguard.params import Params, param
 
 
@@ -33,3 +34,6 @@ class ConRecallAttack(Attack):
                  shots_note(len(ctx.member_shots), kept_mem, len(ctx.texts), unfit_mem)]
         note = "; ".join(f"{kind} shots: {n}" for kind, n in zip(("non-member", "member"), notes) if n) or None
         return AttackOutput(scores=scores, raw=scores, raw_name="(LL(x|P_non) - γ LL(x|P_mem)) / LL(x)", note=note)
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        return {TARGET_TEXTS: n_texts, NONMEMBER_PREFIXED: n_texts, MEMBER_PREFIXED: n_texts}

@@ -5,6 +5,10 @@ An attack joins the features by its ``ensemble`` flag (:class:`tuneguard.attacks
 ratio, recall (those that ran); ``"extended"`` adds every other model-based score. The default model is a logistic
 regression on standardised features, whose continuous P(member) leaves no large ties in the ROC; SOFT's depth-5
 decision tree is ``model="tree"``.
+
+Threat model: each fold is scored by a classifier fit on the other folds' labels, so the ensemble is an attacker who
+holds labelled members and non-members of the target's training data, a stronger one than the threshold attacks
+(which need no label); its report row says so.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from tuneguard.attacks import ATTACKS
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
+from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.folds import out_of_fold, usable_folds
 from tuneguard.errors import TuneguardError
 from tuneguard.params import Params, param
 
 # Which attacks' flags each feature set takes.
 FEATURE_SETS = {"soft": ("soft",), "extended": ("soft", "extended")}
+THREAT_MODEL = "the attacker holds labelled members and non-members, each fold fit on the others' labels"
 
 
 def classifier(model: str, depth: int, seed: int):
@@ -50,7 +55,7 @@ class EnsembleAttack(Attack):
     with the training folds' medians. The attacker's labelled rows are part of its threat model."""
 
     name = "ensemble"
-    summary = "classifier over the other scores (out-of-fold)"
+    summary = f"classifier over the other scores, out-of-fold; threat model: {THREAT_MODEL}"
     needs = frozenset({"results"})
     Params = EnsembleParams
 
@@ -58,6 +63,9 @@ class EnsembleAttack(Attack):
         """The attacks of ``suite`` whose scores are features of the chosen set, in run order."""
         flags = FEATURE_SETS[self.params.features]
         return [n for n in ATTACKS if n in suite and n != self.name and ATTACKS.get(n).ensemble in flags]
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        return {}  # reads the other attacks' outputs: their passes are theirs
 
     def check_needs(self, suite: list[str]) -> None:
         if not self.feature_attacks(suite[:suite.index(self.name)] if self.name in suite else suite):
@@ -85,6 +93,6 @@ class EnsembleAttack(Attack):
         scores = out_of_fold(ctx.labels, p.folds, ctx.seed, fit_predict)
         what = f"depth-{p.depth} decision tree" if p.model == "tree" else "logistic regression"
         return AttackOutput(scores=scores, raw=scores, raw_name="out-of-fold P(member)",
-                            note=f"{what}, {usable_folds(ctx.labels, p.folds)}-fold out-of-fold over: "
-                                 f"{', '.join(features)}",
+                            note=f"{what}, {usable_folds(ctx.labels, p.folds)}-fold out-of-fold (threat model: "
+                                 f"{THREAT_MODEL}) over: {', '.join(features)}",
                             extra={"features": list(features)})

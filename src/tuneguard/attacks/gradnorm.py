@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
+from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
 from tuneguard.params import Params, param
 
 NORMS = (1, 2, "inf")
@@ -91,3 +91,6 @@ class GradNormAttack(Attack):
         return AttackOutput(scores=-norms, raw=norms, raw_name=f"G = mean_k ||dL/dθ_k||_{self.params.p}", note=note,
                             extra={"tensors": tensors,
                                    "cost": {"forward_passes": n_texts, "backward_passes": n_texts}})
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        return {Pass("target", "texts, each with a backward pass (outside the scoring engine)"): n_texts}

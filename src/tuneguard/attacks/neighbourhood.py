@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
+from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.spv.variation import neighbour_variation
 from tuneguard.data import fit_to_length
 from tuneguard.errors import TuneguardError
@@ -28,6 +28,12 @@ OPTIONS = ("pct", "span_length", "buffer_size", "top_k", "temperature", "max_tri
 def fit_texts(engine: ScoringEngine, texts: Sequence[str]) -> list[str]:
     """The texts cut to the tokens ``engine`` scores, so that every rewritten word is one the models see."""
     return fit_to_length(list(texts), engine.loaded.tokenizer, engine.text_budget)
+
+
+def neighbour_pass(model: str, generator: str, n: int) -> Pass:
+    """The pass of ``n`` ``generator`` neighbours per text under ``model``: the same key for the neighbourhood attack
+    and SPV-MIA, which share one neighbour set at the same settings."""
+    return Pass(model, f"neighbours ({n} {generator} per text; making them not counted)")
 
 
 def fill_model(ctx: AttackContext, base: str | None = None) -> LoadedModel:
@@ -112,3 +118,7 @@ class NeighbourhoodAttack(Attack):
         return AttackOutput(scores=-v, raw=v, raw_name="mean_j LL(x~_j) - LL(x)",
                             note=summarise(neighbours, self.params.n, n_cut, ctx.target.text_budget),
                             extra={"neighbours": neighbours})
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        p = self.params
+        return {TARGET_TEXTS: n_texts, neighbour_pass("target", p.generator, p.n): p.n * n_texts}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
+from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, AttackOutput, Pass
 from tuneguard.params import Params, param
 
 if TYPE_CHECKING:  # the scoring engine imports torch: not needed to import the attack
@@ -15,6 +15,11 @@ if TYPE_CHECKING:  # the scoring engine imports torch: not needed to import the 
 
 SEPARATOR = "\n\n"
 FIRST_TOKEN = ("match", "keep")  # over the positions LL(x) scores (canonical) / also x's first token
+# The pass of every evaluated text behind the non-member / member shots (ReCall and CON-ReCall read the same
+# non-member one). The prefix itself is read once and its key/value cache continued by every text: a model call, not
+# a text forwarded.
+NONMEMBER_PREFIXED = Pass("target", "texts behind the non-member shots")
+MEMBER_PREFIXED = Pass("target", "texts behind the member shots")
 FIRST_TOKEN_HELP = ("match: LL(x|P) over the positions LL(x) scores (without a BOS, x's first token is left out); "
                     "keep: x's first token too (tuneguard before issue 9)")
 
@@ -89,3 +94,6 @@ class RecallAttack(Attack):
         return AttackOutput(scores=scores, raw=scores, raw_name="LL(x|P) / LL(x)",
                             note=shots_note(len(ctx.nonmember_shots), kept, len(ctx.texts), unfit),
                             extra={"n_shots": kept})
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        return {TARGET_TEXTS: n_texts, NONMEMBER_PREFIXED: n_texts}

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from tuneguard.attacks import make_attacks
+from tuneguard.attacks import ALL_ATTACKS, ATTACKS, NO_REFERENCE, make_attacks, resolve_suite
 from tuneguard.attacks.attacker_data import check_attacker_data
-from tuneguard.attacks.base import Attack, AttackContext
+from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, Pass
 from tuneguard.attacks.result import AttackResult, MIAResult
 from tuneguard.attacks.run_record import recorded_base, training_window
 from tuneguard.data import Split, load_texts, make_split
@@ -33,7 +33,9 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     Before any model loads: every attack's parameters and needs are checked (a reference model, a corpus, a prompt
     pool, enough texts for the shots), and the attacker's own data (``corpus``, a file or a list; SPV-MIA's prompt
     pool and reference data) is refused when it holds an evaluated text.
-    ``reference`` defaults to the base model the target was fine-tuned from (its run record or adapter config); when
+    ``reference`` defaults to the base model the target was fine-tuned from (its run record or adapter config);
+    without either, a suite that allows it (``fast``) leaves out the attacks needing one (``settings["left_out"]``
+    and a warning say which and why) and any other attack needing one is refused; when
     it is the target itself, the attacks needing it are marked ``not_applicable``; for the attacks comparing target
     and reference token by token (``same_tokens``), a reference that tokenises an evaluated text differently is
     refused before any forward pass. Texts are scored up to
@@ -42,12 +44,14 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     evaluation set of every attack, so all attacks are compared on the same texts. Texts with nothing to score are
     skipped, and a text one attack cannot score (NaN, e.g. no ReCall shot fits beside it) is left out of that
     attack's metrics; both are listed in ``skipped`` with the reason. ``cost`` holds the forward passes per model,
-    and per attack the passes it added (the target's pass of every text runs before the first attack).
+    per attack the passes it added (the target's pass of every text runs before the first attack), and, for the
+    attacks of ``all`` not run, the passes each would add and what ``all`` would spend (:func:`not_run_cost`).
     Scoring batches hold ``batch_size`` texts, or up to ``batch_tokens`` padded tokens when given. Under
     ``accelerate launch`` every process runs this with the same arguments: the forward passes are sharded over the
     processes and every process gets every score (the caller writes from the main process only).
     """
-    instances = make_attacks(attacks, params)
+    suite = resolve_suite(attacks, reference=reference is not None or bool(recorded_base(target)))
+    instances = make_attacks(suite, params)
     names = list(instances)
     check_batching(batch_size, batch_tokens)
     needs = set().union(*(a.needs for a in instances.values()))
@@ -62,6 +66,10 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     corpus_name = f" ({Path(corpus).name})" if isinstance(corpus, (str, Path)) else ""
     corpus = load_texts(corpus) if isinstance(corpus, (str, Path)) else corpus
     warnings = _check_attacker_data(instances, corpus, corpus_name, split)
+    if suite.left_out:  # today only for want of a reference (NO_REFERENCE)
+        warnings.append(f"left out {', '.join(suite.left_out)}, the attacks comparing the target with a reference "
+                        f"(usually the strongest against a fine-tuned model): each {NO_REFERENCE}; pass --reference "
+                        "(e.g. the base model it was fine-tuned from) to run them")
     rng = random.Random(seed)
     # (index in the caller's members / non-members list, text): reports name a text by its label and that index.
     pool_non, pool_mem = list(enumerate(split.nonmembers)), list(enumerate(split.members))
@@ -146,17 +154,52 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
                         "are not evaluated")
     # Named only when used: a score read from the cache may differ from a fresh-cache run's by float rounding.
     score_cache = {k: e.cache_use() for k, e in engines.items() if e.cache_reads}
+    drawn = {need for need, shots in (("nonmember_shots", non_shots), ("member_shots", mem_shots)) if shots}
     return MIAResult(
         title=title or f"Membership inference against {target.ref}",
         settings={"target": target.ref, "reference": reference_engine.name if reference_engine else None,
                   "attacks": names, "params": {n: a.params.to_dict() for n, a in instances.items()}, "seed": seed,
                   "members": len(split.members), "nonmembers": len(split.nonmembers), "evaluated": len(texts),
                   **window, "n_shots": n_shots, "bootstrap": n_boot, **target.placement(),
-                  **({"score_cache": score_cache} if score_cache else {})},
+                  **({"score_cache": score_cache} if score_cache else {}),
+                  **({"left_out": suite.left_out} if suite.left_out else {})},
         attacks=results, skipped=skipped, warnings=warnings, shots={"nonmember": non_shots, "member": mem_shots},
         cost={"seconds": timing, "forward_passes": {k: e.forward_passes for k, e in engines.items()},
-              "forward_passes_by_attack": passes, "model_calls": {k: e.batches for k, e in engines.items()}},
+              "forward_passes_by_attack": passes, "model_calls": {k: e.batches for k, e in engines.items()},
+              **not_run_cost(instances, len(texts), n_shots, drawn)},
         origin=origin.tolist())
+
+
+def not_run_cost(ran: dict[str, Attack], n_texts: int, n_shots: int, drawn: set[str]) -> dict[str, Any]:
+    """For a run of the attacks ``ran`` that evaluated ``n_texts`` texts: what each attack of ``all`` it did not run
+    would add beside the passes it made (``not_run``: forward passes per model, and which passes), and what
+    ``--attacks all`` would spend in all (``all_would_spend``, per model), from each attack's declared
+    :meth:`Attack.passes`. ReCall shots the run did not draw (``drawn``: the ``needs`` it met) would leave the
+    evaluation: ``n_shots`` fewer texts per class drawn from."""
+    made = {TARGET_TEXTS}.union(*(a.passes(1) for a in ran.values()))
+    suite = {n: ran[n] if n in ran else ATTACKS.make(n) for n in ALL_ATTACKS}
+
+    def passes(attacks: list[Attack]) -> dict[Pass, int]:
+        draws = {need for a in attacks for need in a.needs & {"nonmember_shots", "member_shots"}} - drawn
+        n = max(n_texts - n_shots * len(draws), 0)
+        return {p: k for a in attacks for p, k in a.passes(n).items()}
+
+    not_run = {}
+    for name, attack in suite.items():
+        if name not in ran:
+            extra = {p: k for p, k in passes([attack]).items() if p not in made}
+            not_run[name] = {"forward_passes": _per_model(extra),
+                             "passes": [{"model": p.model, "what": p.what, "forward_passes": k}
+                                        for p, k in extra.items()]}
+    return {"not_run": not_run, "all_would_spend": _per_model(passes(list(suite.values())))}
+
+
+def _per_model(passes: dict[Pass, int]) -> dict[str, int]:
+    """Forward passes summed per model."""
+    totals: dict[str, int] = {}
+    for p, k in passes.items():
+        totals[p.model] = totals.get(p.model, 0) + k
+    return totals
 
 
 def _scoring_window(target: LoadedModel, max_length: int | None) -> dict[str, Any]:

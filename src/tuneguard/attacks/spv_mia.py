@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneguard.attacks.base import Attack, AttackContext, AttackOutput
-from tuneguard.attacks.neighbourhood import fill_model, fit_texts, summarise
+from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
+from tuneguard.attacks.neighbourhood import fill_model, fit_texts, neighbour_pass, summarise
 from tuneguard.attacks.spv.pipeline import SPVConfig, run_spv, texts_of
 from tuneguard.errors import TuneguardError
 from tuneguard.models import LoadedModel, reference_of
@@ -70,6 +70,18 @@ class SPVMIAAttack(Attack):
     name = "spv-mia"
     summary = "-(V_target(x) - V_ref(x)), V = mean_j P(x~_j) - P(x) over neighbours; self-prompt reference"
     Params = SPVMIAParams
+
+    def passes(self, n_texts: int) -> dict[Pass, int]:
+        """The texts and their neighbours under the target and the reference (the run's for ``reference="base"``);
+        generating the self-prompt texts and fine-tuning the reference are not counted."""
+        p = self.params
+        models = ["target"] + ([] if p.reference == "none" else
+                               ["reference" if p.reference == "base" else f"spv-mia's {p.reference} reference"])
+        passes: dict[Pass, int] = {}
+        for model in models:
+            passes[Pass(model, "texts")] = n_texts
+            passes[neighbour_pass(model, p.neighbours, p.n_neighbours)] = p.n_neighbours * n_texts
+        return passes
 
     def config(self, seed: int) -> SPVConfig:
         """The pipeline settings for a run with ``seed`` (used when the params name no seed)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from tuneguard.attacks import ATTACKS, DEFAULT_ATTACKS
+from tuneguard.attacks import ATTACKS, DEFAULT_SUITE, SUITES
 from tuneguard.attacks.result import MIAResult
 from tuneguard.commands import number, output
 from tuneguard.commands.finetune import read_texts
@@ -19,15 +19,20 @@ ATTACKS_HELP = "\x00attacks\x00"
 
 
 class AttackHelpFormatter(argparse.HelpFormatter):
-    """Help with the attacks' declarations (``Attack.help()``) in place of ``ATTACKS_HELP``, verbatim."""
+    """Help with the suites' members and the attacks' declarations (``Attack.help()``) in place of ``ATTACKS_HELP``,
+    verbatim."""
 
     def add_text(self, text: str | None) -> None:
         if text is None or ATTACKS_HELP not in text:
             return super().add_text(text)
         before, _, after = text.partition(ATTACKS_HELP)
         super().add_text(before.strip() or None)
-        listing = "attacks and their parameters (--param ATTACK.NAME=VALUE):\n" + "\n".join(
-            ATTACKS.get(name).help() for name in ATTACKS)
+        suites = [f"{name}: {', '.join(suite.members())}" + "".join(
+            f" ({attack}.{key}={value})" for attack, values in suite.params.items() for key, value in values.items())
+                  for name, suite in SUITES.items()]
+        attacks = [ATTACKS.get(name).help() for name in ATTACKS]
+        listing = "\n".join(["suites (--attacks SUITE):", *suites, "",
+                             "attacks and their parameters (--param ATTACK.NAME=VALUE):", *attacks])
         self._add_item(lambda: listing + "\n", [])
         super().add_text(after.strip() or None)
 
@@ -50,8 +55,9 @@ def add_attack_args(p: argparse.ArgumentParser, *, plain_names: bool = False) ->
     p.formatter_class = AttackHelpFormatter
     p.epilog = f"{p.epilog or ''}\n\n{ATTACKS_HELP}"
     g = p.add_argument_group("attacks")
-    g.add_argument("--attacks", default="all",
-                   help=f"comma-separated, from: {', '.join(ATTACKS)}; 'all' = {', '.join(DEFAULT_ATTACKS)}")
+    g.add_argument("--attacks", default=DEFAULT_SUITE,
+                   help="comma-separated attacks and suites (both listed below); suites: " + "; ".join(
+                       f"{name}: {suite.summary}" for name, suite in SUITES.items()) + "; default: %(default)s")
     g.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE",
                    help="an attack parameter, repeatable (e.g. min-k.k=0.1, ratio.form=ratio, con-recall.gamma=0.5; "
                         "every attack's parameters are listed below)")
@@ -81,10 +87,12 @@ def attack_options(args: argparse.Namespace) -> dict:
 
 def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> None:
     """The verdict first, then the scoring window (and the scores reused from the score cache), the table, warnings,
-    the records at risk, what to do next and where the report went; ``given`` names how a scoring window the caller
+    the cost (passes spent, and what the attacks not run would add), the records at risk, what to do next and where
+    the report went; ``given`` names how a scoring window the caller
     set was given (e.g. the option)."""
     from tuneguard.files import read_jsonl
-    from tuneguard.report.mia import mia_table, next_steps_text, records_text, score_cache_text, verdict_text
+    from tuneguard.report.mia import (cost_text, mia_table, next_steps_text, records_text, score_cache_text,
+                                      verdict_text)
 
     settings = result.settings
     source = given if settings["max_length_source"] == "given" else settings["max_length_source"]
@@ -97,6 +105,9 @@ def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> Non
     print(mia_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}")
+    cost = cost_text(result)
+    if cost:
+        print(f"\n{cost}")
     rows = read_jsonl(paths["exposure"])
     if rows:
         print(f"\n{records_text(rows)}")
@@ -126,7 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, help="fine-tuned model: adapter dir, model dir, embedded name, hub id")
     p.add_argument("--members", required=True, help="texts the target was trained on")
     p.add_argument("--nonmembers", required=True, help="texts it was not trained on, from the same distribution")
-    p.add_argument("--reference", help="reference model for ratio (default: the target's base model)")
+    p.add_argument("--reference", help="reference model of ratio, EZ-MIA, WBC and HT-MIA (default: the target's base "
+                                       "model; with neither, the fast suite leaves them out)")
     p.add_argument("--column", help="text column of the member/non-member files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=output(), help="output directory")

@@ -6,6 +6,7 @@ import argparse
 
 from tuneguard.cache import cache_dir
 from tuneguard.commands import declared, number, output
+from tuneguard.attacks import DEFAULT_SUITE, SUITES
 from tuneguard.commands.attack import print_report
 from tuneguard.data.stdlib import stdlib_docstrings
 from tuneguard.models.device import add_device_args
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--texts", type=number(int, ge=2), default=96, help="members + non-members; default: %(default)s")
     p.add_argument("--epochs", type=declared(TrainConfig, "epochs"), default=3, help="default: %(default)s")
     p.add_argument("--out", type=output(), help="default: <cache>/demo/<model>")
+    p.add_argument("--attacks", default=DEFAULT_SUITE,
+                   help=f"attacks or a suite ({', '.join(SUITES)}; see `tuneguard attack --help`); "
+                        "default: %(default)s")
     add_device_args(p, train=True)
     p.set_defaults(func=run)
 
@@ -33,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"auditing {args.model}: LoRA fine-tuning on {len(texts) // 2} of {len(texts)} standard-library "
           f"docstrings, then membership inference -> {out}")
     train = TrainConfig(method="lora", epochs=args.epochs, lr=1e-3, batch_size=8, max_length=96)
-    # Short texts and 3 ReCall shots keep the prefixed passes (the suite's most expensive) within the demo's minutes.
-    result, paths = audit(args.model, texts, out, train=train, n_shots=3, max_length=96)
+    # Short texts and 3 ReCall shots (--attacks all) keep the prefixed passes, the most expensive, within minutes.
+    result, paths = audit(args.model, texts, out, train=train, attacks=args.attacks, n_shots=3, max_length=96)
     print_report(result, paths)
     print(f"fine-tuned adapter and run record: {out / 'target'}")
     return 0

@@ -2,7 +2,8 @@
 
 The page and the terminal open with the verdict (:mod:`tuneguard.report.verdict`: its levels are documented there
 and printed beneath it), then the records at risk (:mod:`tuneguard.report.exposure`), what to do next
-(:mod:`tuneguard.report.advice`), and the full table of every attack.
+(:mod:`tuneguard.report.advice`), the full table of every attack, and the cost: the forward passes spent per model
+and what each attack of ``all`` not run would add, so a user can decide whether to run it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,45 @@ def score_cache_text(result: MIAResult) -> str | None:
             "them all, delete the scores folder of $TUNEGUARD_CACHE (default ~/.cache/tuneguard)")
 
 
+def cost_lines(result: MIAResult) -> tuple[list[str], list[str]]:
+    """(the passes spent, and which attacks of ``all`` were not run with what ``all`` would spend; one line per
+    attack not run, those adding the same passes together: what it would add beside this run's passes), from
+    ``result.cost`` (empty for a result saved before it counted them)."""
+    cost = result.cost
+    spent = cost.get("forward_passes")
+    if spent is None:
+        return [], []
+    total = sum(spent.values())
+    calls = sum((cost.get("model_calls") or {}).values())
+    lines = [f"Forward passes spent: {total} ({_by_model(spent)}) in {calls} model calls; a score read from the score "
+             "cache costs none."]
+    not_run = cost.get("not_run") or {}
+    if not not_run:
+        return lines, []
+    everything = cost.get("all_would_spend") or {}
+    lines.append(f"Not run of --attacks all: {', '.join(not_run)}. --attacks all would spend "
+                 f"{sum(everything.values())} forward passes ({_by_model(everything)}) where this run spent {total}; "
+                 "beside this run's passes, each would add:")
+    # Attacks adding the same passes (ratio, EZ-MIA, WBC, HT-MIA: the reference's) cost them once, one or all.
+    groups: dict[str, list[str]] = {}
+    for name, c in not_run.items():
+        by_model: dict[str, list[str]] = {}
+        for p in c["passes"]:
+            by_model.setdefault(p["model"], []).append(f"{p['forward_passes']} {p['what']}")
+        added = sum(c["forward_passes"].values())
+        what = f"+{added} forward passes (" + "; ".join(f"{m}: {', '.join(w)}" for m, w in by_model.items()) + ")" \
+            if added else "no pass"
+        groups.setdefault(what, []).append(name)
+    items = [f"{', '.join(names)}{' (one or all)' if len(names) > 1 else ''}: {what}" for what, names in groups.items()]
+    return lines, items
+
+
+def cost_text(result: MIAResult) -> str:
+    """The cost block of the terminal output (see :func:`cost_lines`)."""
+    lines, items = cost_lines(result)
+    return "\n".join([*lines, *(f"  {item}" for item in items)])
+
+
 def records_text(rows: list[dict], top: int = 5) -> str:
     """The most exposed members (exposure.jsonl's rows), one line each, by record number only: a terminal may be
     logged where the user's texts must not go."""
@@ -129,6 +169,10 @@ def write_mia_report(out_dir: Path, result: MIAResult, *,
         items = "".join(f"<li>{escape(w)}</li>" for w in result.warnings)
         sections.append(("Warnings", f'<div class="warning"><ul>{items}</ul></div>'))
     sections.append(("Results", results_body))
+    lines, items = cost_lines(result)
+    if lines:
+        sections.append(("Cost", "".join(f"<p>{escape(line)}</p>" for line in lines)
+                         + (f"<ul>{''.join(f'<li>{escape(i)}</li>' for i in items)}</ul>" if items else "")))
     sections.append(("ROC curves", "<p>Log-log axes show the low-FPR regime that matters for privacy; linear axes "
                                    "the whole curve. The dashed line is chance, the dotted verticals the FPR levels "
                                    "of the table.</p>\n"
@@ -263,6 +307,11 @@ def _rows(result: MIAResult) -> tuple[list[dict], list[str], list[str]]:
                              f"Counting the whole tie gives TPR {tie['tpr_with']:.1%} at FPR {tie['fpr_with']:.1%}.")
         rows.append(row)
     return rows, ["attack", AUC_COLUMN, *tpr_columns.values()], notes
+
+
+def _by_model(passes: dict[str, int]) -> str:
+    """``target 186, reference 186``."""
+    return ", ".join(f"{model} {n}" for model, n in passes.items())
 
 
 def _summary(result: MIAResult) -> str:

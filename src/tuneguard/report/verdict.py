@@ -17,9 +17,10 @@ estimates when the run drew no bootstrap):
 
 The sentence quotes the evidence behind the level (the lowest FPR at which it shows, the surest attack there; the
 AUC when only the AUC shows it). Any of several attacks counting, and the strongest picked after seeing the results,
-lean optimistic: the verdict is a screening result, and the table beside it has every attack. When the bag-of-words
-baseline tells members from non-members (a confounded split, :func:`confounding_warning`) the verdict says so before
-anything else.
+lean optimistic: the verdict is a screening result, and the table beside it has every attack. Attacks a suite left out
+for want of a reference model (``settings["left_out"]``) are named: without them the verdict may understate the leak.
+When the bag-of-words baseline tells members from non-members (a confounded split, :func:`confounding_warning`) the
+verdict says so before anything else.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def mia_verdict(result: MIAResult) -> Verdict:
         notes.append("No bootstrap CIs (the run drew none): the levels use the point estimates.")
     if len(attacks) > 1:
         notes.append(f"The best of {len(attacks)} attacks is picked after the fact, so its figure leans optimistic.")
+    left_out = result.settings.get("left_out")
+    if left_out:
+        notes.append(f"Without a reference model {', '.join(left_out)} did not run; they are usually the strongest "
+                     "against a fine-tuned model, so this verdict may understate the leak.")
     sentence = _sentence(level, shown, best_auc if level == "none" else surest_auc, n_mem, n_non)
     return Verdict(level, LEVELS[level], sentence, strongest, best_auc, confounded, notes)
 
