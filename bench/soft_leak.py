@@ -1,20 +1,26 @@
-"""Where a SOFT model's membership signal comes from: the member tokens its paraphrases kept, or the rest.
+"""Where a SOFT model's membership signal comes from: the member tokens it was trained on in some form, or the rest.
 
     python bench/soft_leak.py bench/frontier_mini.toml --dataset PubMed     # after `tuneguard run` of that file
 
 For every SOFT column of the experiment (and the full fine-tuning run it protects, as the reference), each scored
 token's gain is its log-prob under the target minus under the base model (the ratio attack's signal, per token). A
-member's tokens are split by whether the token also occurs in the text the model was trained on instead of it, its
-paraphrase ("kept"), or not ("not kept"); a member left as the original (failed gate) keeps all its tokens. The
-table gives each group's mean gain per token with a 95% bootstrap CI over texts and the kept tokens' share; the two
-groups are different kinds of token (a paraphrase keeps function words and technical terms, changes the rest), so
-compare each with the non-members' gain as a description, not a controlled test. Three AUCs of the mean gain per
-text against the non-members: the members as written (the ratio attack), their paraphrases (what the model was
-trained on: how much it memorised) and, across members, Spearman's rank correlation of a member's mean gain with its
-kept share (does a member leak more when its paraphrase kept more of it?).
+member's tokens are split by whether the token also occurs in the training window of what the model was trained on
+in its place ("retained": its paraphrase, its rewritten second half, or itself when unselected or when every
+paraphrase failed) or not; a member dropped or held out of training retains nothing. The retained-token share is
+computed by ``tuneguard.defenses.retained`` (the figure SOFT itself reports), per member category (unselected /
+paraphrased / failed / dropped / held out), with its chance baseline: the share against non-members cut to as many
+tokens. Under the authors' schedule (or a warm start) the originals were also trained on for the first epoch(s):
+the share here is that of the final phase.
 
-Reads the saved cells (models, paraphrases.jsonl); scores through the on-disk cache, so after the run it only reads.
-Writes soft_leak.json beside the experiment's results.
+The table gives each group's mean gain per token with a 95% bootstrap CI over texts; the two groups are different
+kinds of token (a paraphrase keeps function words and technical terms, changes the rest), so compare each with the
+non-members' gain as a description, not a controlled test. Three AUCs of the mean gain per text against the
+non-members: the members as written (the ratio attack), the texts trained on in their place (how much the model
+memorised; members never trained on left out) and, across members, Spearman's rank correlation of a member's mean
+gain with its retained share (does a member leak more when more of it was trained on?).
+
+Reads the saved cells (models, paraphrases.jsonl, soft.json); scores through the on-disk cache, so after the run it
+only reads. Writes soft_leak.json beside the experiment's results.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from tuneguard.defenses.retained import pooled, retained_shares, trained_window
+from tuneguard.defenses.soft import CATEGORIES, in_place
 from tuneguard.experiment import cell_path, draw_texts, load_experiment
-from tuneguard.files import atomic_write_json, read_jsonl
+from tuneguard.files import atomic_write_json, read_json, read_jsonl
 from tuneguard.models import load_model
 from tuneguard.report.table import format_table
 from tuneguard.scoring import ScoringEngine, TokenScores
@@ -48,15 +56,16 @@ def mean_ci(per_text: list[np.ndarray], seed: int = 0) -> tuple[float, list[floa
     return float(sums.sum() / counts.sum()), [float(v) for v in np.percentile(boot, [2.5, 97.5])]
 
 
-def split_members(member_gains, members: list[str], trained_as: dict[str, str], tokenizer):
-    """Each member's gains on the tokens its training text kept and on the others."""
-    kept, other = [], []
-    for (ids, g), text in zip(member_gains, members, strict=True):
-        seen = set(tokenizer(trained_as.get(text, text), add_special_tokens=False)["input_ids"])
+def split_members(member_gains, trained_as: list[list[str]], tokenizer, window: int):
+    """Each member's gains on the tokens that occur in the training windows of what it was trained as, and on the
+    others (all of them for a member never trained on)."""
+    retained, other = [], []
+    for (ids, g), texts in zip(member_gains, trained_as, strict=True):
+        seen = {t for text in texts for t in trained_window(text, tokenizer, window)}
         mask = np.isin(ids, list(seen))
-        kept.append(g[mask])
+        retained.append(g[mask])
         other.append(g[~mask])
-    return kept, other
+    return retained, other
 
 
 def auc(member: list[np.ndarray], nonmember: list[np.ndarray]) -> float:
@@ -64,9 +73,23 @@ def auc(member: list[np.ndarray], nonmember: list[np.ndarray]) -> float:
     return float(roc_auc_score([1] * len(member) + [0] * len(nonmember), [g.mean() for g in member + nonmember]))
 
 
-def _ci_text(figure: tuple[float, list[float]]) -> str:
+def placement(cell, kind: str, members: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Each member's category and what the column's final run trained on in its place."""
+    if kind != "soft":
+        return ["as written"] * len(members), [[m] for m in members]
+    summary = read_json(cell / "soft" / "soft.json").get("summary") or {}
+    return in_place(members, read_jsonl(cell / "soft" / "paraphrases.jsonl"), summary.get("held_out_members") or [])
+
+
+def _ci_text(figure: tuple[float, list[float]] | None) -> str | None:
+    if figure is None:
+        return None
     mean, (lo, hi) = figure
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _share_text(figures: dict) -> str:
+    return f"{figures['share']:.3f} ({figures['chance']:.3f})" if figures["tokens"] else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"soft_leak: no dataset {args.dataset!r} in {args.experiment}")
     members, nonmembers = draw_texts(ds, exp.seed)
     base = load_model(exp.model)
+    tok = base.tokenizer
     columns = [c for c in exp.regimes if c.kind in ("soft", "full")]
     rows, out, base_scores = [], {}, {}
     for column in columns:
@@ -89,34 +113,46 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {column.name}: {model_dir} has no finished model", file=sys.stderr)
             continue
         window = exp.suite.max_length or column.train.max_length
-        trained_as = {r["original"]: r["paraphrase"] for r in read_jsonl(cell / "soft" / "paraphrases.jsonl")
-                      if r["outcome"] == "paraphrased"} if column.kind == "soft" else {}
-        texts = members + nonmembers + list(trained_as.values())
+        trained_window_length = column.train.max_length  # what training read of each text
+        categories, trained_as = placement(cell, column.kind, members)
+        shares = retained_shares(members, trained_as, tok, trained_window_length, pool=nonmembers)
+        by_category = {c: pooled([s for s, k in zip(shares, categories) if k == c])
+                       for c in (*CATEGORIES, "as written") if c in categories}
+        replaced = [texts[0] for texts in trained_as if texts]
+        texts = members + nonmembers + replaced
         scored = base_scores.setdefault(window, {})  # every column's members and non-members: scored once
         todo = [x for x in dict.fromkeys(texts) if x not in scored]
         scored.update(zip(todo, ScoringEngine(base, max_length=window, progress=False).score(todo)))
         target = ScoringEngine(load_model(model_dir), max_length=window, progress=False)
         mem = gains(target, scored, members)
         non = [g for _, g in gains(target, scored, nonmembers)]
-        kept, other = split_members(mem, members, trained_as, base.tokenizer)
-        n_kept, n_other = sum(map(len, kept)), sum(map(len, other))
-        shares = [len(k) / (len(k) + len(o)) for k, o in zip(kept, other)]
+        kept, other = split_members(mem, trained_as, tok, trained_window_length)
+        some_kept, some_other = sum(map(len, kept)) > 0, sum(map(len, other)) > 0
+        partial = some_kept and some_other  # else the split (and its correlation) says nothing
         member_gain = [g for _, g in mem]
-        trained = [g for _, g in gains(target, scored, [trained_as.get(m, m) for m in members])]
-        figures = {"nonmember": mean_ci(non), "kept": mean_ci(kept), "not_kept": mean_ci(other) if n_other else None,
-                   "kept_share": n_kept / (n_kept + n_other), "auc_members": auc(member_gain, non),
+        trained = [g for _, g in gains(target, scored, replaced)]
+        everyone = pooled(shares)
+        figures = {"nonmember": mean_ci(non), "retained": mean_ci(kept) if some_kept else None,
+                   "not_retained": mean_ci(other) if some_other else None,
+                   "retained_share": everyone["share"], "chance_share": everyone["chance"],
+                   "retained_by_category": by_category, "auc_members": auc(member_gain, non),
                    "auc_trained_texts": auc(trained, non),
-                   "spearman_gain_vs_kept_share": float(spearmanr([g.mean() for g in member_gain], shares)[0])
-                   if n_other else None}
+                   "spearman_gain_vs_retained_share": float(spearmanr([g.mean() for g in member_gain],
+                                                                      [s["share"] for s in shares])[0])
+                   if partial else None}
         out[column.name] = figures
         rows.append({"column": column.name, "non-member gain": _ci_text(figures["nonmember"]),
-                     "member kept": _ci_text(figures["kept"]),
-                     "member not kept": _ci_text(figures["not_kept"]) if n_other else None,
-                     "kept share": round(figures["kept_share"], 3), "AUC members": round(figures["auc_members"], 3),
+                     "member retained": _ci_text(figures["retained"]),
+                     "member not retained": _ci_text(figures["not_retained"]),
+                     "retained share (chance)": _share_text(everyone),
+                     "by category": "; ".join(f"{c} {_share_text(f)}" for c, f in by_category.items()),
+                     "AUC members": round(figures["auc_members"], 3),
                      "AUC trained texts": round(figures["auc_trained_texts"], 3),
-                     "Spearman gain~kept": round(figures["spearman_gain_vs_kept_share"], 3) if n_other else None})
+                     "Spearman gain~retained": round(figures["spearman_gain_vs_retained_share"], 3)
+                     if partial else None})
     print(format_table(rows, list(rows[0]) if rows else ["column"],
-                       title=f"{ds.name}: log-prob gain per token, target over base (nats)"))
+                       title=f"{ds.name}: log-prob gain per token, target over base (nats); retained-token share "
+                             f"(chance: against non-members of as many tokens)"))
     atomic_write_json(cell_path(exp, ds.name) / "soft_leak.json", out)
     return 0
 

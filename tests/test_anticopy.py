@@ -1,6 +1,9 @@
-"""Anti-copy decoding: the n-gram ban's table, its logits processor, and the ban inside the local paraphraser."""
+"""Anti-copy decoding: the n-gram ban's table, its logits processor, and the ban inside the local paraphraser; the
+every-word ban (stemmer, word table, decoded output)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +13,10 @@ from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
 from tuneguard.models.embedded import gpt2_tokenizer
 from tuneguard.paraphrase import PARAPHRASERS
-from tuneguard.paraphrase.anticopy import NgramBan, ban_table, source_ban_table
-from tuneguard.paraphrase.local import LocalParaphraser
+from tuneguard.paraphrase.anticopy import (NgramBan, TokenWords, WordBanTable, ban_table, content_stems,
+                                           is_content_word, source_ban_table, stem)
+from tuneguard.paraphrase.base import TEXT_PROMPT
+from tuneguard.paraphrase.local import EVERY_WORD_PROMPT, LocalParaphraser
 
 # Six one-token words: a model that can only say these must copy the sources' n-grams unless it is stopped.
 ALPHABET = ["the", "cat", "sat", "on", "mat", "dog"]
@@ -25,12 +30,14 @@ def tokens_of(tok, text):
     return tok(text.strip(), add_special_tokens=False)["input_ids"]
 
 
-def alphabet_model(arch: str = "llama"):
-    """A tiny model whose every token but the (space-prefixed) alphabet gets -30 added to its logit."""
+def alphabet_model(arch: str = "llama", tokens: dict[str, float] | None = None):
+    """A tiny model whose every token but the (space-prefixed) alphabet gets -30 added to its logit; ``tokens``
+    (GPT-2 token spellings -> bias) favours other tokens instead."""
     loaded = tiny_model(arch)
-    ids = [loaded.tokenizer.convert_tokens_to_ids("Ġ" + w) for w in ALPHABET]
+    tokens = tokens or {"Ġ" + w: 0.0 for w in ALPHABET}
     bias = torch.full((len(loaded.tokenizer),), -30.0)
-    bias[ids] = 0.0
+    for token, value in tokens.items():
+        bias[loaded.tokenizer.convert_tokens_to_ids(token)] = value
     loaded.model.get_output_embeddings().register_forward_hook(lambda module, inputs, out: out + bias)
     return loaded
 
@@ -136,3 +143,82 @@ def test_ban_parameters_are_declared_and_keyed():
     assert settings(ban_ngram=3) != settings(ban_ngram=4) != settings(ban_ngram=4, keep_words=False)
     assert settings(ban_ngram=4) != settings(ban_ngram=4, content_only=True)
     assert PARAPHRASERS.make("local", ban_ngram="null").params.ban_ngram is None  # --param ban_ngram=null
+
+
+# -- the every-word ban -----------------------------------------------------------------------------------------
+
+SOURCE = "The cats sat on the mat, 42 dogs memorise."
+# What the ban must allow: function words, numbers, punctuation.
+KEEP = {"Ġthe": -2.0, "Ġon": -2.0, ",": -2.0, "Ġ42": -2.0, ".": -2.0}
+# Content words of SOURCE and other forms of them (casing, suffix, the stem "memor" of "memorise"), all favoured
+# over KEEP. (Word pieces such as "ised" are left out: this model would chain them into one long made-up word.)
+COPY = {t: 0.0 for t in ("Ġcat", "Ġcats", "ĠCat", "Ġsat", "Ġmat", "Ġdog", "Ġdogs", "ĠDogs", "Ġmemor",
+                         "ĠMemor")}
+
+
+def output_words(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text)
+
+
+def test_stemmer_strips_one_suffix_and_keeps_a_prefix():
+    assert {stem(w) for w in ("memorise", "memorised", "Memorize", "memorisation", "MEMORY")} == {"memor"}
+    assert stem("cats") == stem("Cat") == "cat" and stem("studies") == stem("study") == stem("studied") == "stud"
+    assert stem("process") == stem("processes") == "process"  # no "s" stripped after s, u or i
+    assert stem("uses") == "use" and stem("bus") == "bus"  # a stem keeps three letters
+    assert stem("memorial") == "memori" != stem("memorise")
+    for word in ("memorisation", "studies", "cats", "process"):
+        assert word.startswith(stem(word))
+    assert content_stems(SOURCE) == {"cat", "sat", "mat", "dog", "memor"}  # not the, on, 42, punctuation
+    assert not is_content_word("The") and not is_content_word("x") and is_content_word("Cats")
+
+
+def test_word_table_bans_each_form_of_a_word_and_only_at_its_last_token():
+    tok = gpt2_tokenizer()
+    table = WordBanTable(SOURCE, TokenWords(tok))
+    ids = tok.convert_tokens_to_ids
+    at_boundary = table.banned("")
+    for token in ("Ġcat", "Ġcats", "ĠCat", "cat", "Ġdogs", "ĠDogs", "Ġmat", "Ġmemor", "ĠMemor", "Ġmemory"):
+        assert ids(token) in at_boundary, token
+    for token in KEEP:
+        assert ids(token) not in at_boundary, token
+    # "ised" / "ise" complete "memorised" / "memorise" only after "memor": never banned at a word boundary
+    assert ids("ised") not in at_boundary and ids("ised") in table.banned("memor")
+    assert ids("ise") in table.banned("memor") and ids("ial") not in table.banned("memor")
+    assert ids("Ġmemorial") not in at_boundary  # another stem
+    assert ids("ised") not in table.banned("real")  # "realised" shares no stem with the source
+    # a rare word spelt in four tokens is banned at its last one, not by banning its first sub-token everywhere
+    rare = WordBanTable("The Aponogeton grows.", TokenWords(tok))
+    assert tok.tokenize(" Aponogeton") == ["ĠAp", "on", "og", "eton"]
+    assert ids("eton") in rare.banned("aponog") and ids("ĠAp") not in rare.banned("")
+    assert ids("ple") not in rare.banned("ap")  # " Apple" stays possible
+
+
+def test_every_word_ban_keeps_every_content_word_out_of_a_greedy_rewrite():
+    loaded = alphabet_model("llama", {**COPY, **KEEP})
+
+    def rewrite(ban: str) -> str:
+        p = LocalParaphraser(model=loaded, cache=False, progress=False, max_new_tokens=30, temperature=0.01,
+                             top_p=1.0, ban=ban)
+        return p.paraphrase([SOURCE])[0]
+
+    banned = content_stems(SOURCE)
+    free = rewrite("ngram")
+    assert any(stem(w) in banned for w in output_words(free)), free  # the test can fail: the model copies words
+    out = rewrite("every-word")
+    words = [w for w in output_words(out) if is_content_word(w)]
+    assert not [w for w in words if stem(w) in banned], out
+    tok = loaded.tokenizer
+    kept = set(tok.convert_ids_to_tokens(tok(out, add_special_tokens=False)["input_ids"]))
+    assert kept & {"Ġthe", "the", "Ġon"} and kept & {",", "."} and "Ġ42" in kept, out  # still allowed, and used
+    assert rewrite("every-word") == out  # deterministic
+
+
+def test_every_word_is_a_declared_choice_with_its_own_prompt_and_cache_identity():
+    with pytest.raises(TuneguardError, match="parameter 'ban' must be one of ngram, every-word"):
+        PARAPHRASERS.make("local", ban="all")
+    default, every = LocalParaphraser(progress=False), LocalParaphraser(progress=False, ban="every-word")
+    assert "ban" not in default.settings()  # paraphrases cached before the option existed are still found
+    assert every.settings() != default.settings()
+    assert default.prompt_template(SOURCE) == TEXT_PROMPT and every.prompt_template(SOURCE) == EVERY_WORD_PROMPT
+    code = "def f(x):\n    return x + 1\n"
+    assert every.prompt_template(code) == default.prompt_template(code) != TEXT_PROMPT  # code keeps its prompt

@@ -55,10 +55,11 @@ def test_threshold_selects_below_the_reference_quantile():
 
 
 def test_training_set_follows_each_outcome():
-    records = [{"index": 1, "outcome": "paraphrased", "paraphrase": "B'"},
-               {"index": 2, "outcome": "original", "paraphrase": "x"},
-               {"index": 3, "outcome": "dropped", "paraphrase": "y"}]
+    records = [{"index": 1, "outcome": "paraphrased", "paraphrase": "B'", "trained_as": "B'"},
+               {"index": 2, "outcome": "original", "paraphrase": "x", "trained_as": "C"},
+               {"index": 3, "outcome": "dropped", "paraphrase": "y", "trained_as": None}]
     assert training_set(["A", "B", "C", "D"], records) == ["A", "B'", "C"]
+    assert training_set(["A", "B", "C", "D", "E"], records, held_out=[0, 1]) == ["C", "E"]
 
 
 def test_run_soft_paraphrases_the_lowest_loss_fraction(base, tmp_path):

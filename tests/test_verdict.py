@@ -155,17 +155,68 @@ def test_results_json_and_the_page_open_with_the_verdict(tmp_path):
     assert "strong = the TPR at some FPR α reaches min(10·α, 50%)" in page  # the thresholds are on the page
 
 
-def test_next_steps_give_the_defend_command_once(tmp_path):
-    page = write_mia_report(tmp_path, result(**SOME))["html"].read_text(encoding="utf-8")
-    assert page.count("tuneguard defend soft") == 1
-    assert "tuneguard defend soft --model smollm2-135m --data train.jsonl --ratio 0.5 --out SOFT_DIR" in page
-    assert "tuneguard attack --target SOFT_DIR/final --members train.jsonl --nonmembers heldout.jsonl" in page
+DEFENCE_WORDS = re.compile(r"soft|dp-sgd|differential|epsilon|goldfish|paraphras|dropout|rank|lora", re.I)
+
+
+def test_without_a_comparison_the_advice_measures_before_naming_any_defence(tmp_path):
+    # Fake results at every level: no step names (let alone praises) a defence, since nothing was measured.
     strong = result(loss=fixed(0.9, [0.85, 0.95], {"0.1": (0.8, [0.7, 0.9])}))
-    commands = [s.command for s in next_steps(strong, mia_verdict(strong)) if s.command]
-    assert any(c.startswith("tuneguard audit-dp --model smollm2-135m") for c in commands)
+    for res in (result(**SOME), strong, result(**NO_LEAK)):
+        for step in next_steps(res, mia_verdict(res)):
+            assert not DEFENCE_WORDS.search(step.text), step.text
+            assert step.command is None or not DEFENCE_WORDS.search(step.command.replace("--method lora", "")), step
+    steps = next_steps(result(**SOME), mia_verdict(result(**SOME)))
+    assert [s.command for s in steps] == [
+        "tuneguard defend compare --model smollm2-135m --data train.jsonl --target 'auc<=0.6' --out COMPARE_DIR"]
+    page = write_mia_report(tmp_path, result(**SOME))["html"].read_text(encoding="utf-8")
+    assert page.count("tuneguard defend compare --model") == 1 and "keeping utility" not in page
     none = result(**NO_LEAK)
     steps = next_steps(none, mia_verdict(none))
     assert [s.command for s in steps] == [None] and "No defence is called for" in steps[0].text
+
+
+def test_the_compare_command_carries_the_audit_settings_and_a_target_the_split_can_measure():
+    res = result(**SOME)
+    res.settings.update(files={"data": "notes.jsonl"}, members=150, nonmembers=150,
+                        fine_tuning={"method": "lora", "config": {"epochs": 2, "lr": 0.001, "max_length": 96}})
+    command = next_steps(res, mia_verdict(res))[0].command
+    # 300 texts split in half leave 150 shadow non-members: enough for TPR at 1% FPR (>= 100).
+    assert command == ("tuneguard defend compare --model smollm2-135m --data notes.jsonl --method lora --epochs 2 "
+                       "--lr 0.001 --max-length 96 --target 'tpr@1%<=0.05' --out COMPARE_DIR")
+
+
+def comparison(chosen: str | None) -> dict:
+    """A fake compare.json: LoRA leaks above the target, DP-SGD at epsilon 8 meets it."""
+    def row(name, kind, what, value, ci, ppl, gap, options=None):
+        return {"name": name, "kind": kind, "what": what, "options": options or {}, "ppl": ppl, "gap_closed": gap,
+                "leak": {"attack": "ratio", "value": value, "ci": ci}, "meets": value <= 0.05}
+
+    return {"target": {"metric": "tpr", "fpr": 0.01, "bound": 0.05, "text": "tpr@1%<=0.05"}, "members": 256,
+            "nonmembers": 256, "data": "notes.jsonl", "chosen": chosen, "closest": "dp-eps8",
+            "command": "tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8.0 --out FINAL_DIR",
+            "rows": [row("plain", "lora", "LoRA with your settings", 0.31, [0.2, 0.4], 12.0, 1.0),
+                     row("dp-eps8", "dp", "DP-SGD LoRA at epsilon 8", 0.02, [0.0, 0.05], 15.5, 0.42,
+                         {"epsilon": 8.0})]}
+
+
+def test_with_a_comparison_the_advice_names_the_chosen_regime_and_quotes_its_measurement():
+    res = result(**SOME)
+    steps = next_steps(res, mia_verdict(res), comparison("dp-eps8"))
+    assert steps[0].text.startswith("Fine-tune with DP-SGD LoRA at epsilon 8: on a shadow split of your data (256 "
+                                    "members, 256 non-members) it was the most useful of the 2 regimes compared")
+    assert ("its strongest attack, ratio, reached TPR at 1% FPR 2% (95% CI 0%-5%); held-out perplexity 15.50, "
+            "closing 42% of the perplexity gap") in steps[0].text
+    assert steps[0].command.startswith("tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8.0")
+    assert steps[1].command == ("tuneguard audit-dp --model smollm2-135m --data notes.jsonl --epsilon 8.0 "
+                                "--out DP_AUDIT_DIR")
+    # Recorded in the result's settings, it is read from there.
+    res.settings["comparison"] = comparison("dp-eps8")
+    assert next_steps(res, mia_verdict(res))[0].text == steps[0].text
+    none = next_steps(res, mia_verdict(res), comparison(None))
+    assert len(none) == 1 and none[0].command is None
+    assert none[0].text.startswith("None of the 2 regimes compared on a shadow split of your data")
+    assert "The closest was DP-SGD LoRA at epsilon 8: its strongest attack, ratio, reached TPR at 1% FPR 2%" \
+        in none[0].text
 
 
 # --- records at risk --------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ TRAINING_PARTS = ("schema", "base", "tokenizer", "members", "regime", "train")
 # Version of the figures a cell holds (not of its model): a cell saved under another is re-scored, its model reused.
 # 2: per-attack CIs and TPR@10% FPR, the average AUC's CI, the max-attack AUC and TPR@10% FPR.
 # 3: the average AUC's CI from one joint bootstrap of the attacks (it was the mean of their CI bounds).
-SCORED_FIELDS = 3
+# 4: the strongest attack at every FPR the verdict reads (max_tpr), with its CI.
+SCORED_FIELDS = 4
 MAX_ATTACK_FPR = 0.1  # each regime's strongest attack is quoted at 10% FPR: 10 non-members measure it, 1% needs 100
 
 
@@ -437,7 +438,8 @@ def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str]
 def attack_figures(result) -> dict[str, Any]:
     """A cell's privacy figures from its attacks: per attack the AUC, TPR@1% and TPR@10% FPR with their 95%
     bootstrap CIs; the average AUC over the attacks that apply (``not_applicable`` ones left out); and the regime's
-    strongest attack (``max_auc``, ``max_tpr_at_10pct``: attack, value, CI), picked as the report's verdict picks it
+    strongest attack (``max_auc``, ``max_tpr_at_10pct``, and ``max_tpr`` at each FPR the verdict reads, keyed "0.01":
+    attack, value, CI), picked as the report's verdict picks it
     (:mod:`tuneguard.report.verdict`: attacks that query the model only, so not the blind baseline).
 
     The average's CI comes from one joint bootstrap of every counted attack (:func:`tuneguard.metrics.mean_auc`), with
@@ -462,7 +464,8 @@ def attack_figures(result) -> dict[str, Any]:
             "tpr_at_10pct_ci": {n: a.metrics["tpr_ci"].get(f"{MAX_ATTACK_FPR:g}") for n, a in attacks.items()},
             "not_applicable": not_applicable,
             "average_auc": average, "average_auc_ci": average_ci,
-            "max_auc": _leader(verdict.best_auc), "max_tpr_at_10pct": _leader(best_tpr)}
+            "max_auc": _leader(verdict.best_auc), "max_tpr_at_10pct": _leader(best_tpr),
+            "max_tpr": {f"{b.fpr:g}": _leader(b) for b in verdict.strongest}}
 
 
 def _leader(leader) -> dict | None:

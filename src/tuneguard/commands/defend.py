@@ -1,14 +1,16 @@
 """`tuneguard defend`: fine-tune with a defence against membership inference: SOFT (paraphrase the samples the model
 memorises first), Goldfish (leave a hashed 1/k of the tokens out of the loss), DP-SGD (LoRA with per-sample clipping
-and noise at a target epsilon)."""
+and noise at a target epsilon); `defend compare` measures them on your data and recommends one."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import textwrap
+from typing import Callable
 
-from tuneguard.commands import declared
+from tuneguard.commands import declared, defend_compare
 from tuneguard.commands.finetune import add_finetune_args, print_run, read_texts, train_config
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig
 
@@ -22,7 +24,7 @@ def _paraphraser_help() -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     from tuneguard.defenses.soft import DEFAULT_FALLBACK, ON_FAILURE, STARTS, SoftConfig
 
-    p = sub.add_parser("defend", help="fine-tune with a privacy defence (SOFT, Goldfish, DP-SGD)",
+    p = sub.add_parser("defend", help="fine-tune with a privacy defence (SOFT, Goldfish, DP-SGD), or compare them",
                        description="Fine-tune with a defence against membership inference.")
     defences = p.add_subparsers(dest="defence", metavar="DEFENCE", required=True)
     s = defences.add_parser(
@@ -76,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run)
     _register_goldfish(defences)
     _register_dp(defences)
+    defend_compare.register(defences)
 
 
 def _register_goldfish(defences: argparse._SubParsersAction) -> None:
@@ -117,8 +120,8 @@ def _register_dp(defences: argparse._SubParsersAction) -> None:
             "(as 'tuneguard run' regime dp scales them); check the result with 'tuneguard audit-dp'.", 100),
         epilog="example: tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8 --out runs/dp")
     g = p.add_argument_group("differential privacy")
-    g.add_argument("--epsilon", type=declared(DPConfig, "target_epsilon"), default=d.target_epsilon,
-                   help="target epsilon of the whole run (inf: clipping only); default: %(default)s")
+    g.add_argument("--epsilon", type=epsilon(), default=d.target_epsilon,
+                   help="target epsilon of the whole run (inf: clipping only, no noise); default: %(default)s")
     g.add_argument("--delta", type=declared(DPConfig, "delta"),
                    help="target delta; default: 1/(10·n), n = training texts")
     g.add_argument("--max-grad-norm", type=declared(DPConfig, "max_grad_norm"), default=d.max_grad_norm,
@@ -127,6 +130,20 @@ def _register_dp(defences: argparse._SubParsersAction) -> None:
     # Clipped, noisy steps need a larger step size and batch than the non-private defaults: the DP regime's factors.
     scale, train = DPOptions(), TrainConfig()
     p.set_defaults(func=run_dp, lr=train.lr * scale.lr_factor, grad_accum=train.grad_accum * scale.batch_factor)
+
+
+def epsilon() -> Callable[[str], float]:
+    """An argparse ``type`` for a target epsilon: DPConfig's declared bound, or ``inf`` (clipping only, no noise),
+    which the experiment file's ``epsilon = inf`` also means: one rule for both."""
+    from tuneguard.defenses.dp_sgd import DPConfig
+
+    finite = declared(DPConfig, "target_epsilon")
+
+    def parse(text: str) -> float:
+        return math.inf if text.strip().lower() in ("inf", "infinity") else finite(text)
+
+    parse.__name__ = "epsilon"
+    return parse
 
 
 def _params(pairs: list[str], flag: str) -> dict:

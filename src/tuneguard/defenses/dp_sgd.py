@@ -9,6 +9,13 @@ are those of the non-private run with the same TrainConfig. The noise multiplier
 deviation of the noise on each step's mean gradient, σ·max_grad_norm / expected batch (the figure to hold against
 the clipped gradient's norm, at most max_grad_norm). The TrainConfig is used as given; the experiment's DP regime
 (``tuneguard.regimes.dp``) scales the learning rate and the batch of the run it is compared with for DP.
+
+The noisy gradient is the sum of the clipped per-sample gradients plus the noise, divided by the *expected* batch
+(q·n), never by the number of texts the Poisson draw happened to give (Opacus issue #819 is about this
+normalisation): the accountant analyses the noisy sum, and dividing it by a constant is post-processing, while
+dividing by the drawn count would make each step depend on the draw's size. A small draw takes a smaller step.
+``tests/test_dp_learns.py`` pins it. The users' most reported DP failure, an Opacus + PEFT run whose weights never
+change, is caught after the first step that should have moved them (:func:`check_moved`), before any time is spent.
 """
 
 from __future__ import annotations
@@ -18,19 +25,17 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, as_loaded, load_model
 from tuneguard.params import Params, param
-from tuneguard.seed import set_seed
-from tuneguard.train import TrainConfig, TrainResult
-from tuneguard.train.batching import IGNORE, collate, encode_examples, examples_digest
-from tuneguard.train.loop import finished_record, make_scheduler, optimizer_steps, predictable, save_trained
-from tuneguard.train.methods import prepare_model
-from tuneguard.train.record import RunRecord
+from tuneguard.train import RunRecord, TrainConfig
+
+if TYPE_CHECKING:  # the settings and the method check (experiment files, `defend dp`'s options) load no torch
+    import torch
+
+    from tuneguard.models import LoadedModel
+    from tuneguard.train import TrainResult
 
 
 @dataclass
@@ -56,6 +61,16 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     A finished identical run in ``out_dir`` (same settings, data and base model) is loaded instead of retrained (the
     run itself is not checkpointed: its privacy accounting would have to be resumed too).
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from tuneguard.models import LoadedModel, as_loaded, load_model
+    from tuneguard.seed import set_seed
+    from tuneguard.train import TrainResult
+    from tuneguard.train.batching import collate, encode_examples, examples_digest
+    from tuneguard.train.loop import finished_record, make_scheduler, optimizer_steps, predictable, save_trained
+    from tuneguard.train.methods import prepare_model
+
     try:
         from opacus import GradSampleModule
         from opacus.accountants import RDPAccountant
@@ -96,6 +111,8 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     accountant = RDPAccountant()
     sampler = torch.Generator().manual_seed(config.seed)
     gsm.train()
+    # The trainable weights before training, kept until the first step that must move them has been checked.
+    before: list[torch.Tensor] | None = [p.detach().clone() for p in trainable]
     curve, lr_curve, tokens, padded, t0, c0 = [], [], 0, 0, time.perf_counter(), time.process_time()
     for _ in tqdm(range(steps), desc="dp-sgd", unit="step", disable=not progress):
         chosen = torch.nonzero(torch.rand(n, generator=sampler) < q).flatten().tolist()
@@ -114,8 +131,15 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
                 for p in trainable:
                     p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             # Every physical batch but the last only clips and sums its per-sample gradients (Opacus' virtual step).
-            optimizer.signal_skip_step(do_skip=k < len(physical) - 1)
+            last = k == len(physical) - 1
+            optimizer.signal_skip_step(do_skip=not last)
             optimizer.step()
+            lr = inner.param_groups[0]["lr"]
+            # A step moves the weights when its learning rate is positive (a warm-up starts at 0) and it carries a
+            # gradient or noise (an empty draw without noise adds nothing).
+            if last and before is not None and lr > 0 and (losses or sigma > 0):
+                check_moved(trainable, before, lr)
+                before = None
             optimizer.zero_grad()
         lr_curve.append(inner.param_groups[0]["lr"])
         scheduler.step()
@@ -141,8 +165,28 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
                                    meta={**base.meta, "adapter": str(out_dir)}), out_dir, record)
 
 
+def check_moved(trainable: list[torch.nn.Parameter], before: list[torch.Tensor], lr: float) -> None:
+    """Raise when an optimizer step that should have changed the trainable weights (``before``: their values ahead
+    of it) changed none of them, naming the likely causes, rather than spend the run training nothing."""
+    import torch
+
+    if any(not torch.equal(p.detach(), b) for p, b in zip(trainable, before)):
+        return
+    grads = "no gradient reached them" if all(p.grad is None for p in trainable) else "they had gradients"
+    dtype = str(trainable[0].dtype).removeprefix("torch.") if trainable else "unknown"
+    raise TuneguardError(
+        f"DP-SGD: the {len(trainable)} trainable LoRA tensors did not change in the first optimizer step (lr {lr:g}, "
+        f"{dtype}; {grads}): raise --lr if it is too small to move {dtype} weights, check that Opacus wraps the peft "
+        "model whose LoRA parameters require grad (and that the optimizer holds those parameters), and that the loss "
+        "reaches them (every gradient None means it does not); nothing was saved")
+
+
 def _per_example_mean_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over examples of each example's mean token loss, so each example's gradient is its own."""
+    import torch
+
+    from tuneguard.train.batching import IGNORE
+
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,

@@ -3,16 +3,39 @@
 Stages, each saved in the run directory and skipped when its output is there (so a second run does no work):
 
 1. ``warmup/``           fine-tune θ0 on D for ``warmup_epochs`` (0: score with θ0 itself)
-2. ``losses.json``       ℓ_i = NLL(x_i; θ_warm), mean per token (and the reference texts' losses, in threshold mode)
-3. ``selection.json``    the ⌊ρ·|D|⌋ lowest-loss samples, or those below the q-quantile of the reference losses
+2. ``losses.json``       ℓ_i = NLL(x_i; θ_warm), mean per token (and the reference texts' losses, in threshold mode;
+                         θ0's losses too when selecting by gain)
+3. ``selection.json``    the ⌊ρ·|D|⌋ lowest-loss (or highest-gain) samples, or those below the q-quantile of the
+                         reference losses
 4. ``paraphrases.jsonl`` each selected sample's paraphrase through the quality gate (retried), and its outcome:
                          ``paraphrased``, ``original`` (every paraphrase failed: trained on unprotected) or ``dropped``;
-                         ``paraphrase_time.json`` the stage's wall time (paraphrases per second in the summary)
+                         the text that replaces it in D' (``trained_as``) and its retained-token share
+                         (:mod:`.retained`); ``paraphrase_time.json`` the stage's wall time
 5. ``final/``            fine-tune θ0 (or θ_warm) on D' = paraphrases in place of the selected originals
 
 ``soft.json`` holds the settings (a run directory holds one SOFT run) and, once finished, the summary. The settings
 name everything that decides the stages (the base model's weights and tokenizer, the data, every option, the
 paraphrasers' identities), so a directory is never resumed with other inputs: it is refused with the fix.
+
+The released code's recipe (``soft.md``, "What the released code does") differs in four ways, each an option here,
+off by default; ``preset="authors"`` turns them all on:
+
+- the every-word rewrite: the local paraphraser's ``ban="every-word"`` (its prompt, enforced at decoding);
+- ``rewrite_span="second-half"``: a selected text's trained window (its first ``max_length`` tokens) is cut at half
+  its tokens, at a token boundary (which can fall inside a word, as the released code's token split does), and only
+  the second half is rewritten; with ``drop_unrewritten`` the text is trained as that rewritten half alone, so its
+  first half never reaches the final run;
+- ``schedule="authors"``: the selection is made by θ0's losses (the model being trained, at the start of epoch 1);
+  epoch 1 trains on every member as written (the ``warmup/`` run, 1 epoch); epochs 2 to E train on D', continuing
+  from the epoch-1 weights (``final/``, E - 1 epochs, recorded with θ0 as its base). One difference stays: the
+  released script keeps one optimizer and one learning-rate schedule across the swap, while here the AdamW moments
+  and the schedule restart at epoch 2 (the swap itself is taken to work as intended: whether it does in the released
+  script, whose dataloader is built once, is in doubt);
+- ``holdout_scored_as_members``: a fraction of the members (⌈f·n⌉, as ``train_test_split`` counts a test share) is
+  left out of every stage, yet an experiment still scores them as members (the regime reports them).
+
+The second and the fourth remove data: their runs report the share of member tokens never trained on, which is not
+an obfuscation result.
 """
 
 from __future__ import annotations
@@ -22,6 +45,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from collections import Counter
@@ -34,6 +58,7 @@ import numpy as np
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_directory, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from tuneguard.models import LoadedModel, as_loaded, load_model
+from tuneguard.defenses.retained import pooled, retained_shares, trained_window
 from tuneguard.models.loading import RUN_RECORD
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig, Paraphraser, QualityGate, obfuscate
 from tuneguard.params import Params, param
@@ -47,8 +72,18 @@ log = logging.getLogger(__name__)
 MODES = ("ratio", "threshold")
 STARTS = ("base", "warm")
 ON_FAILURE = ("original", "fallback", "drop")
+SELECT_BY = ("loss", "gain")
+SPANS = ("all", "second-half")
+SCHEDULES = ("warmup", "authors")
+PRESETS = ("none", "authors")
+# What preset="authors" sets (each option still at its default); the local paraphraser also gets ban="every-word".
+AUTHORS = {"rewrite_span": "second-half", "drop_unrewritten": True, "schedule": "authors",
+           "holdout_scored_as_members": 0.1}
+CATEGORIES = ("unselected", "paraphrased", "failed", "dropped", "held_out")  # what became of a member
 DEFAULT_FALLBACK = "wordnet"
-SCHEMA = 2  # of soft.json's settings: a run directory written under another schema is refused, never reused
+# Of soft.json's settings: a run directory written under another schema is refused, never reused.
+# 3: the released code's recipe options, trained_as and the retained-token share in paraphrases.jsonl.
+SCHEMA = 3
 
 
 @dataclass
@@ -67,6 +102,24 @@ class SoftConfig(Params):
     reference: str | list[str] | None = param(None, "held-out public texts, or a file of them (mode threshold)")
     warmup_epochs: int = param(1, "warm-up epochs before the losses are scored (0: score with θ0)", ge=0)
     start: str = param("base", "the final run starts from θ0 (base) or from θ_warm (warm)", choices=STARTS)
+    select_by: str = param("loss", "which texts go first: loss (the lowest loss after the warm-up) or gain (the "
+                                   "largest drop in loss from θ0 to θ_warm, the signal ratio / EZ-MIA / WBC read; "
+                                   "mode ratio, warmup_epochs >= 1)", choices=SELECT_BY)
+    rewrite_span: str = param("all", "what of a selected text is rewritten: all, or second-half (its trained window "
+                                     "cut at half its tokens, at a token boundary; the first half kept as written)",
+                              choices=SPANS)
+    drop_unrewritten: bool = param(False, "with rewrite_span='second-half': train a selected text as its rewritten "
+                                          "second half alone (its first half never reaches the final run: data "
+                                          "removal, not obfuscation)")
+    schedule: str = param("warmup", "warmup: warm up, score, select, train θ0 (or θ_warm) on D'; authors: select by "
+                                    "θ0's losses, train epoch 1 on the originals and epochs 2.. on D' (the released "
+                                    "code's schedule; needs epochs >= 2)", choices=SCHEDULES)
+    holdout_scored_as_members: float = param(0.0, "fraction of the members left out of training altogether, yet "
+                                                  "scored as members (the released code's evaluation: data removal)",
+                                             ge=0, lt=1)
+    preset: str = param("none", "authors: the released code's recipe: second-half rewrite with the first half "
+                                "dropped, the authors' schedule, 10% of members held out and, for the local "
+                                "paraphraser, ban='every-word' (each where still at its default)", choices=PRESETS)
     paraphraser: str | Paraphraser = param("local", "the paraphraser (a registered name)")
     paraphraser_options: dict = param({}, "the paraphraser's parameters (its seed is seed)")
     gate: GateConfig = param(GateConfig(), "the quality gate's thresholds and tries per paraphraser")
@@ -82,6 +135,13 @@ class SoftConfig(Params):
     def __post_init__(self) -> None:
         if isinstance(self.gate, dict):
             self.gate = GateConfig.create("gate", self.gate)
+        if self.preset == "authors":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in AUTHORS.items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
+            if self.paraphraser == "local":
+                self.paraphraser_options = {"ban": "every-word", **(self.paraphraser_options or {})}
         super().__post_init__()
         if self.mode == "threshold" and not self.reference:
             raise TuneguardError("SOFT threshold mode needs reference texts (held-out public text): set reference "
@@ -91,6 +151,16 @@ class SoftConfig(Params):
                                  "mode='threshold'")
         if self.start == "warm" and self.warmup_epochs == 0:
             raise TuneguardError("SOFT start='warm' needs warmup_epochs >= 1 (there is no warm model otherwise)")
+        if self.drop_unrewritten and self.rewrite_span == "all":
+            raise TuneguardError("SOFT drop_unrewritten needs rewrite_span='second-half' (with 'all' nothing is left "
+                                 "unrewritten): set it, or drop drop_unrewritten")
+        if self.schedule == "authors" and (self.warmup_epochs != 1 or self.start != "base"):
+            raise TuneguardError("SOFT schedule='authors' fixes the warm-up (selection by θ0's losses, epoch 1 on the "
+                                 "originals, then D'): leave warmup_epochs and start unset")
+        if self.select_by == "gain" and (self.mode != "ratio" or self.warmup_epochs == 0
+                                         or self.schedule == "authors"):
+            raise TuneguardError("SOFT select_by='gain' compares θ0 with θ_warm: it needs mode='ratio', "
+                                 "warmup_epochs >= 1 and schedule='warmup'")
         if self.on_failure != "fallback" and (self.fallback_paraphraser is not None or self.fallback_options):
             raise TuneguardError("fallback_paraphraser and fallback_options are used with on_failure='fallback' "
                                  "only: set it, or drop them")
@@ -123,13 +193,15 @@ def _checked(spec: str | Paraphraser, options: dict, seed: int, field: str) -> d
 
 @dataclass
 class SoftResult:
-    """The protected model, its run directory, the summary, the training set D' and the paraphrase records."""
+    """The protected model, its run directory, the summary, the training set D', the paraphrase records and the
+    members held out of training (indices into the texts given)."""
 
     model: LoadedModel
     out_dir: Path
     summary: dict
     train_texts: list[str]
     records: list[dict]
+    held_out: list[int] = dataclasses.field(default_factory=list)
 
 
 def select_by_ratio(losses: Sequence[float], ratio: float) -> list[int]:
@@ -152,27 +224,120 @@ def select_by_threshold(losses: Sequence[float], reference: Sequence[float], qua
     return [i for i, loss in enumerate(losses) if loss < threshold], threshold
 
 
-def training_set(texts: Sequence[str], records: Sequence[dict]) -> list[str]:
-    """D': each selected text replaced by its accepted paraphrase, kept or left out as its record's ``outcome``
-    says; every other text unchanged and in place."""
+def held_out_members(n: int, fraction: float, seed: int) -> list[int]:
+    """The ⌈fraction·n⌉ members left out of training (as ``train_test_split`` counts a test share), drawn with
+    ``seed``, in ascending order."""
+    k = math.ceil(fraction * n - 1e-9)  # 0.1 * 30 is 3.0000000000000004 in floating point
+    return sorted(random.Random(f"soft-holdout-{seed}").sample(range(n), k))
+
+
+def second_half(text: str, tokenizer, max_length: int) -> tuple[str, str, int]:
+    """``text``'s trained window (its first ``max_length`` tokens) cut at half its tokens (rounded down), at a token
+    boundary: the first half as written, the second half (each token's text exactly, so re-tokenised it gives the
+    same tokens), and the first half's token count."""
+    window = trained_window(text, tokenizer, max_length, offsets=True)
+    k = len(window) // 2
+    if not k:
+        return "", text, 0
+    cut = window[k][1][0]
+    return text[:cut], text[cut:window[-1][1][1]], k
+
+
+def join_halves(first: str, second: str) -> str:
+    """The first half as written followed by a (rewritten) second half, one space between them."""
+    return f"{first.rstrip()} {second.strip()}" if first.strip() else second.strip()
+
+
+def training_set(texts: Sequence[str], records: Sequence[dict], held_out: Sequence[int] = ()) -> list[str]:
+    """D': each selected text as its record's ``trained_as`` (its paraphrase, its rewritten second half alone or
+    after its first half, its original when every paraphrase failed, nothing when dropped); every other text
+    unchanged and in place; the held-out members left out."""
+    return [trained[0] for trained in in_place(texts, records, held_out)[1] if trained]
+
+
+def trained_text(record: dict, text: str) -> str | None:
+    """What D' holds in place of the selected ``text`` of ``record`` (None: dropped). A row written before
+    ``trained_as`` existed (schema 2) holds its paraphrase, or the original when every paraphrase failed."""
+    if "trained_as" in record:
+        return record["trained_as"]
+    return {"paraphrased": record["paraphrase"], "original": text}.get(record["outcome"])
+
+
+def in_place(texts: Sequence[str], records: Sequence[dict],
+             held_out: Sequence[int] = ()) -> tuple[list[str], list[list[str]]]:
+    """Per member: its category (:data:`CATEGORIES`) and what the final run trained on in its place (a list of one
+    text, or empty when it was never trained on)."""
     by_index = {r["index"]: r for r in records}
-    out = []
+    held = set(held_out)
+    outcome_category = {"paraphrased": "paraphrased", "original": "failed", "dropped": "dropped"}
+    categories, trained_as = [], []
     for i, text in enumerate(texts):
-        outcome = by_index[i]["outcome"] if i in by_index else "original"
-        if outcome == "paraphrased":
-            out.append(by_index[i]["paraphrase"])
-        elif outcome == "original":
-            out.append(text)
-    return out
+        record = by_index.get(i)
+        categories.append("held_out" if i in held else "unselected" if record is None
+                          else outcome_category[record["outcome"]])
+        trained = None if i in held else text if record is None else trained_text(record, text)
+        trained_as.append([] if trained is None else [trained])
+    return categories, trained_as
+
+
+def member_shares(texts: Sequence[str], records: Sequence[dict], held_out: Sequence[int], tokenizer, max_length: int,
+                  cfg: SoftConfig) -> list[dict]:
+    """Per member (:func:`.retained.retained_shares` against what the final run trained on in its place): its
+    ``category`` (:data:`CATEGORIES`) and ``never_trained``, the tokens of its window no training stage read in any
+    form: all of a held-out member's, and, unless the originals were trained first (the authors' schedule or a warm
+    start), all of a dropped member's and a dropped first half's. (Counted by position: a token of a dropped first
+    half is never trained on even when the same token occurs in the rewrite, where the share counts it retained.)"""
+    by_index = {r["index"]: r for r in records}
+    categories, trained_as = in_place(texts, records, held_out)
+    rows = retained_shares(texts, trained_as, tokenizer, max_length,
+                           pool=[t for t, c in zip(texts, categories) if c != "held_out"])
+    originals_first = cfg.schedule == "authors" or cfg.start == "warm"
+    for i, (row, category) in enumerate(zip(rows, categories)):
+        row["category"] = category
+        if category == "held_out" or (category == "dropped" and not originals_first):
+            row["never_trained"] = row["tokens"]
+        elif category != "unselected" and cfg.drop_unrewritten and not originals_first:
+            row["never_trained"] = by_index[i]["unrewritten_tokens"]
+        else:
+            row["never_trained"] = 0
+    return rows
 
 
 def summary_line(summary: dict) -> str:
-    """One line with what became of the selected texts (for the terminal)."""
+    """One line with what became of the selected texts (for the terminal), the recipe options that are on, and the
+    data the run removes."""
     fallback = (f" ({summary['fallback_paraphrased']} by the fallback {summary['fallback_paraphraser']})"
                 if summary["fallback_paraphrased"] else "")
+    recipe = recipe_text(summary.get("recipe") or {})
+    removed = removal_text(summary)
     return (f"SOFT: {summary['selected']} of {summary['n']} texts selected: {summary['paraphrased']} paraphrased"
             f"{fallback}, {summary['originals_kept']} kept as originals (unprotected), {summary['dropped']} dropped "
-            f"(on_failure={summary['on_failure']}); trained on {summary['train_size']} texts")
+            f"(on_failure={summary['on_failure']}); trained on {summary['train_size']} texts"
+            + (f"; recipe: {recipe}" if recipe else "") + (f"; {removed}" if removed else ""))
+
+
+def recipe_text(recipe: dict) -> str:
+    """The recipe options that differ from tuneguard's default SOFT, in words ("" when none does)."""
+    parts = []
+    if recipe.get("ban") == "every-word":
+        parts.append("every-word ban")
+    if recipe.get("select_by") == "gain":
+        parts.append("selection by gain")
+    if recipe.get("rewrite_span") == "second-half":
+        parts.append("second half rewritten" + (", first dropped" if recipe.get("drop_unrewritten") else ""))
+    if recipe.get("schedule") == "authors":
+        parts.append("authors' schedule (epoch 1 on the originals)")
+    if recipe.get("holdout_scored_as_members"):
+        parts.append(f"{recipe['holdout_scored_as_members']:.0%} of members held out, scored as members")
+    return ", ".join(parts)
+
+
+def removal_text(summary: dict) -> str:
+    """'x% of member tokens never trained on (data removal, not obfuscation)' for a run that removes data, else ''."""
+    share = summary.get("never_trained_share")
+    if not share:
+        return ""
+    return f"{share:.1%} of member tokens never trained on (data removal, not obfuscation)"
 
 
 def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path, *, train: TrainConfig,
@@ -180,14 +345,23 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
     """Run SOFT on ``texts`` (the private set D) and return the protected model (saved in ``out_dir/final``).
 
     The warm-up uses ``train`` with ``config.warmup_epochs`` epochs; the final run uses ``train`` unchanged, from θ0
-    or θ_warm. Either way the protected model's recorded base is θ0, the pretrained model (θ_warm trained on every
-    member, so it is no reference for an attack). Each selected text ends up paraphrased, kept as the original
-    (counted in the summary) or dropped, as ``config.on_failure`` says; ``paraphrases.jsonl`` shows which.
+    or θ_warm (the authors' schedule: 1 epoch on the originals, then ``train.epochs - 1`` on D'). Either way the
+    protected model's recorded base is θ0, the pretrained model (θ_warm trained on every member, so it is no
+    reference for an attack). Each selected text ends up paraphrased, kept as the original (counted in the summary)
+    or dropped, as ``config.on_failure`` says; ``paraphrases.jsonl`` shows which. Members held out
+    (``holdout_scored_as_members``) reach no stage; ``SoftResult.held_out`` names them.
     """
     cfg = config or SoftConfig()
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TuneguardError("SOFT needs a non-empty list of texts")
+    check_epochs(cfg, train)
+    held_out = held_out_members(len(texts), cfg.holdout_scored_as_members, cfg.seed)
+    if len(held_out) >= len(texts):
+        raise TuneguardError(f"SOFT holdout_scored_as_members={cfg.holdout_scored_as_members} holds out all "
+                             f"{len(texts)} texts: lower it or give more texts")
+    trained = sorted(set(range(len(texts))) - set(held_out))
+    members = [texts[i] for i in trained]
     reference = _reference_texts(cfg.reference)
     out = Path(out_dir)
     base = as_loaded(model)
@@ -201,70 +375,112 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
                 "fallback_id": fallback.identity() if fallback else None,
                 "embedder": getattr(gate.embedder, "name", type(gate.embedder).__name__), "train": train.to_dict()}
     _claim(out, settings)
+    authors = cfg.schedule == "authors"
+    warm_epochs = 1 if authors else cfg.warmup_epochs  # the authors' epoch 1 on the originals is this stage
 
     warm_cache: list[LoadedModel] = []
 
     def warm() -> LoadedModel:  # 1. warm-up, run (or loaded) only by the stages that need θ_warm
         if not warm_cache:
-            if cfg.warmup_epochs == 0:
+            if warm_epochs == 0:
                 warm_cache.append(base)
             else:
-                warm_cfg = TrainConfig(**{**train.to_dict(), "epochs": cfg.warmup_epochs})
-                warm_cache.append(finetune(base, texts, out / "warmup", warm_cfg, progress=progress).model)
+                warm_cfg = train.replace(epochs=warm_epochs)
+                warm_cache.append(finetune(base, members, out / "warmup", warm_cfg, progress=progress).model)
         return warm_cache[0]
 
-    # 2. influence scores
+    # 2. influence scores (by θ0 under the authors' schedule: the model being trained, before epoch 1)
     losses_path = out / "losses.json"
     if not losses_path.is_file():
-        engine = ScoringEngine(warm(), max_length=train.max_length, cache=False, progress=progress)
-        atomic_write_json(losses_path, {"model": warm().ref, "losses": _nll(engine, texts),
-                                        "reference": _nll(engine, reference) if reference is not None else None})
+        scorer = base if authors else warm()
+        engine = ScoringEngine(scorer, max_length=train.max_length, cache=False, progress=progress)
+        record = {"model": scorer.ref, "losses": _spread(_nll(engine, members), trained, len(texts)),
+                  "reference": _nll(engine, reference) if reference is not None else None}
+        if cfg.select_by == "gain":
+            base_engine = ScoringEngine(base, max_length=train.max_length, cache=False, progress=progress)
+            record["base_losses"] = _spread(_nll(base_engine, members), trained, len(texts))
+        atomic_write_json(losses_path, record)
     scored = read_json(losses_path)
     losses = [math.inf if v is None else v for v in scored["losses"]]  # a text with no token is never selected
+    gains = _gains(scored["base_losses"], scored["losses"]) if cfg.select_by == "gain" else None
 
-    # 3. selection
+    # 3. selection, among the members trained on
     selection_path = out / "selection.json"
     if not selection_path.is_file():
         threshold = None
         if cfg.mode == "ratio":
-            selected = select_by_ratio(losses, cfg.ratio)
+            keys = [-gains[i] for i in trained] if gains is not None else [losses[i] for i in trained]
+            picked = select_by_ratio(keys, cfg.ratio)
         else:
-            selected, threshold = select_by_threshold(losses, scored["reference"], cfg.quantile)
+            picked, threshold = select_by_threshold([losses[i] for i in trained], scored["reference"], cfg.quantile)
         atomic_write_json(selection_path, {"mode": cfg.mode, "ratio": settings["ratio"],
                                            "quantile": settings["quantile"], "threshold": threshold, "n": len(texts),
-                                           "selected": selected})
+                                           "select_by": cfg.select_by, "held_out": held_out,
+                                           "selected": [trained[j] for j in picked]})
     selection = read_json(selection_path)
     selected = selection["selected"]
 
-    # 4. obfuscation through the quality gate
+    # 4. obfuscation through the quality gate (of each selected text's second half only, with rewrite_span)
     para_path = out / "paraphrases.jsonl"
     if not para_path.is_file():
         start = time.perf_counter()
-        rows = _obfuscate(texts, selected, losses, primary, fallback, gate, cfg.on_failure)
+        halves = {i: second_half(texts[i], base.tokenizer, train.max_length) for i in selected} \
+            if cfg.rewrite_span == "second-half" else {}
+        rows = _obfuscate(texts, selected, halves, losses, gains, primary, fallback, gate, cfg)
+        shares = member_shares(texts, rows, held_out, base.tokenizer, train.max_length, cfg)
+        for row, share in zip(rows, (shares[i] for i in selected), strict=True):
+            row.update(tokens=share["tokens"], retained_share=share["share"], chance_share=share["chance"],
+                       never_trained_tokens=share["never_trained"])
         atomic_write_jsonl(para_path, rows)
         atomic_write_json(out / "paraphrase_time.json", {"seconds": round(time.perf_counter() - start, 3),
                                                         "texts": len(selected)})
     records = read_jsonl(para_path)
 
     # 5. final fine-tuning on D'
-    d_prime = training_set(texts, records)
+    d_prime = training_set(texts, records, held_out)
     if not d_prime:
         raise TuneguardError("every text was selected and every paraphrase failed the quality gate: nothing left to "
                              "train on; loosen the gate or use on_failure='original'")
-    if cfg.start == "base":
+    if authors:  # epochs 2 to E: continue from epoch 1's weights
+        final = _final_from_warm(warm, base, d_prime, out, train.replace(epochs=train.epochs - 1), progress)
+    elif cfg.start == "base":
         final = finetune(base, d_prime, out / "final", train, progress=progress).model
     else:
         final = _final_from_warm(warm, base, d_prime, out, train, progress)
 
     timing = read_json(out / "paraphrase_time.json") if (out / "paraphrase_time.json").is_file() else None
-    summary = _summary(cfg, settings, selection, records, len(d_prime), out, para_path, primary, fallback, timing)
+    shares = member_shares(texts, records, held_out, base.tokenizer, train.max_length, cfg)
+    summary = _summary(cfg, settings, selection, records, shares, len(d_prime), out, para_path, primary, fallback,
+                       timing)
     if summary["failed"]:
         log.warning("SOFT: %d of %d selected text(s) failed the quality gate with %s: %d paraphrased by the fallback, "
                     "%d kept as originals (unprotected), %d dropped (see %s)", summary["failed"], len(records),
                     primary.name, summary["fallback_paraphrased"], summary["originals_kept"], summary["dropped"],
                     para_path)
+    if summary["never_trained_share"]:
+        log.warning("SOFT: %s", removal_text(summary))
     atomic_write_json(out / "soft.json", {"settings": settings, "summary": summary})
-    return SoftResult(final, out, summary, d_prime, records)
+    return SoftResult(final, out, summary, d_prime, records, held_out)
+
+
+def check_epochs(cfg: SoftConfig, train: TrainConfig) -> None:
+    """Refuse the authors' schedule with fewer than 2 epochs (epoch 1 is on the originals, the rest on D')."""
+    if cfg.schedule == "authors" and train.epochs < 2:
+        raise TuneguardError(f"SOFT schedule='authors' trains epoch 1 on the originals and the others on D': it needs "
+                             f"epochs >= 2 (got {train.epochs})")
+
+
+def _spread(values: list, trained: list[int], n: int) -> list:
+    """``values`` of the trained members at their indices among all ``n`` texts, None for a held-out one."""
+    out: list = [None] * n
+    for i, value in zip(trained, values, strict=True):
+        out[i] = value
+    return out
+
+
+def _gains(base_losses: list, warm_losses: list) -> list[float]:
+    """Each text's warm-up gain, θ0's loss minus θ_warm's (-inf where either is missing: never selected first)."""
+    return [b - w if b is not None and w is not None else -math.inf for b, w in zip(base_losses, warm_losses)]
 
 
 def _paraphraser(spec: str | Paraphraser, options: dict, seed: int, progress: bool) -> Paraphraser:
@@ -292,21 +508,32 @@ def _settings(cfg: SoftConfig, reference: list[str] | None) -> dict:
     def plain(options: dict) -> dict:  # a loaded model given as an option is named by its ref
         return json.loads(json.dumps(options, sort_keys=True, default=lambda v: getattr(v, "ref", type(v).__name__)))
 
-    threshold = cfg.mode == "threshold"
+    threshold, authors = cfg.mode == "threshold", cfg.schedule == "authors"
     return {"mode": cfg.mode, "ratio": None if threshold else cfg.ratio,
             "quantile": cfg.quantile if threshold else None,
             "reference_digest": examples_digest(reference) if threshold else None,
-            "warmup_epochs": cfg.warmup_epochs, "start": cfg.start, "paraphraser": name(cfg.paraphraser),
+            "warmup_epochs": None if authors else cfg.warmup_epochs, "start": None if authors else cfg.start,
+            "paraphraser": name(cfg.paraphraser),
             "paraphraser_options": plain(cfg.paraphraser_options), "gate": cfg.gate.to_dict(),
             "on_failure": cfg.on_failure, "fallback_paraphraser": name(cfg.fallback),
-            "fallback_options": plain(cfg.fallback_options), "seed": cfg.seed}
+            "fallback_options": plain(cfg.fallback_options), "seed": cfg.seed, **_recipe(cfg)}
 
 
-def _obfuscate(texts: list[str], selected: list[int], losses: list[float], primary: Paraphraser,
-               fallback: Paraphraser | None, gate: QualityGate, on_failure: str) -> list[dict]:
-    """One paraphrases.jsonl row per selected text: its outcome, the paraphraser of the candidate shown, and the
-    gate's measures; a text the fallback was tried on also keeps its first try."""
-    originals = [texts[i] for i in selected]
+def _recipe(cfg: SoftConfig) -> dict:
+    """The released-code recipe options and the selection criterion, as recorded in soft.json."""
+    return {"preset": cfg.preset, "select_by": cfg.select_by, "rewrite_span": cfg.rewrite_span,
+            "drop_unrewritten": cfg.drop_unrewritten, "schedule": cfg.schedule,
+            "holdout_scored_as_members": cfg.holdout_scored_as_members}
+
+
+def _obfuscate(texts: list[str], selected: list[int], halves: dict[int, tuple[str, str, int]], losses: list[float],
+               gains: list[float] | None, primary: Paraphraser, fallback: Paraphraser | None, gate: QualityGate,
+               cfg: SoftConfig) -> list[dict]:
+    """One paraphrases.jsonl row per selected text: its outcome, the paraphraser of the candidate shown, the gate's
+    measures and ``trained_as``, the text D' holds in its place (None: dropped); a text the fallback was tried on also
+    keeps its first try. With ``halves`` (text index -> :func:`second_half`), ``original`` is the second half that
+    was rewritten and ``unrewritten`` / ``unrewritten_tokens`` the first half kept as written (or dropped)."""
+    originals = [halves[i][1] if halves else texts[i] for i in selected]
     first = obfuscate(originals, primary, gate)
     failed = [k for k, o in enumerate(first) if o.status != "ok"]
     second = dict(zip(failed, obfuscate([originals[k] for k in failed], fallback, gate), strict=True)) \
@@ -314,8 +541,21 @@ def _obfuscate(texts: list[str], selected: list[int], losses: list[float], prima
     rows = []
     for k, (i, o) in enumerate(zip(selected, first, strict=True)):
         shown, by = (second[k], fallback.name) if k in second else (o, primary.name)
-        outcome = "paraphrased" if shown.status == "ok" else "dropped" if on_failure == "drop" else "original"
-        row = {"index": i, "loss": losses[i], "outcome": outcome, "paraphraser": by, **shown.to_dict()}
+        outcome = "paraphrased" if shown.status == "ok" else "dropped" if cfg.on_failure == "drop" else "original"
+        row = {"index": i, "loss": losses[i], **({"gain": gains[i]} if gains is not None else {}), "outcome": outcome,
+               "paraphraser": by, **shown.to_dict()}
+        # What D' trains on: the rewritten part (its original when every paraphrase failed), after the first half
+        # unless that is dropped; a failed text without a dropped half is the original text, as before.
+        rewritten = shown.paraphrase if outcome == "paraphrased" else originals[k]
+        if outcome == "dropped":
+            row["trained_as"] = None
+        elif halves:
+            head, _, size = halves[i]
+            row.update(unrewritten=head, unrewritten_tokens=size,
+                       trained_as=rewritten if cfg.drop_unrewritten else
+                       join_halves(head, rewritten) if outcome == "paraphrased" else texts[i])
+        else:
+            row["trained_as"] = rewritten
         if k in second:
             row["first_try"] = {"paraphraser": primary.name,
                                 **{key: v for key, v in o.to_dict().items() if key != "original"}}
@@ -323,12 +563,19 @@ def _obfuscate(texts: list[str], selected: list[int], losses: list[float], prima
     return rows
 
 
-def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dict], train_size: int, out: Path,
-             para_path: Path, primary: Paraphraser, fallback: Paraphraser | None, timing: dict | None) -> dict:
-    """The run's counts and settings; the paraphrasing stage's wall time and rate when it was timed (answers from
-    the paraphrase cache count as done, so a stage redone from the cache is fast)."""
+def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dict], shares: list[dict],
+             train_size: int, out: Path, para_path: Path, primary: Paraphraser, fallback: Paraphraser | None,
+             timing: dict | None) -> dict:
+    """The run's counts and settings, its recipe, the retained-token share per member category (and over every
+    member: ``retained_share``, ``chance_share``, ``never_trained_share``); the paraphrasing stage's wall time and
+    rate when it was timed (answers from the paraphrase cache count as done, so a stage redone from the cache is
+    fast)."""
     outcomes = Counter(r["outcome"] for r in records)
     sims = [r["similarity"] for r in records if r["outcome"] == "paraphrased"]
+    retained = {c: pooled([r for r in shares if r["category"] == c]) for c in CATEGORIES
+                if any(r["category"] == c for r in shares)}
+    retained["all"] = everyone = pooled(shares)
+    held_out = selection["held_out"]
     return {"ratio": settings["ratio"], "mode": cfg.mode, "quantile": settings["quantile"],
             "threshold": selection["threshold"], "n": selection["n"], "selected": len(records),
             "paraphrased": outcomes["paraphrased"], "originals_kept": outcomes["original"],
@@ -337,10 +584,15 @@ def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dic
             "fallback_paraphrased": sum(r["outcome"] == "paraphrased" and "first_try" in r for r in records),
             "train_size": train_size, "mean_similarity": float(np.mean(sims)) if sims else None,
             "paraphraser": primary.name, "fallback_paraphraser": fallback.name if fallback else None,
-            "warmup_epochs": cfg.warmup_epochs, "start": cfg.start, "final": str(out / "final"),
+            "warmup_epochs": settings["warmup_epochs"], "start": settings["start"], "final": str(out / "final"),
             "paraphrases": str(para_path), "paraphrase_seconds": timing["seconds"] if timing else None,
             "paraphrases_per_second": round(timing["texts"] / timing["seconds"], 4)
-            if timing and timing["seconds"] > 0 else None}
+            if timing and timing["seconds"] > 0 else None,
+            "recipe": {**_recipe(cfg), "ban": getattr(primary.params, "ban", None)},
+            "originals_trained_first": cfg.schedule == "authors" or cfg.start == "warm",
+            "held_out": len(held_out), "held_out_members": held_out, "retained": retained,
+            "retained_share": everyone["share"], "chance_share": everyone["chance"],
+            "never_trained_share": everyone["never_trained"]}
 
 
 def _claim(out: Path, settings: dict) -> None:

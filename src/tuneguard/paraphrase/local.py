@@ -23,6 +23,16 @@ changed 1 and 0 of 8 paraphrases at n 4 in a smaller probe (they should matter m
 The ban is on tokens, so a copy spelled with other tokens (another capitalisation) slips through: the word-level
 overlap and runs above are measured on the output, not assumed.
 
+``ban="every-word"`` enforces the SOFT authors' prompt (replace every word by a term of another root or spelling):
+the prompt asks for it, and decoding forbids every word sharing a stem with a content word of the source, in any
+casing and tokenisation (:class:`.anticopy.WordBan`; function words, numbers and punctuation stay allowed). The
+n-gram ban stays on beside it (``ban_ngram``), so runs of function words and numbers are not copied wholesale. It
+applies to texts rewritten with the text prompt; code keeps its keywords (n-gram ban only). SmolLM2-135M cannot
+rewrite every word and keep the meaning: in a probe of 5 PubMed abstracts cut to 60 words (one attempt each, this
+prompt) the MiniLM similarity was 0.43-0.68 (mean 0.51) and 1 of 5 passed the default gate (0.6), at about 10 s a
+text on one CPU thread; a text that fails every try is trained on as the original unless SOFT's ``on_failure``
+says otherwise.
+
 torch and the model load on first use, so declaring or checking this paraphraser's parameters costs nothing.
 """
 
@@ -34,9 +44,20 @@ from typing import Any, Sequence
 
 from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
-from tuneguard.paraphrase.anticopy import NgramBan, source_ban_table
-from tuneguard.paraphrase.base import InstructedParams, Paraphraser, clean_output
+from tuneguard.paraphrase.anticopy import NgramBan, TokenWords, WordBan, WordBanTable, source_ban_table
+from tuneguard.paraphrase.base import TEXT_PROMPT, InstructedParams, Paraphraser, clean_output
 from tuneguard.params import param
+
+BANS = ("ngram", "every-word")
+# The authors' word-by-word instruction (soft.md, "What the released code does"). The ban, not the prompt, keeps
+# function words, numbers and punctuation allowed: saying so in the prompt led SmolLM2-135M to answer with a plan ("I
+# will replace every word ...") for 2 of 2 abstracts in one probe, and to MiniLM similarity 0.38 against this
+# wording's 0.51 in another (5 PubMed abstracts cut to 60 words).
+EVERY_WORD_PROMPT = (
+    "Rewrite the following paragraph by replacing every word with an alternative term that does not share the same "
+    "root or spelling, while preserving the meaning and sentence structure as much as possible. Answer with the "
+    "rewritten paragraph only.\n\nParagraph:\n{text}"
+)
 
 
 @dataclass
@@ -53,6 +74,10 @@ class LocalParams(InstructedParams):
     content_only: bool = param(False, "the ban spares n-grams of function words and punctuation only (\"of the\")")
     ban_repeats: bool = param(True, "the ban also forbids repeating an n-gram of the paraphrase itself (a small "
                                     "model kept from copying tends to loop)")
+    ban: str = param("ngram", "ngram: decoding forbids the source's n-grams (ban_ngram); every-word: it also forbids "
+                              "every word sharing a stem with a source content word, in any casing, and the prompt "
+                              "asks for the every-word rewrite (function words, numbers and punctuation stay "
+                              "allowed; texts only, not code)", choices=BANS)
 
 
 class LocalParaphraser(Paraphraser):
@@ -81,9 +106,22 @@ class LocalParaphraser(Paraphraser):
         p = self.params
         ref = p.model if isinstance(p.model, str) else p.model.ref
         # "sampling" names the per-text streams: paraphrases cached by the earlier per-batch seeding are not reused.
+        # ``ban`` joins the settings only when it is not the n-gram default, so paraphrases cached before it existed
+        # keep their identity (they cost 10-14 s a text on a CPU).
         return {"model": ref, "temperature": p.temperature, "top_p": p.top_p, "max_new_tokens": p.max_new_tokens,
                 "sampling": "per-text", "ban_ngram": p.ban_ngram or 0, "keep_words": p.keep_words,
-                "content_only": p.content_only, "ban_repeats": p.ban_repeats}
+                "content_only": p.content_only, "ban_repeats": p.ban_repeats,
+                **({"ban": p.ban} if p.ban != "ngram" else {})}
+
+    def prompt_template(self, text: str) -> str:
+        """The every-word prompt for a text under ``ban="every-word"``, else the usual one (code keeps its own)."""
+        template = super().prompt_template(text)
+        return EVERY_WORD_PROMPT if self.params.ban == "every-word" and template == TEXT_PROMPT else template
+
+    @cached_property
+    def token_words(self) -> TokenWords:
+        """The tokenizer's vocabulary indexed for the every-word ban (built on first use)."""
+        return TokenWords(self.loaded.tokenizer)
 
     def identity(self) -> str:
         # The weights, not just the name: a retrained model directory must not reuse old paraphrases.
@@ -131,7 +169,7 @@ class LocalParaphraser(Paraphraser):
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             mask[row, width - len(ids):] = 1
         # Greedy decoding over a processor that leaves only each row's own sample: the sampling is ours, per row.
-        # The n-gram ban runs first, so a banned token is never sampled.
+        # The bans run first, so a banned token is never sampled.
         processors = LogitsProcessorList([_RowSampler(seeds, temperature=self.params.temperature,
                                                       top_p=self.params.top_p)])
         n = self.params.ban_ngram
@@ -139,6 +177,10 @@ class LocalParaphraser(Paraphraser):
             tables = [source_ban_table(t, tok, n, keep_words=self.params.keep_words,
                                        content_only=self.params.content_only) for t in texts]
             processors.insert(0, NgramBan(tables, n, start=width, repeats=self.params.ban_repeats))
+        if self.params.ban == "every-word":
+            words = self.token_words
+            processors.insert(0, WordBan([WordBanTable(t, words) if self.prompt_template(t) == EVERY_WORD_PROMPT
+                                          else None for t in texts], words, start=width))
         with torch.no_grad():
             out = model.generate(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device),
                                  do_sample=False, logits_processor=processors,

@@ -42,8 +42,12 @@ class DPSGD(Regime):
     knob = ("epsilon", "ε")
 
     def train_config(self, train: TrainConfig) -> TrainConfig:
-        # Opacus has per-sample gradients for LoRA layers only.
-        return train.replace(method="lora", lr=train.lr * self.params.lr_factor,
+        from tuneguard.defenses.dp_sgd import check_method
+
+        # Opacus has per-sample gradients for LoRA layers only: another method is refused, as `defend dp` refuses
+        # it, rather than silently replaced by LoRA.
+        check_method(train)
+        return train.replace(lr=train.lr * self.params.lr_factor,
                              grad_accum=train.grad_accum * self.params.batch_factor)
 
     def build(self, base, members, cell_dir, train, *, progress=True):

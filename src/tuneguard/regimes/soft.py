@@ -1,4 +1,10 @@
-"""The SOFT regime: paraphrase the members the model memorises first, then fine-tune (``defenses.soft``)."""
+"""The SOFT regime: paraphrase the members the model memorises first, then fine-tune (``defenses.soft``).
+
+A column's figures (``extra``) carry the SOFT summary (its recipe options included), the retained-token share per
+member category with its chance baseline (``retained``) and ``held_out_members``: the indices, among the members
+``build`` was given, of those SOFT held out of training (``holdout_scored_as_members``). The experiment scores every
+member it gave as a member, so the held-out ones are scored as members with no further step.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +46,11 @@ class Soft(Regime):
         return [(f"{name} ρ={r:g}", {**options, "ratio": r}) for r in ratios]
 
     def train_config(self, train: TrainConfig) -> TrainConfig:
-        return train.replace(method=self.params.method)
+        from tuneguard.defenses.soft import check_epochs
+
+        train = train.replace(method=self.params.method)
+        check_epochs(self.params, train)  # the authors' schedule needs 2 epochs: refused when the file is read
+        return train
 
     def soft_config(self) -> SoftConfig:
         """The SOFT settings of this column (every option but ``method``)."""
@@ -51,4 +61,5 @@ class Soft(Regime):
 
         config = self.soft_config()
         soft = run_soft(base, members, cell_dir / "soft", train=train, config=config, progress=progress)
-        return soft.model, {"soft": soft.summary, "soft_ratio": config.ratio, "train_size": soft.summary["train_size"]}
+        return soft.model, {"soft": soft.summary, "soft_ratio": config.ratio, "train_size": soft.summary["train_size"],
+                            "held_out_members": soft.held_out, "retained": soft.summary["retained"]}

@@ -1,4 +1,9 @@
-"""What to do next, once per report: the defences that fit the verdict, as command lines to run.
+"""What to do next, once per report, as command lines to run.
+
+Advice follows evidence: no step claims that a defence protects without a measurement behind it. Without a
+comparison on record, a leak calls for ``tuneguard defend compare``, which measures the candidate defences on the
+user's own data; with one (the ``compare.json`` it writes, passed as ``comparison`` or recorded in
+``settings["comparison"]``), the advice names the regime it chose and quotes that regime's measured leak and utility.
 
 Command lines are filled from the run's settings where they say it (the base model, the files read: the commands
 put them in ``settings["files"]``, the fine-tuning hyperparameters of an audit) and show a capitalised placeholder
@@ -22,23 +27,25 @@ class Step:
     command: str | None = None
 
 
-def next_steps(result: MIAResult, verdict: Verdict) -> list[Step]:
-    """The steps that fit ``verdict``; on a confounded split only the one that fixes it."""
+def next_steps(result: MIAResult, verdict: Verdict, comparison: dict | None = None) -> list[Step]:
+    """The steps that fit ``verdict``; on a confounded split only the one that fixes it. ``comparison``: a
+    ``tuneguard defend compare`` result (compare.json), by default the one recorded in the result's settings."""
     settings = result.settings
     files = settings.get("files") or {}
     base = settings.get("reference") or "BASE_MODEL"
     tuned = settings.get("fine_tuning") or {}
+    comparison = comparison if comparison is not None else settings.get("comparison")
     steps = []
     if verdict.confounded:
         data = files.get("data") or files.get("members") or "DATA"
         steps.append(Step("Fix the split first: no leak, and no defence, can be judged on this one. Draw members "
                           "and non-members from one distribution: `tuneguard audit` splits one file at random, "
                           "fine-tunes on one part and attacks; then follow its report.",
-                          _command("tuneguard audit", model=base, data=data, method=tuned.get("method"),
-                                   out="AUDIT_DIR")))
+                          command_line("tuneguard audit", model=base, data=data, method=tuned.get("method"),
+                                       out="AUDIT_DIR")))
         return steps
     if verdict.level == "unmeasured":
-        steps.append(Step("Run the attacks that query the model (the default suite: --attacks all) to measure the "
+        steps.append(Step("Run the attacks that query the model (the default suite: --attacks fast) to measure the "
                           "leak."))
         return steps
     if verdict.level == "none":
@@ -48,30 +55,63 @@ def next_steps(result: MIAResult, verdict: Verdict) -> list[Step]:
         steps.append(Step("No defence is called for on this evidence. Audit again after changing the data or the "
                           f"training (more epochs memorise more).{more}"))
         return steps
+    if comparison:
+        return _measured_steps(comparison, base)
+    return [_compare_step(result, base, files, tuned)]
+
+
+def _compare_step(result: MIAResult, base: str, files: dict, tuned: dict) -> Step:
+    """Measure before choosing: `defend compare` on the training data with this run's fine-tuning settings."""
+    from tuneguard.defenses.compare import suggested_target
+
+    settings = result.settings
     config = tuned.get("config") or {}
     data = files.get("data") or files.get("members") or "TRAINING_DATA"
-    soft = _command("tuneguard defend soft", model=base, data=data, method=tuned.get("method"),
-                    epochs=config.get("epochs"), lr=config.get("lr"),
-                    max_length=config.get("max_length") or settings.get("training_max_length"), ratio=0.5,
-                    out="SOFT_DIR")
-    steps.append(Step("Fine-tune with SOFT: it paraphrases the texts the model memorises first (the lowest-loss "
-                      "half here, --ratio 0.5), keeping utility close to plain fine-tuning.", soft))
-    if files.get("members") and files.get("nonmembers"):
-        steps.append(Step("Then attack the protected model with the same records, to see what SOFT bought.",
-                          _command("tuneguard attack", target="SOFT_DIR/final", members=files["members"],
-                                   nonmembers=files["nonmembers"], out="SOFT_DIR/audit")))
-    else:
-        steps.append(Step("To measure what a defence buys on your data, compare the regimes lora, soft and dp "
-                          "(DP-SGD) side by side in one experiment file: `tuneguard run --help` lists them."))
-    if verdict.level == "strong":
-        steps.append(Step("The leak is strong: for a formal guarantee fine-tune with DP-SGD (the dp regime of "
-                          "`tuneguard run`, e.g. epsilon = 8) and check the epsilon it delivers.",
-                          _command("tuneguard audit-dp", model=base, data=data, epsilon="1,4,8",
-                                   out="DP_AUDIT_DIR")))
-    return steps
+    # compare splits DATA in half: an audit's data is its members and non-members, an attack's its members file.
+    n_data = settings.get("members", 0) + (settings.get("nonmembers", 0) if files.get("data") else 0)
+    target = suggested_target(n_data - round(n_data / 2))
+    command = command_line("tuneguard defend compare", model=base, data=data, method=tuned.get("method"),
+                           epochs=config.get("epochs"), lr=config.get("lr"),
+                           max_length=config.get("max_length") or settings.get("training_max_length"),
+                           target=target, out="COMPARE_DIR")
+    return Step("Measure which way of fine-tuning meets your privacy target on your own data before choosing one: "
+                "`tuneguard defend compare` trains each candidate regime on a shadow split of this data with these "
+                "settings, attacks it with the strongest attacks, and recommends the most useful regime that meets "
+                f"the target ({target} here: the strongest attack's figure at most the bound), with the command that "
+                "trains the final model. Which regime protects enough depends on the data and the settings: none is "
+                "recommended here without that measurement.", command)
 
 
-def _command(head: str, **options: object) -> str:
+def _measured_steps(comparison: dict, base: str) -> list[Step]:
+    """The regime a comparison chose, with its measured leak and utility; or, when none met the target, the
+    closest and what that leaves."""
+    from tuneguard.defenses.compare import Target
+    from tuneguard.report.compare import measured_text
+
+    target = Target.from_json(comparison["target"])
+    rows = {row["name"]: row for row in comparison["rows"]}
+    shadow = (f"on a shadow split of your data ({comparison.get('members', '?')} members, "
+              f"{comparison.get('nonmembers', '?')} non-members)")
+    chosen = comparison.get("chosen")
+    if chosen:
+        row = rows[chosen]
+        steps = [Step(f"Fine-tune with {row['what']}: {shadow} it was the most useful of the {len(rows)} regimes "
+                      f"compared whose strongest attack met your target {target.text}: {measured_text(row, target)}. "
+                      "Train the final model on all the data:", comparison.get("command"))]
+        if row["kind"] == "dp":
+            steps.append(Step("Check the epsilon the final DP-SGD run delivers empirically (a lower bound from "
+                              "canaries):", command_line("tuneguard audit-dp", model=base,
+                                                         data=comparison.get("data") or "TRAINING_DATA",
+                                                         epsilon=row["options"]["epsilon"], out="DP_AUDIT_DIR")))
+        return steps
+    closest = rows.get(comparison.get("closest") or "")
+    near = f" The closest was {closest['what']}: {measured_text(closest, target)}." if closest else ""
+    return [Step(f"None of the {len(rows)} regimes compared {shadow} met your target {target.text}.{near} Loosen "
+                 "the target if that is acceptable, or leave these records out of the fine-tuning: the pretrained "
+                 "model never saw them.")]
+
+
+def command_line(head: str, **options: object) -> str:
     """``head --option value ...`` for the options that are set, values shell-quoted."""
     parts = [head]
     for key, value in options.items():

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from tuneguard.defenses.soft import recipe_text, removal_text
 from tuneguard.experiment import MAX_ATTACK_FPR as MAX_FPR
 from tuneguard.files import atomic_write_text
 from tuneguard.report.figures import save_figure
@@ -46,14 +47,30 @@ def experiment_blocks(summary: dict) -> list[dict]:
         rows.append({"attack": "scoring window (tokens)", **{r: cell_text(row_cells[r].get("max_length"))
                                                              for r in regimes}})
         rows.append({"attack": "texts trained on", **{r: _trained_on(row_cells[r]) for r in regimes}})
-        if any(c["kind"] == "soft" for c in cells):
+        soft = any(c["kind"] == "soft" for c in cells)
+        if soft:
             rows.append({"attack": "SOFT gate failures", **{r: _soft_failures(row_cells[r]) for r in regimes}})
+            rows.append({"attack": "SOFT mean similarity", **{r: cell_text(row_cells[r]["soft"].get("mean_similarity"))
+                                                               if row_cells[r]["kind"] == "soft" else DASH
+                                                               for r in regimes}})
+            rows.append({"attack": "SOFT recipe", **{r: _soft_recipe(row_cells[r]) for r in regimes}})
+            rows.append({"attack": "retained-token share (chance)", **{r: _retained(row_cells[r]) for r in regimes}})
+            rows.append({"attack": "member tokens never trained on", **{r: _never_trained(row_cells[r])
+                                                                         for r in regimes}})
         notes = list(dict.fromkeys(f"{NOT_APPLICABLE}: {reason}" for c in cells
                                    for reason in (c.get("not_applicable") or {}).values()))
-        if any(c["kind"] == "soft" for c in cells):
+        if soft:
             notes.append("SOFT gate failures: the selected texts whose paraphrases all failed the quality gate, "
                          "per failure policy: paraphrased by the fallback, kept as unprotected originals, or dropped "
                          "from the training set")
+            notes.append("SOFT mean similarity: the gate's sentence-embedding similarity of the accepted rewrites to "
+                         "what they rewrote")
+            notes.append("retained-token share: of the members' tokens (their scored window), those whose token also "
+                         "occurs in the training window of what the model was trained on in their place, over all "
+                         "members; chance: the same share against unrelated texts of as many tokens. Regimes that "
+                         "train every member as written retain all (1.000)")
+            notes += [f"{r}: removes data: {removal_text(row_cells[r]['soft'])}; its AUC is no obfuscation result"
+                      for r in regimes if row_cells[r]["kind"] == "soft" and removal_text(row_cells[r]["soft"])]
         warning = next((c["confounding_warning"] for c in cells if c.get("confounding_warning")), None)
         blocks.append({"dataset": ds, "title": f"{ds}: AUC per attack (lower protects better)", "rows": rows,
                        "columns": ["attack", *regimes], "notes": notes, "warning": warning})
@@ -209,10 +226,12 @@ def _ppl(value: Any) -> str:
 
 
 def _trained_on(cell: dict) -> str:
-    """How many texts the cell's model was fine-tuned on; for SOFT, how many of them are paraphrases."""
+    """How many texts the cell's model was fine-tuned on; for SOFT, how many of them are paraphrases and how many
+    members it held out."""
     if cell["kind"] == "soft":
         soft = cell["soft"]
-        return f"{soft['train_size']} ({soft['paraphrased']} para.)"
+        held = f", {soft['held_out']} held out" if soft.get("held_out") else ""
+        return f"{soft['train_size']} ({soft['paraphrased']} para.{held})"
     if cell["kind"] == "pretrained":
         return "0"
     return cell_text(cell.get("train_size"))
@@ -229,7 +248,40 @@ def _soft_failures(cell: dict) -> str:
     return f"{soft['on_failure']}: {fallback}{soft.get('originals_kept', 0)} kept, {soft.get('dropped', 0)} dropped"
 
 
+def _soft_recipe(cell: dict) -> str:
+    """The released-code recipe options a SOFT column turns on ("default" when none)."""
+    if cell["kind"] != "soft":
+        return DASH
+    recipe = cell["soft"].get("recipe")
+    return STALE if recipe is None else recipe_text(recipe) or "default"
+
+
+def _retained(cell: dict) -> str:
+    """A SOFT column's retained-token share over every member, with its chance baseline in brackets."""
+    if cell["kind"] == "pretrained":
+        return DASH
+    if cell["kind"] != "soft":
+        return "1.000"
+    figures = (cell.get("retained") or {}).get("all")
+    if figures is None:
+        return STALE
+    return f"{cell_text(figures['share'])} ({cell_text(figures['chance'])})"
+
+
+def _never_trained(cell: dict) -> str:
+    """The share of member tokens no training stage read in any form (data removal)."""
+    if cell["kind"] == "pretrained":
+        return DASH
+    if cell["kind"] != "soft":
+        return pct(0.0)
+    share = cell["soft"].get("never_trained_share", STALE)
+    return share if share == STALE else pct(share or 0.0)
+
+
 def _failure_note(soft: dict) -> str:
+    """The plot's note on a SOFT point: originals kept, texts dropped, member tokens never trained on."""
     kept, dropped = soft.get("originals_kept", 0), soft.get("dropped", 0)
-    words = [f"{kept} orig. kept"] * bool(kept) + [f"{dropped} dropped"] * bool(dropped)
+    removed = soft.get("never_trained_share")
+    words = [f"{kept} orig. kept"] * bool(kept) + [f"{dropped} dropped"] * bool(dropped) \
+        + ([f"{pct(removed)} of tokens removed"] if removed else [])
     return f" ({', '.join(words)})" if words else ""

@@ -1,17 +1,24 @@
 """Goldfish loss (Hans et al., NeurIPS 2024, "Be like a Goldfish, Don't Memorize!"): leave a pseudo-random 1/k of
 the tokens out of the training loss, so no passage is ever learnt verbatim in full.
 
-The paper's *hashed* mask: token t is dropped when a hash of the h tokens before it, x_{t-h..t-1}, is 0 mod k. The
-decision depends on that context only, so a passage repeated in the data (at any offset, in any text, in any batch)
-always drops the same tokens: seeing it again never fills the gaps. A position with fewer than h preceding tokens
-(the first h tokens of a text, or a context that reaches into padding) is never dropped, as in the paper's code: its
-context would otherwise depend on where the text starts. Texts of at most h tokens are therefore learnt whole.
+The hashed mask: token t (0-based position in the text) is dropped when a hash of the h tokens before it,
+x_{t-h..t-1}, is 0 mod k. The decision depends on that context only, so a passage repeated in the data (at any
+offset, in any text, in any batch) always drops the same tokens: seeing it again never fills the gaps. A position with
+fewer than h preceding tokens (the first h tokens of a text, or a context that reaches into padding) is never dropped:
+its context would otherwise depend on where the text starts. Texts of at most h tokens are therefore learnt whole.
+
+The authors' code (``apply_goldfish``, strategy "hash-table") hashes the dropped token itself with the h - 1 tokens
+before it, x_{t-h+1..t}: its window is ours shifted one token to the right. Both first drop position h (their windows
+run over the shifted targets, which start at x_1), both drop about 1/k of the tokens and both always drop the same
+tokens of a repeated passage. They differ in what a decision depends on: theirs on the token predicted, so one
+context followed by different tokens gets independent decisions; ours on the context alone, so every token that
+follows one h-token context is dropped, or kept, alike.
 
 The hash is fixed (not Python's salted ``hash``) and vectorised: a polynomial hash of the window modulo the prime
 2^31 - 1 (int64 arithmetic that never overflows), then a 32-bit integer finaliser so that windows differing in one
-token get unrelated decisions. It is the same on every device and every run. The ids differ from the paper's
-implementation (a seeded random table), so the dropped tokens do too; the rate (≈ 1/k) and the repeat property are
-the paper's.
+token get unrelated decisions. It is the same on every device and every run. The authors hash with a seeded random
+table instead, so even with their window the dropped tokens would differ; the rate (about 1/k) and the repeat
+property are the paper's.
 """
 
 from __future__ import annotations
