@@ -55,3 +55,32 @@ def test_defend_dp_refuses_a_method_without_per_sample_gradients_before_reading_
     err = capsys.readouterr().err.strip()
     assert err == ("tuneguard: error: DP-SGD is offered for LoRA only (Opacus has no per-sample gradients for full "
                    'layers): use --method lora / method = "lora"')
+
+
+def test_defend_soft_passes_the_recipe_options_to_soft(tmp_path, monkeypatch):
+    import tuneguard.defenses.soft as soft
+
+    seen = {}
+
+    def fake_run_soft(model, texts, out, *, train, config):
+        seen["config"] = config
+        raise SystemExit(0)  # stop before any model loads: only the parsed settings matter here
+
+    monkeypatch.setattr(soft, "run_soft", fake_run_soft)
+    with pytest.raises(SystemExit):
+        main(["defend", "soft", "--model", "tiny-gpt2", "--data", _data(tmp_path), "--select-by", "gain",
+              "--rewrite-span", "second-half", "--drop-unrewritten", "--holdout-scored-as-members", "0.25",
+              *TRAIN, "--out", str(tmp_path / "soft")])
+    config = seen["config"]
+    assert (config.select_by, config.rewrite_span, config.drop_unrewritten, config.holdout_scored_as_members,
+            config.schedule) == ("gain", "second-half", True, 0.25, "warmup")
+    with pytest.raises(SystemExit):
+        main(["defend", "soft", "--model", "tiny-gpt2", "--data", _data(tmp_path), "--preset", "authors", *TRAIN,
+              "--out", str(tmp_path / "soft2")])
+    config = seen["config"]
+    assert (config.schedule, config.rewrite_span, config.drop_unrewritten, config.holdout_scored_as_members) == \
+        ("authors", "second-half", True, 0.1)
+    with pytest.raises(SystemExit) as refused:  # the declared bound, checked while the line is parsed
+        main(["defend", "soft", "--model", "tiny-gpt2", "--data", _data(tmp_path), "--holdout-scored-as-members",
+              "1.5", "--out", str(tmp_path / "soft3")])
+    assert refused.value.code == 2

@@ -22,7 +22,8 @@ def _paraphraser_help() -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tuneguard.defenses.soft import DEFAULT_FALLBACK, ON_FAILURE, STARTS, SoftConfig
+    from tuneguard.defenses.soft import (DEFAULT_FALLBACK, ON_FAILURE, PRESETS, SCHEDULES, SELECT_BY, SPANS, STARTS,
+                                         SoftConfig)
 
     p = sub.add_parser("defend", help="fine-tune with a privacy defence (SOFT, Goldfish, DP-SGD), or compare them",
                        description="Fine-tune with a defence against membership inference.")
@@ -49,6 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--start", choices=STARTS, default=d.start,
                    help="final run starts from the base model or the warmed-up one (the protected model's recorded "
                         "base is the base model either way); default: %(default)s")
+    recipe = s.add_argument_group("the released code's recipe (each off by default; --preset authors: all four)")
+    # The declared help, '%' escaped for argparse.
+    described = {info.name: info.help.replace("%", "%%") for info in SoftConfig.describe()}
+    for group, name, choices in ((g, "select_by", SELECT_BY), (recipe, "rewrite_span", SPANS),
+                                 (recipe, "schedule", SCHEDULES), (recipe, "preset", PRESETS)):
+        group.add_argument(f"--{name.replace('_', '-')}", choices=choices, default=getattr(d, name),
+                            help=f"{described[name]}; default: %(default)s")
+    recipe.add_argument("--drop-unrewritten", action="store_true", help=described["drop_unrewritten"])
+    recipe.add_argument("--holdout-scored-as-members", type=declared(SoftConfig, "holdout_scored_as_members"),
+                        default=d.holdout_scored_as_members, metavar="F",
+                        help=described["holdout_scored_as_members"] + "; default: %(default)s")
     q = s.add_argument_group("paraphrasing")
     q.add_argument("--paraphraser", choices=PARAPHRASERS.names(), default=d.paraphraser, help="default: %(default)s")
     q.add_argument("--paraphraser-param", action="append", default=[], metavar="NAME=VALUE",
@@ -173,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
     config = SoftConfig.create("defend soft", {
         "mode": "threshold" if threshold else "ratio", "ratio": args.ratio,
         **({"quantile": args.threshold_quantile} if threshold else {}), "reference": reference,
-        "warmup_epochs": args.warmup_epochs, "start": args.start, "paraphraser": args.paraphraser,
+        "warmup_epochs": args.warmup_epochs, "start": args.start, "select_by": args.select_by,
+        "rewrite_span": args.rewrite_span, "drop_unrewritten": args.drop_unrewritten, "schedule": args.schedule,
+        "holdout_scored_as_members": args.holdout_scored_as_members, "preset": args.preset,
+        "paraphraser": args.paraphraser,
         "paraphraser_options": options,
         "gate": {"min_similarity": args.min_similarity, "max_common_run": args.max_common_run,
                  "max_ngram_overlap": args.max_ngram_overlap, "max_tries": args.max_tries},
