@@ -362,8 +362,8 @@ def run_experiment(exp: Experiment, *, progress: bool = True) -> dict:
         base = load_model(exp.model)
         for ds in exp.datasets:
             members, nonmembers = draws[ds.name]
-            cells[ds.name] = {column.name: _cell(exp, ds, column, base, members, nonmembers, general, corpus,
-                                                 progress) for column in exp.regimes}
+            cells[ds.name] = {column.name: run_cell(exp, ds, column, base, members, nonmembers, general, corpus,
+                                                    progress) for column in exp.regimes}
     summary = {"name": exp.name, "model": exp.model, "regimes": [c.name for c in exp.regimes],
                "datasets": [d.to_dict() for d in exp.datasets], "settings": settings_of(exp), "cells": cells}
     atomic_write_json(exp.out / "results.json", summary)
@@ -405,8 +405,8 @@ def _corpus(path: str) -> list[str]:
     return clean_texts(load_texts(path), name=path).texts
 
 
-def _cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str], nonmembers: list[str],
-          general: list[str], corpus: list[str] | None, progress: bool) -> dict:
+def run_cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[str], nonmembers: list[str],
+             general: list[str], corpus: list[str] | None, progress: bool) -> dict:
     """One cell: reused when saved with the same key, else built, attacked and measured, then saved."""
     from tuneguard.attacks import run_attacks
     from tuneguard.report import confounding_warning

@@ -67,3 +67,14 @@ def listed(item: Callable[[str], Any]) -> Callable[[str], tuple]:
 
     parse.__name__ = "list"
     return parse
+
+
+def privacy_target(text: str):
+    """An argparse ``type``: a privacy target (``tpr@1%<=0.05``, ``auc<=0.6``;
+    :func:`tuneguard.defenses.compare.parse_target`), refused while the command line is parsed."""
+    from tuneguard.defenses.compare import parse_target
+
+    try:
+        return parse_target(text)
+    except TuneguardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -6,19 +6,10 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from tuneguard.commands import listed, number, output
+from tuneguard.commands import listed, number, output, privacy_target
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
-from tuneguard.defenses.compare import CANDIDATES, DEFAULT_TARGET, parse_target
-from tuneguard.errors import TuneguardError
+from tuneguard.defenses.compare import CANDIDATES, DEFAULT_TARGET
 from tuneguard.models.device import add_device_args
-
-
-def _target(text: str):
-    """An argparse ``type``: a privacy target, refused while the command line is parsed."""
-    try:
-        return parse_target(text)
-    except TuneguardError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _candidate(name: str) -> str:
@@ -48,7 +39,7 @@ def register(defences: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="embedded name (tuneguard models), model dir, .gguf or hub id")
     add_data_args(p)
     g = p.add_argument_group("comparison")
-    g.add_argument("--target", type=_target, default=DEFAULT_TARGET,
+    g.add_argument("--target", type=privacy_target, default=DEFAULT_TARGET,
                    help="privacy target on each regime's strongest attack: tpr@FPR%%<=BOUND (FPR 0.1, 1 or 10; TPR at "
                         "1%% FPR needs >= 100 shadow non-members) or auc<=BOUND; default: %(default)s")
     g.add_argument("--candidates", type=listed(_candidate), default=CANDIDATES, metavar="NAMES",

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from tuneguard.commands import declared, number, output
+from tuneguard.commands import declared, number, output, privacy_target
 from tuneguard.data import clean_texts, load_texts
+from tuneguard.errors import TuneguardError
 from tuneguard.models.device import add_device_args
 from tuneguard.train import METHODS, TrainConfig
 from tuneguard.train.config import SCHEDULERS
+
+if TYPE_CHECKING:
+    from tuneguard.integrations.leak import LeakMonitor
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -73,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "For several processes or GPUs: accelerate launch -m tuneguard.cli finetune ...",
         epilog="example: tuneguard finetune --model smollm2-135m --data notes.jsonl --method lora --out runs/lora")
     add_finetune_args(p)
+    add_leak_args(p)
     p.set_defaults(func=run)
 
 
@@ -85,12 +91,44 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=output(), help="output directory")
 
 
+def add_leak_args(p: argparse.ArgumentParser) -> None:
+    """--leak-every / --leak-nonmembers / --leak-sample / --leak-budget: the leak watched while training."""
+    g = p.add_argument_group("the membership leak while training (tuneguard.integrations.leak)")
+    g.add_argument("--leak-every", type=number(int, ge=1), metavar="N",
+                   help="every N optimizer steps, attack a fixed sample of the training texts and as many "
+                        "--leak-nonmembers (loss, Min-K%%++, ratio, EZ-MIA, WBC against the base model): "
+                        "2 x --leak-sample forward passes a check; the curve goes to OUT/leak/leak.json and leak.png")
+    g.add_argument("--leak-nonmembers", metavar="FILE", help="held-out texts from the data's distribution, never "
+                                                             "trained on (needed with --leak-every)")
+    g.add_argument("--leak-sample", type=number(int, ge=2), default=128,
+                   help="training texts (and as many non-members) attacked at each check; default: %(default)s")
+    g.add_argument("--leak-budget", type=privacy_target,
+                   help="stop training at the first check where the strongest attack goes beyond it: "
+                        "tpr@10%%<=0.2 or auc<=0.6 (TPR at 10%% FPR needs a --leak-sample of 10 or more)")
+
+
+def leak_monitor(args: argparse.Namespace, members: list[str]) -> LeakMonitor | None:
+    """The LeakMonitor the --leak-* options describe (None without --leak-every); refused before any training."""
+    if args.leak_every is None:
+        if args.leak_budget or args.leak_nonmembers:
+            raise TuneguardError("--leak-budget and --leak-nonmembers watch the leak every N steps: add --leak-every N")
+        return None
+    if not args.leak_nonmembers:
+        raise TuneguardError("--leak-every compares training texts with held-out ones: pass --leak-nonmembers FILE")
+    from tuneguard.integrations.leak import LeakMonitor
+
+    return LeakMonitor(members, read_texts(args.leak_nonmembers).texts, sample=args.leak_sample,
+                       budget=args.leak_budget, out=args.out / "leak", max_length=args.max_length, seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from tuneguard.train import finetune
 
     report = read_texts(args.data, args.column, args.limit)
     print(report.summary())
-    print_run(finetune(args.model, report.texts, args.out, train_config(args)))
+    leak = leak_monitor(args, report.texts)
+    print_run(finetune(args.model, report.texts, args.out, train_config(args), leak=leak,
+                       leak_every=args.leak_every or 1))
     return 0
 
 

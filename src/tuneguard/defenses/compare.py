@@ -392,13 +392,13 @@ def _fit_budget(plan: Plan, minutes: float) -> None:
 def run_compare(plan: Plan, *, progress: bool = True) -> dict:
     """Run (or reuse) every cell of the plan, select the regime, write compare.json and the report; return the
     comparison (compare.json's content, with the report's ``paths``)."""
-    from tuneguard.experiment import _cell
+    from tuneguard.experiment import run_cell
     from tuneguard.files import atomic_write_json
     from tuneguard.report.compare import write_compare_report
 
     start = time.perf_counter()
-    cells = {c.name: _cell(plan.exp, plan.dataset, c, plan.base, plan.split.members, plan.split.nonmembers,
-                           plan.general_texts, None, progress) for c in plan.columns}
+    cells = {c.name: run_cell(plan.exp, plan.dataset, c, plan.base, plan.split.members, plan.split.nonmembers,
+                              plan.general_texts, None, progress) for c in plan.columns}
     rows = frontier_rows(plan, cells)
     reference = cells[REFERENCE]
     selection = select(rows, plan.target)

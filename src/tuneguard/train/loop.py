@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,6 +32,9 @@ from tuneguard.train import METHODS
 from tuneguard.train.methods import prepare_model
 from tuneguard.train.record import RunRecord
 
+if TYPE_CHECKING:  # the leak monitor imports the attacks, which import this package
+    from tuneguard.integrations.leak import LeakMonitor
+
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 
@@ -45,7 +49,8 @@ class TrainResult:
 
 
 def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, config: TrainConfig | None = None, *,
-             goldfish: GoldfishConfig | None = None, progress: bool = True) -> TrainResult:
+             goldfish: GoldfishConfig | None = None, progress: bool = True, leak: LeakMonitor | None = None,
+             leak_every: int = 1) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` and save the result (adapter or full model, safetensors) in ``out_dir``.
 
     ``examples``: texts (loss on every token), (prompt, completion) pairs (loss on the completion), or (text, class)
@@ -54,6 +59,9 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     ``accelerate launch`` the batches are sharded over the processes and only the main process writes.
     ``goldfish``: train with the Goldfish loss (:mod:`tuneguard.train.goldfish`: a hashed 1/k of the tokens left
     out of every batch's loss).
+    ``leak``: watch the membership leak every ``leak_every`` optimizer steps
+    (:class:`tuneguard.integrations.leak.LeakMonitor`, run by every process); training stops at the first check
+    beyond its budget, and the model trained so far is saved as the run.
     """
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -99,6 +107,11 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
 
     net.train()
+    if leak is not None:
+        if state["step"] and leak.reference is None and not METHODS.get(config.method).saves_adapter:
+            # A resumed full fine-tuning run is past its base weights: the reference is the base, named or given.
+            leak.reference = base.ref if isinstance(model, str) else base
+        leak.start(accelerator.unwrap_model(net), base.tokenizer, step=state["step"])
     pad_id = base.tokenizer.pad_token_id
     # Closed on an error too: the error line then starts on a line of its own, not glued to the bar.
     with tqdm(total=total_steps, initial=state["step"], desc=f"finetune {config.method}", unit="step",
@@ -111,7 +124,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
                                              group=config.group_by_length)
             batches = (batches * world)[:n_batches][rank::world]  # equal count per process for DDP
             losses, micro = [], []
-            for batch_idx in batches:
+            for position, batch_idx in enumerate(batches, 1):
                 batch = collate([encoded[i] for i in batch_idx], pad_id)
                 if goldfish is not None:
                     batch["labels"] = goldfish_labels(batch, goldfish)
@@ -136,10 +149,17 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
                     bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}")
                     if config.max_steps and state["step"] >= config.max_steps:
                         break
+                    if leak is not None and state["step"] % leak_every == 0:
+                        leak.check(accelerator.unwrap_model(net), step=state["step"],
+                                   epoch=epoch + position / len(batches))
+                        if leak.exceeded:
+                            break
             state["epoch"] = epoch + 1
             state["epoch_loss"].append(round(sum(losses) / max(len(losses), 1), 6))
             state["seconds"] += time.perf_counter() - t0
             state["cpu_seconds"] += time.process_time() - c0
+            if leak is not None and leak.exceeded:
+                break  # every process decided alike (each got every score); the run ends and is saved below
             if accelerator.is_main_process and state["epoch"] < config.epochs:
                 _save_checkpoint(ckpt, accelerator.unwrap_model(net), optimizer, scheduler, state,
                                  _stamp(key, data_digest, base, base_fingerprint))
