@@ -20,9 +20,11 @@ from tuneguard.report import write_mia_report
 from tuneguard.report.mia import cost_text, verdict_text
 from helpers import sentences
 
-# `all` before the named suites existed (tuneguard.attacks.DEFAULT_ATTACKS): it must keep this meaning.
+# `all` before the named suites existed (tuneguard.attacks.DEFAULT_ATTACKS): it must keep this meaning, and since
+# issue 29 it also reports the extended ensemble as a row of its own.
 ALL_BEFORE = ["loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "ez-mia", "wbc", "ht-mia", "recall",
               "con-recall", "bag-of-words", "ensemble"]
+ALL = [*ALL_BEFORE, "ensemble-extended"]
 FAST = ["loss", "zlib", "min-k", "min-k++", "ratio", "ez-mia", "wbc", "ht-mia", "bag-of-words", "ensemble"]
 REFERENCE_ATTACKS = {"ratio", "ez-mia", "wbc", "ht-mia"}
 MEMBERS, NONMEMBERS = sentences(8, seed=21, clauses=1), sentences(8, seed=22, clauses=1)
@@ -35,7 +37,7 @@ def models():
 
 
 def test_all_keeps_its_meaning_and_soft_table_is_softs_ten():
-    assert resolve_attacks("all") == ALL_BEFORE
+    assert resolve_attacks("all") == ALL
     assert resolve_attacks("soft-table") == ["loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "recall",
                                              "con-recall", "bag-of-words", "ensemble"]
     assert resolve_suite("all").params == {} and resolve_suite("soft-table").params == {}
@@ -48,9 +50,10 @@ def test_fast_is_every_attack_reading_only_the_shared_passes():
     # Derived, not listed: the attacks whose declared passes are the target's and the reference's of each text
     # (dc-pdd reads no other pass but needs a corpus only the user can bring).
     shared = [n for n in ATTACKS if ATTACKS.make(n).reads_shared_passes_only()]
-    assert [n for n in shared if n != "dc-pdd"] == FAST
-    # Every attack of `all` not in `fast` declares a pass beyond the shared ones.
-    for name in set(ALL_BEFORE) - set(FAST):
+    # (ensemble-extended is fast's own ensemble, features=extended, under the name `all` reports it by.)
+    assert [n for n in shared if n not in ("dc-pdd", "ensemble-extended")] == FAST
+    # Every other attack of `all` not in `fast` declares a pass beyond the shared ones.
+    for name in set(ALL) - set(FAST) - {"ensemble-extended"}:
         assert set(ATTACKS.make(name).passes(10)) - {TARGET_TEXTS, REFERENCE_TEXTS}, name
 
 
@@ -67,10 +70,10 @@ def _register(monkeypatch, klass: type[Attack]) -> None:
     module = types.ModuleType("suite_toy_module")
     setattr(module, klass.__name__, klass)
     monkeypatch.setitem(sys.modules, "suite_toy_module", module)
-    entries = dict(ATTACKS._entries)
-    ensemble = entries.pop("ensemble")
-    monkeypatch.setattr(ATTACKS, "_entries", {**entries, klass.name: f"suite_toy_module:{klass.__name__}",
-                                              "ensemble": ensemble})
+    entries = list(ATTACKS._entries.items())
+    at = [name for name, _ in entries].index("ensemble")
+    monkeypatch.setattr(ATTACKS, "_entries", dict([*entries[:at], (klass.name, f"suite_toy_module:{klass.__name__}"),
+                                                   *entries[at:]]))
 
 
 def test_a_new_two_pass_attack_joins_fast_by_its_declaration(monkeypatch):
@@ -85,7 +88,7 @@ def test_a_new_two_pass_attack_joins_fast_by_its_declaration(monkeypatch):
 
     _register(monkeypatch, TwoPass)
     assert resolve_attacks("fast") == [*FAST[:-1], "toy-two-pass", "ensemble"]
-    assert resolve_attacks("all") == ALL_BEFORE  # `all` is a fixed list
+    assert resolve_attacks("all") == ALL  # `all` is a fixed list
     # Without a reference it is left out with the others that need one.
     assert set(resolve_suite("fast", reference=False).left_out) == REFERENCE_ATTACKS | {"toy-two-pass"}
 
@@ -121,7 +124,7 @@ def test_without_a_reference_fast_drops_exactly_the_reference_attacks():
     assert all("needs a reference model" in why for why in suite.left_out.values())
     # An attack named on its own is kept (the runner refuses it), and `all` does not fall back.
     assert "ratio" in resolve_suite("fast,ratio", reference=False).names
-    assert resolve_suite("all", reference=False).names == ALL_BEFORE
+    assert resolve_suite("all", reference=False).names == ALL
 
 
 def test_run_without_a_reference_falls_back_and_every_report_says_so(models, tmp_path, capsys):
@@ -167,7 +170,7 @@ def test_the_cost_of_all_is_what_all_spends(models):
     common = {"reference": reference, "n_boot": 0, "cache": False, "progress": False, "n_shots": 2}
     fast = run_attacks(target, MEMBERS, NONMEMBERS, attacks="fast", **common).cost
     result = run_attacks(target, MEMBERS, NONMEMBERS, attacks="all", **common)
-    assert list(result.attacks) == ALL_BEFORE  # `all` still runs every attack it ran
+    assert list(result.attacks) == ALL  # `all` still runs every attack it ran, and the extended ensemble
     every = result.cost
     assert set(fast["not_run"]) == {"lowercase", "recall", "con-recall"}
     assert fast["all_would_spend"] == every["forward_passes"] == every["all_would_spend"]
@@ -188,9 +191,9 @@ def test_the_report_names_the_passes_spent_and_the_cost_of_what_did_not_run(mode
     text = cost_text(result)
     assert f"Forward passes spent: {2 * n} (target {n}, reference {n})" in text
     assert "Not run of --attacks all: zlib, lowercase, min-k, min-k++, ez-mia, wbc, ht-mia, recall, con-recall, " \
-           "bag-of-words. --attacks all would spend" in text
+           "bag-of-words, ensemble-extended. --attacks all would spend" in text
     assert f"lowercase: +{n} forward passes (target: {n} lower-cased texts)" in text
-    assert "zlib, min-k, min-k++, ez-mia, wbc, ht-mia, bag-of-words (one or all): no pass" in text
+    assert "zlib, min-k, min-k++, ez-mia, wbc, ht-mia, bag-of-words, ensemble-extended (one or all): no pass" in text
     paths = write_mia_report(tmp_path, result)
     page = paths["html"].read_text()
     assert "<h2>Cost</h2>" in page and "lower-cased texts" in page and "Forward passes spent" in page

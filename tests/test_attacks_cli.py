@@ -3,6 +3,7 @@
 import copy
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tuneguard import cli
 from tuneguard.attacks import ATTACKS, run_attacks
 from tuneguard.audit import audit
+from tuneguard.errors import TuneguardError
 from tuneguard.models import LoadedModel, tiny_model
 from tuneguard.train import TrainConfig, finetune
 
@@ -107,6 +109,39 @@ def test_run_attacks_reads_the_window_of_an_adapter_and_falls_back_to_the_contex
     assert plain.settings["max_length_source"] == "model context"
     assert plain.settings["training_max_length"] is None
     assert not any("training window" in w for w in plain.warnings)
+
+
+def test_an_adapter_trained_elsewhere_needs_its_window_and_the_report_lists_what_was_read(short_window, tmp_path,
+                                                                                           capsys):
+    # A plain PEFT adapter: tuneguard's LoRA run without its run record, as another trainer would leave it.
+    root, members, nonmembers = short_window
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "lora", plain)
+    (plain / "run.json").unlink()
+    args = ["attack", "--target", str(plain), "--members", members, "--nonmembers", nonmembers, "--attacks", "loss",
+            "--bootstrap", "0"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a PEFT adapter without a tuneguard run record, so the window it was trained " \
+                                   "on is unknown: pass --score-max-length N" in err
+    assert not (tmp_path / "a" / "results.json").exists()  # nothing was scored at the model's whole context
+    texts = corpus(12, seed=2)
+    with pytest.raises(TuneguardError, match="pass --score-max-length N"):
+        run_attacks(str(plain), texts[:6], texts[6:], attacks="loss", n_boot=0, progress=False)
+
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--score-max-length", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "Read, not recorded (the target has no tuneguard run record; check each):\n" \
+           "  base: tiny-gpt2, from the adapter's adapter_config.json (base_model_name_or_path)\n" \
+           "  window: 8 tokens per text, given (the training window is not recorded)\n" \
+           "  dtype: float32, the precision it was loaded in (the training precision is not recorded)" in printed
+    settings = json.loads((tmp_path / "b" / "results.json").read_text())["settings"]
+    assert list(settings["read_not_recorded"]) == ["base", "window", "dtype"]
+    assert "Read, not recorded" in (tmp_path / "b" / "report.html").read_text()
+    # A target with its run record reads nothing from elsewhere.
+    assert cli.main([*args, "--target", str(root / "lora"), "--out", str(tmp_path / "c")]) == 0
+    assert "Read, not recorded" not in capsys.readouterr().out
+    assert "read_not_recorded" not in json.loads((tmp_path / "c" / "results.json").read_text())["settings"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -14,6 +14,7 @@ from tuneguard.adapters.adapter_files import read_adapter
 from tuneguard.adapters.detectors import DETECTORS
 from tuneguard.adapters.synthetic import write_synthetic_adapter
 from tuneguard.attacks import ATTACKS, run_attacks
+from tuneguard.attacks.shadows import ShadowSpec
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
 from tuneguard.neighbours import NEIGHBOURS
@@ -72,8 +73,9 @@ def overfit(tmp_path_factory):
 def _suite(overfit, cache):
     base, target, members, nonmembers, corpus = overfit
     names = [n for n in ATTACKS if n not in SLOW]
+    # The corpus is disjoint from the evaluated texts: it is also the population two shadow models train on.
     return run_attacks(target, members, nonmembers, attacks=names, reference=base, corpus=corpus, n_shots=2,
-                       n_boot=0, cache=cache, progress=False)
+                       n_boot=0, cache=cache, progress=False, shadows=ShadowSpec(corpus, k=2))
 
 
 def test_every_attack_keeps_the_contract(overfit):

@@ -3,7 +3,8 @@
 Adding an attack = a module with a :class:`tuneguard.attacks.base.Attack` subclass (its parameters declared as a
 ``Params`` dataclass) + one ``ATTACKS.register`` line below. Named suites (``--attacks fast|all|soft-table``) expand
 where names are resolved; ``fast`` is derived from each attack's declared passes, so a new attack reading only the
-target's and the reference's pass joins it by its declaration.
+target's and the reference's pass joins it by its declaration. The attacks over shadow models (``needs`` "shadows")
+join whatever suite a run names when it trains shadows (``--shadows K --population FILE``), and no suite otherwise.
 """
 
 from __future__ import annotations
@@ -34,18 +35,25 @@ ATTACKS.register("gradnorm", "tuneguard.attacks.gradnorm:GradNormAttack")
 ATTACKS.register("neighbourhood", "tuneguard.attacks.neighbourhood:NeighbourhoodAttack")
 ATTACKS.register("spv-mia", "tuneguard.attacks.spv_mia:SPVMIAAttack")
 ATTACKS.register("bag-of-words", "tuneguard.attacks.bag_of_words:BagOfWordsAttack")
+# RMIA first: its one request scores the evaluated texts and the population under each shadow, which LiRA then reads.
+ATTACKS.register("rmia", "tuneguard.attacks.rmia:RMIAAttack")
+ATTACKS.register("lira", "tuneguard.attacks.lira:LiRAAttack")
 ATTACKS.register("ensemble", "tuneguard.attacks.ensemble:EnsembleAttack")
+ATTACKS.register("ensemble-extended", "tuneguard.attacks.ensemble_extended:EnsembleExtendedAttack")
 
 # What `--attacks all` means: every attack that needs nothing the user must bring (dc-pdd needs a corpus) and costs
 # no more than a few passes per text (the neighbour attacks, SPV-MIA and GradNorm's backward passes are opt-in).
 # EZ-MIA, WBC and the hard-token comparison read the same two passes as ratio (target and reference): free beside it.
+# Both ensembles: SOFT's features (its Table 1) and the extended ones as a row of their own (`all` always has a
+# reference model, which the extended features read).
 ALL_ATTACKS = ("loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "ez-mia", "wbc", "ht-mia", "recall",
-               "con-recall", "bag-of-words", "ensemble")
+               "con-recall", "bag-of-words", "ensemble", "ensemble-extended")
 # The ten attacks of SOFT's Table 1 (the average AUC over them is the paper's privacy figure).
 SOFT_TABLE = ("loss", "zlib", "lowercase", "min-k", "min-k++", "ratio", "recall", "con-recall", "bag-of-words",
               "ensemble")
-# Resources only the user can bring: an attack needing one is never in a suite chosen for it.
-USER_NEEDS = frozenset({"corpus"})
+# Resources only the user can bring: an attack needing one is never in a suite chosen for it (the shadow attacks
+# join a run that trains shadows: resolve_suite(shadows=True)).
+USER_NEEDS = frozenset({"corpus", "shadows"})
 NO_REFERENCE = "needs a reference model, and none was given or recorded with the target"
 
 
@@ -53,8 +61,14 @@ def fast_attacks() -> tuple[str, ...]:
     """Every attack that needs nothing only the user can bring and reads no forward pass beyond the target's and the
     reference's pass of each text (by its declared :meth:`Attack.passes`), in registry order: a new such attack
     joins by its declaration alone. Imports every attack."""
-    return tuple(n for n in ATTACKS if not ATTACKS.get(n).needs & USER_NEEDS and
+    # ensemble-extended is fast's own ensemble (features=extended) under another name: once is enough.
+    return tuple(n for n in ATTACKS if not ATTACKS.get(n).needs & USER_NEEDS and n != "ensemble-extended" and
                  ATTACKS.make(n).reads_shared_passes_only())
+
+
+def shadow_attacks() -> tuple[str, ...]:
+    """The attacks reading shadow models (``needs`` "shadows"), in registry order. Imports every attack."""
+    return tuple(n for n in ATTACKS if "shadows" in ATTACKS.get(n).needs)
 
 
 @dataclass(frozen=True)
@@ -73,11 +87,12 @@ SUITES: dict[str, NamedSuite] = {
     "fast": NamedSuite("every attack reading only the target's and the reference's pass of each text, and the "
                        "ensemble over them (features=extended); without a reference model, the single-pass ones",
                        fast_attacks, {"ensemble": {"features": "extended"}}, reference_optional=True),
-    "all": NamedSuite("every attack needing nothing the user must bring and at most a few passes per text",
-                      lambda: ALL_ATTACKS),
+    "all": NamedSuite("every attack needing nothing the user must bring and at most a few passes per text, with "
+                      "both ensembles (SOFT's features; the extended ones as ensemble-extended)", lambda: ALL_ATTACKS),
     "soft-table": NamedSuite("the ten attacks of SOFT's Table 1", lambda: SOFT_TABLE),
 }
 DEFAULT_SUITE = "fast"  # of `attack`, `audit` and `demo`
+DEFAULT_SHADOWS = 4  # shadow models a run trains when it is given a population and no count
 
 
 @dataclass(frozen=True)
@@ -90,10 +105,11 @@ class Suite:
     left_out: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_suite(spec: str | list[str] | tuple[str, ...], *, reference: bool = True) -> Suite:
+def resolve_suite(spec: str | list[str] | tuple[str, ...], *, reference: bool = True, shadows: bool = False) -> Suite:
     """Attack names and suite names (:data:`SUITES`), comma-separated or a list, as a :class:`Suite` in registry
     order. ``reference=False`` (no reference model) leaves out of a ``reference_optional`` suite the attacks that
-    need one; an attack named on its own is kept (and refused by the runner). A later suite's parameters win."""
+    need one; an attack named on its own is kept (and refused by the runner). ``shadows=True`` (the run trains
+    shadow models) adds the attacks over them. A later suite's parameters win."""
     parts = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names: list[str] = []
     params: dict[str, dict[str, Any]] = {}
@@ -113,6 +129,8 @@ def resolve_suite(spec: str | list[str] | tuple[str, ...], *, reference: bool = 
         names += members
         for name, values in suite.params.items():
             params[name] = {**params.get(name, {}), **values}
+    if shadows:
+        names += shadow_attacks()
     ordered = [n for n in ATTACKS if n in names]
     return Suite(ordered, {n: p for n, p in params.items() if n in ordered},
                  {n: why for n, why in left_out.items() if n not in ordered})
@@ -146,6 +164,6 @@ def run_attacks(*args, **kwargs) -> MIAResult:
     return run(*args, **kwargs)
 
 
-__all__ = ["ALL_ATTACKS", "ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_SUITE",
-           "MIAResult", "SOFT_TABLE", "SUITES", "Suite", "make_attacks", "resolve_attacks", "resolve_suite",
-           "run_attacks"]
+__all__ = ["ALL_ATTACKS", "ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_SHADOWS",
+           "DEFAULT_SUITE", "MIAResult", "SOFT_TABLE", "SUITES", "Suite", "make_attacks", "resolve_attacks",
+           "resolve_suite", "run_attacks", "shadow_attacks"]

@@ -24,6 +24,7 @@ from tuneguard.errors import TuneguardError
 from tuneguard.plugin import Plugin
 
 if TYPE_CHECKING:
+    from tuneguard.attacks.shadows import ShadowScorer
     from tuneguard.scoring import ScoringEngine, TokenScores
 
 ROUNDING = ("ceil", "floor")  # how k·n becomes a token count: ⌈k·n⌉ (canonical) or ⌊k·n⌋ (MIMIR)
@@ -67,6 +68,7 @@ class AttackContext:
     nonmember_shots: list[str] = field(default_factory=list)
     member_shots: list[str] = field(default_factory=list)
     corpus: list[str] | None = None
+    shadows: ShadowScorer | None = None
     seed: int = 0
     results: dict[str, AttackOutput] = field(default_factory=dict)
     progress: bool = True
@@ -116,7 +118,9 @@ class Attack(Plugin):
     ``needs``: the run resources the runner must provide, checked before any model loads: ``reference`` (a
     reference model), ``nonmember_shots`` / ``member_shots`` (ReCall shots drawn from the labelled texts),
     ``corpus`` (the run's reference corpus), ``results`` (the outputs of the attacks before it),
-    ``same_tokens`` (a reference that scores the target's token ids: checked on the tokenised texts before any pass).
+    ``same_tokens`` (a reference that scores the target's token ids: checked on the tokenised texts before any pass),
+    ``shadows`` (shadow fine-tunes of the target's base on a population the user brings:
+    :mod:`tuneguard.attacks.shadows`).
     ``ensemble``: which feature set of the ensemble this attack's score joins: ``"soft"`` (SOFT's features, also in
     the extended set), ``"extended"`` (the extended set only) or None (not a feature).
     :meth:`passes` declares the forward passes it reads: an attack forwarding anything beyond the shared passes

@@ -13,7 +13,8 @@ from tuneguard.attacks import ALL_ATTACKS, ATTACKS, NO_REFERENCE, make_attacks, 
 from tuneguard.attacks.attacker_data import check_attacker_data
 from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, Pass
 from tuneguard.attacks.result import AttackResult, MIAResult
-from tuneguard.attacks.run_record import recorded_base, training_window
+from tuneguard.attacks.run_record import record_path, recorded_base, run_record, training_window
+from tuneguard.attacks.shadows import ShadowScorer, ShadowSpec, target_recipe, train_shadows
 from tuneguard.data import Split, load_texts, make_split
 from tuneguard.errors import TuneguardError
 from tuneguard.metrics import evaluate
@@ -27,7 +28,7 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
                 params: dict[str, dict[str, Any]] | None = None, corpus: list[str] | str | Path | None = None,
                 n_shots: int = 7, seed: int = 0, batch_size: int = 8, batch_tokens: int | None = None,
                 max_length: int | None = None, n_boot: int = 1000, cache: bool = True, progress: bool = True,
-                title: str | None = None) -> MIAResult:
+                title: str | None = None, shadows: ShadowSpec | None = None) -> MIAResult:
     """Attack ``target`` with known members and non-members; return the result the report writes.
 
     Before any model loads: every attack's parameters and needs are checked (a reference model, a corpus, a prompt
@@ -40,7 +41,13 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     and reference token by token (``same_tokens``), a reference that tokenises an evaluated text differently is
     refused before any forward pass. Texts are scored up to
     ``max_length`` tokens, by default the window the target was trained on (its run record), else the model's
-    context. ReCall / CON-ReCall shots are drawn (seeded) from the non-members / members and removed from the
+    context; a PEFT adapter without a run record (trained elsewhere) is refused without ``max_length``: its training
+    window is unknown, and its model's whole context would dilute the signal. What such a target's report rests on
+    without a record (its base, the window, the dtype) is listed in ``settings["read_not_recorded"]``.
+    ``shadows`` (:class:`tuneguard.attacks.shadows.ShadowSpec`): train (or reuse) shadow fine-tunes of the target's
+    base with its recipe on the population given, refused when it holds an evaluated text, and add the attacks over
+    them (RMIA, LiRA, offline); ``settings["shadows"]`` says what they are and ``cost["shadows"]`` what training them
+    cost. ReCall / CON-ReCall shots are drawn (seeded) from the non-members / members and removed from the
     evaluation set of every attack, so all attacks are compared on the same texts. Texts with nothing to score are
     skipped, and a text one attack cannot score (NaN, e.g. no ReCall shot fits beside it) is left out of that
     attack's metrics; both are listed in ``skipped`` with the reason. ``cost`` holds the forward passes per model,
@@ -50,13 +57,22 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     ``accelerate launch`` every process runs this with the same arguments: the forward passes are sharded over the
     processes and every process gets every score (the caller writes from the main process only).
     """
-    suite = resolve_suite(attacks, reference=reference is not None or bool(recorded_base(target)))
+    suite = resolve_suite(attacks, reference=reference is not None or bool(recorded_base(target)),
+                          shadows=shadows is not None)
     instances = make_attacks(suite, params)
     names = list(instances)
     check_batching(batch_size, batch_tokens)
     needs = set().union(*(a.needs for a in instances.values()))
     split = make_split(members, nonmembers)
     _check_class_sizes(len(split.members), len(split.nonmembers), "given")
+    if max_length is None and _plain_adapter(target):
+        raise TuneguardError(f"{_name(target)} is a PEFT adapter without a tuneguard run record, so the window it was "
+                             "trained on is unknown: pass --score-max-length N (max_length=N), its training max length "
+                             "in tokens; its model's whole context would dilute the membership signal")
+    if "shadows" in needs and shadows is None:
+        raise TuneguardError(f"{', '.join(n for n, a in instances.items() if 'shadows' in a.needs)} need shadow "
+                             "models: pass --shadows K --population FILE (texts from the target's distribution, "
+                             "disjoint from the evaluated ones)")
     if "reference" in needs and reference is None and not recorded_base(target):
         raise TuneguardError(f"attack(s) {', '.join(n for n, a in instances.items() if 'reference' in a.needs)} "
                              "need a reference model and the target records no base model: pass --reference")
@@ -66,6 +82,12 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     corpus_name = f" ({Path(corpus).name})" if isinstance(corpus, (str, Path)) else ""
     corpus = load_texts(corpus) if isinstance(corpus, (str, Path)) else corpus
     warnings = _check_attacker_data(instances, corpus, corpus_name, split)
+    population, recipe = None, None
+    if shadows is not None:
+        population = shadows.texts()
+        near = check_attacker_data(shadows.source, population, split.members, split.nonmembers)
+        warnings += [near] if near else []
+        recipe = shadows.recipe or target_recipe(target)  # refused now, before any model loads
     if suite.left_out:  # today only for want of a reference (NO_REFERENCE)
         warnings.append(f"left out {', '.join(suite.left_out)}, the attacks comparing the target with a reference "
                         f"(usually the strongest against a fine-tuned model): each {NO_REFERENCE}; pass --reference "
@@ -89,6 +111,15 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
         if _same_model(reference, target):
             not_applicable = (f"the reference model is the target itself ({reference.ref}: same weights and "
                               "tokenizer), so the score carries no membership signal")
+    shadow_scorer = None
+    if shadows is not None:
+        base = reference if reference_engine is not None and reference.ref == target.base_ref else None
+        trained = train_shadows(_shadow_base(target, base), population, recipe, k=shadows.k, seed=shadows.seed,
+                                progress=progress)
+        shadow_scorer = ShadowScorer(trained, target_engine)
+        record = run_record(target)
+        size = trained.size_note(record.n_examples if record else None)
+        warnings += [size] if size else []
 
     origin = np.array([i for i, _ in pool_mem + pool_non])
     texts = [t for _, t in pool_mem + pool_non]
@@ -107,11 +138,13 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     n_truncated = sum(s.truncated for s, k in zip(scored, keep) if k)
 
     ctx = AttackContext(texts=texts, labels=labels, target=target_engine, reference=reference_engine,
-                        nonmember_shots=non_shots, member_shots=mem_shots, corpus=corpus, seed=seed,
-                        progress=progress)
+                        nonmember_shots=non_shots, member_shots=mem_shots, corpus=corpus, shadows=shadow_scorer,
+                        seed=seed, progress=progress)
     results: dict[str, AttackResult] = {}
     timing, passes = {}, {}
-    engines = {"target": target_engine, **({"reference": reference_engine} if reference_engine else {})}
+    # The shadows count their passes as an engine does (ShadowScorer): the cost tables take them as one more model.
+    engines = {"target": target_engine, **({"reference": reference_engine} if reference_engine else {}),
+               **({"shadows": shadow_scorer} if shadow_scorer else {})}
     for name, attack in instances.items():
         t0 = time.perf_counter()
         before = {k: e.forward_passes for k, e in engines.items()}
@@ -155,6 +188,11 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
     # Named only when used: a score read from the cache may differ from a fresh-cache run's by float rounding.
     score_cache = {k: e.cache_use() for k, e in engines.items() if e.cache_reads}
     drawn = {need for need, shots in (("nonmember_shots", non_shots), ("member_shots", mem_shots)) if shots}
+    read = _read_not_recorded(target, window, shadows)
+    shadow_settings = None
+    if shadow_scorer is not None:
+        shadow_settings = {**shadow_scorer.shadows.summary(), "population": shadows.file,
+                           "attacks": [n for n in results if "shadows" in instances[n].needs]}
     return MIAResult(
         title=title or f"Membership inference against {target.ref}",
         settings={"target": target.ref, "reference": reference_engine.name if reference_engine else None,
@@ -162,11 +200,14 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
                   "members": len(split.members), "nonmembers": len(split.nonmembers), "evaluated": len(texts),
                   **window, "n_shots": n_shots, "bootstrap": n_boot, **target.placement(),
                   **({"score_cache": score_cache} if score_cache else {}),
-                  **({"left_out": suite.left_out} if suite.left_out else {})},
+                  **({"left_out": suite.left_out} if suite.left_out else {}),
+                  **({"read_not_recorded": read} if read else {}),
+                  **({"shadows": shadow_settings} if shadow_settings else {})},
         attacks=results, skipped=skipped, warnings=warnings, shots={"nonmember": non_shots, "member": mem_shots},
         cost={"seconds": timing, "forward_passes": {k: e.forward_passes for k, e in engines.items()},
               "forward_passes_by_attack": passes, "model_calls": {k: e.batches for k, e in engines.items()},
-              **not_run_cost(instances, len(texts), n_shots, drawn)},
+              **not_run_cost(instances, len(texts), n_shots, drawn),
+              **({"shadows": shadow_scorer.cost()} if shadow_scorer else {})},
         origin=origin.tolist())
 
 
@@ -186,12 +227,18 @@ def not_run_cost(ran: dict[str, Attack], n_texts: int, n_shots: int, drawn: set[
 
     not_run = {}
     for name, attack in suite.items():
-        if name not in ran:
+        if name not in ran and not any(_same_computation(attack, other) for other in ran.values()):
             extra = {p: k for p, k in passes([attack]).items() if p not in made}
             not_run[name] = {"forward_passes": _per_model(extra),
                              "passes": [{"model": p.model, "what": p.what, "forward_passes": k}
                                         for p, k in extra.items()]}
     return {"not_run": not_run, "all_would_spend": _per_model(passes(list(suite.values())))}
+
+
+def _same_computation(a: Attack, b: Attack) -> bool:
+    """Whether two attacks compute the same scores: one implementation with the same parameters (``fast``'s
+    ``ensemble`` with features=extended is ``all``'s ``ensemble-extended``)."""
+    return type(a).run is type(b).run and a.params.to_dict() == b.params.to_dict()
 
 
 def _per_model(passes: dict[Pass, int]) -> dict[str, int]:
@@ -213,6 +260,45 @@ def _scoring_window(target: LoadedModel, max_length: int | None) -> dict[str, An
     else:
         max_length, source = target.max_length, "model context"
     return {"max_length": max_length, "max_length_source": source, "training_max_length": training}
+
+
+def _plain_adapter(target: LoadedModel | str | Path) -> bool:
+    """Whether ``target`` is a PEFT adapter without a tuneguard run record beside it (trained elsewhere)."""
+    where = target.meta.get("adapter") if isinstance(target, LoadedModel) else Path(target).expanduser()
+    return bool(where) and (Path(where) / "adapter_config.json").is_file() and record_path(target) is None
+
+
+def _name(target: LoadedModel | str | Path) -> str:
+    return target.ref if isinstance(target, LoadedModel) else str(target)
+
+
+def _read_not_recorded(target: LoadedModel, window: dict[str, Any], shadows: ShadowSpec | None) -> dict[str, str]:
+    """For a target without a run record that was fine-tuned (a PEFT adapter trained elsewhere): what the run took
+    from elsewhere than a record of its training, each with where it came from; empty for any other target."""
+    if not _plain_adapter(target):
+        return {}
+    read = {"base": f"{target.base_ref}, from the adapter's adapter_config.json (base_model_name_or_path)",
+            "window": f"{window['max_length']} tokens per text, given (the training window is not recorded)",
+            "dtype": f"{target.placement()['dtype']}, the precision it was loaded in (the training precision is not "
+                     "recorded)"}
+    if shadows is not None:
+        read["recipe"] = "the shadows' fine-tuning recipe, given (the target's is not recorded)"
+    return read
+
+
+def _shadow_base(target: LoadedModel, loaded: LoadedModel | None) -> LoadedModel:
+    """The base model the shadows fine-tune: the target's (``loaded`` when the run loaded it already), refused when
+    the target names none or when its weights are not those the target's run record was fine-tuned from."""
+    if not target.base_ref:
+        raise TuneguardError(f"shadow models fine-tune the base model {target.ref} was fine-tuned from, and it names "
+                             "none (no run record or adapter config): audit a tuneguard fine-tune or a PEFT adapter")
+    base = loaded or as_loaded(target.base_ref)
+    record = run_record(target)
+    if record and record.base_fingerprint and record.base_fingerprint != base.fingerprint:
+        raise TuneguardError(f"the base model {base.ref} loaded now has other weights than the one {target.ref} was "
+                             "fine-tuned from (its run record's fingerprint): shadows of it would not repeat the "
+                             "target's training")
+    return base
 
 
 def _check_same_tokens(names: list[str], target: ScoringEngine, reference: ScoringEngine, texts: list[str]) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from tuneguard.attacks import ATTACKS, DEFAULT_SUITE, SUITES
+from tuneguard.attacks import ATTACKS, DEFAULT_SHADOWS, DEFAULT_SUITE, SUITES, shadow_attacks
 from tuneguard.attacks.result import MIAResult
 from tuneguard.commands import number, output
 from tuneguard.commands.finetune import read_texts
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
 from tuneguard.models.device import add_device_args
+
+if TYPE_CHECKING:  # the shadows import torch: only when a run asks for them, not to build the parser
+    from tuneguard.attacks.shadows import ShadowSpec
 
 # Where the help text lists every attack with its declared parameters (filled in only when help is shown: it
 # imports every attack, and with them torch and scikit-learn).
@@ -51,7 +55,8 @@ def parse_params(items: list[str] | None) -> dict[str, dict]:
 
 def add_attack_args(p: argparse.ArgumentParser, *, plain_names: bool = False) -> None:
     """Options shared by `attack` and `audit`; ``plain_names`` also names the scoring options --batch-size and
-    --max-length (for a command without fine-tuning options, which use those names)."""
+    --max-length, and adds --shadow-recipe (for a command without fine-tuning options, which use those names and
+    give the shadows their recipe)."""
     p.formatter_class = AttackHelpFormatter
     p.epilog = f"{p.epilog or ''}\n\n{ATTACKS_HELP}"
     g = p.add_argument_group("attacks")
@@ -76,13 +81,43 @@ def add_attack_args(p: argparse.ArgumentParser, *, plain_names: bool = False) ->
                                      "training --max-length)")
     g.add_argument("--bootstrap", type=number(int, ge=0), default=1000,
                    help="bootstrap draws for the CIs; default: %(default)s")
+    sh = p.add_argument_group("shadow models (the owner's self-audit: RMIA and LiRA, offline)")
+    sh.add_argument("--shadows", type=number(int, ge=2), metavar="K",
+                    help=f"fine-tune K shadows of the target's base with its recipe on seeded halves of --population "
+                         f"(cached and reused across audits of the same recipe); adds rmia and lira to the attacks "
+                         f"(default with --population: {DEFAULT_SHADOWS})")
+    sh.add_argument("--population", metavar="FILE",
+                    help="texts from the target's distribution, disjoint from the evaluated ones (an overlap is "
+                         "refused) and from its training texts; about twice the target's training set trains each "
+                         "shadow on as many texts")
+    if plain_names:  # a command that fine-tunes takes the shadows' recipe from its own training options
+        sh.add_argument("--shadow-recipe", metavar="FILE",
+                        help="the shadows' fine-tuning recipe: a run.json or a JSON object of fine-tuning settings "
+                             "(default: the target's run record; needed for an adapter trained elsewhere)")
 
 
 def attack_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments for run_attacks from `add_attack_args` options."""
-    return {"attacks": args.attacks, "params": parse_params(args.param), "n_shots": args.shots,
+    """Keyword arguments for run_attacks from `add_attack_args` options (and `attack`'s --shadow-recipe)."""
+    shadows, attacks = shadow_spec(args), args.attacks
+    if shadows is not None:  # named, so a command checking the attacks before it trains knows they will run
+        attacks = ",".join([attacks, *shadow_attacks()])
+    return {"attacks": attacks, "params": parse_params(args.param), "n_shots": args.shots,
             "corpus": args.corpus, "batch_size": args.score_batch_size, "batch_tokens": args.score_batch_tokens,
-            "max_length": args.score_max_length, "n_boot": args.bootstrap}
+            "max_length": args.score_max_length, "n_boot": args.bootstrap, "shadows": shadows}
+
+
+def shadow_spec(args: argparse.Namespace) -> ShadowSpec | None:
+    """The shadow models asked for by --shadows / --population (/ --shadow-recipe), or None."""
+    if args.population is None:
+        if args.shadows is not None:
+            raise TuneguardError("--shadows needs --population FILE: texts from the target's distribution, disjoint "
+                                 "from the evaluated ones, for the shadows to train on")
+        return None
+    from tuneguard.attacks.shadows import ShadowSpec, read_recipe
+
+    recipe = getattr(args, "shadow_recipe", None)
+    return ShadowSpec(args.population, k=args.shadows or DEFAULT_SHADOWS, seed=args.seed, column=args.column,
+                      recipe=read_recipe(recipe) if recipe else None)
 
 
 def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> None:
@@ -91,14 +126,17 @@ def print_report(result: MIAResult, paths: dict, *, given: str = "given") -> Non
     the report went; ``given`` names how a scoring window the caller
     set was given (e.g. the option)."""
     from tuneguard.files import read_jsonl
-    from tuneguard.report.mia import (cost_text, mia_table, next_steps_text, records_text, score_cache_text,
-                                      verdict_text)
+    from tuneguard.report.mia import (cost_text, mia_table, next_steps_text, read_not_recorded_text, records_text,
+                                      score_cache_text, verdict_text)
 
     settings = result.settings
     source = given if settings["max_length_source"] == "given" else settings["max_length_source"]
     print(verdict_text(result))
     where = f"; scored on {settings['device']} in {settings['dtype']}" if "device" in settings else ""
     print(f"\nscoring window: {settings['max_length']} tokens per text ({source}){where}")
+    read = read_not_recorded_text(result)
+    if read:
+        print(read)
     cached = score_cache_text(result)
     if cached:
         print(cached)

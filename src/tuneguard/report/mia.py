@@ -3,7 +3,9 @@
 The page and the terminal open with the verdict (:mod:`tuneguard.report.verdict`: its levels are documented there
 and printed beneath it), then the records at risk (:mod:`tuneguard.report.exposure`), what to do next
 (:mod:`tuneguard.report.advice`), the full table of every attack, and the cost: the forward passes spent per model
-and what each attack of ``all`` not run would add, so a user can decide whether to run it.
+and what each attack of ``all`` not run would add, so a user can decide whether to run it; with shadow models, what
+training them cost against the TPR at 1% FPR they bought. For a target without a run record (an adapter trained
+elsewhere) it lists what was read rather than recorded: its base, the scoring window, the dtype.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tuneguard.report.verdict import (LEVELS_TEXT, Verdict, auc_text, confoundin
                                      model_attacks, pct)
 
 AUC_COLUMN = "AUC [95% CI]"
+BOUGHT_FPR = 0.01  # where what the shadow models bought is measured
 TOP_RECORDS = 10  # records at risk shown on the page (all of them are in exposure.jsonl)
 TIE_MARK = " (tie)"
 
@@ -75,6 +78,52 @@ def score_cache_text(result: MIAResult) -> str | None:
             "them all, delete the scores folder of $TUNEGUARD_CACHE (default ~/.cache/tuneguard)")
 
 
+def read_not_recorded_text(result: MIAResult) -> str | None:
+    """What the run read from elsewhere than a record of the target's training (``settings["read_not_recorded"]``),
+    one item a line, or None when the target has a run record."""
+    read = result.settings.get("read_not_recorded")
+    if not read:
+        return None
+    return "\n".join(["Read, not recorded (the target has no tuneguard run record; check each):",
+                      *(f"  {what}: {how}" for what, how in read.items())])
+
+
+def shadow_cost_line(result: MIAResult) -> str | None:
+    """What the shadow models cost (their recorded training seconds, whether trained in this run or reused, and the
+    forward passes under them) against what they bought: the best TPR at 1% FPR of the attacks over them next to the
+    best of every other model attack (AUC when too few non-members support that FPR). None without shadows."""
+    shadows, cost = result.settings.get("shadows"), result.cost.get("shadows")
+    if not shadows or not cost:
+        return None
+    now, reused = len(cost["trained_now"]), len(cost["reused"])
+    line = (f"Shadow models: {shadows['k']} offline {shadows['recipe']['method']} fine-tunes cost "
+            f"{sum(cost['train_seconds']):.0f} s of training ({now} trained in this run, {reused} reused from the "
+            f"cache) and {cost['forward_passes']} forward passes; ")
+    attacks = model_attacks(result)
+    mine = {n: a for n, a in attacks.items() if n in shadows["attacks"]}
+    others = {n: a for n, a in attacks.items() if n not in shadows["attacks"]}
+    if not mine:
+        return line + "no attack over them could be evaluated."
+    measure = f"TPR@{pct(BOUGHT_FPR)}"
+
+    def best(group: dict[str, AttackResult]) -> tuple[str, float] | None:
+        figures = {n: a.tpr(BOUGHT_FPR) for n, a in group.items()}
+        figures = {n: v for n, v in figures.items() if v is not None}
+        return max(figures.items(), key=lambda item: item[1]) if figures else None
+
+    bought, without = best(mine), best(others)
+    if bought is None:  # too few non-members for that FPR: the AUC says what it can
+        measure = f"AUC ({measure} needs more non-members)"
+        bought, without = [max(((n, a.auc) for n, a in g.items()), key=lambda item: item[1], default=None)
+                           for g in (mine, others)]
+        shown = "{:.3f}".format
+    else:
+        shown = pct
+    line += f"they bought {measure} {shown(bought[1])} ({bought[0]})"
+    return line + (f" against {shown(without[1])} without them ({without[0]}, the strongest other attack)."
+                   if without else ".")
+
+
 def cost_lines(result: MIAResult) -> tuple[list[str], list[str]]:
     """(the passes spent, and which attacks of ``all`` were not run with what ``all`` would spend; one line per
     attack not run, those adding the same passes together: what it would add beside this run's passes), from
@@ -87,6 +136,8 @@ def cost_lines(result: MIAResult) -> tuple[list[str], list[str]]:
     calls = sum((cost.get("model_calls") or {}).values())
     lines = [f"Forward passes spent: {total} ({_by_model(spent)}) in {calls} model calls; a score read from the score "
              "cache costs none."]
+    shadows = shadow_cost_line(result)
+    lines += [shadows] if shadows else []
     not_run = cost.get("not_run") or {}
     if not not_run:
         return lines, []
@@ -154,8 +205,10 @@ def write_mia_report(out_dir: Path, result: MIAResult, *,
 
     table, columns, notes = _rows(result)
     cached = score_cache_text(result)
+    read = read_not_recorded_text(result)
     results_body = (f"<p>{escape(_summary(result))}</p>\n"
                     + (f'<p class="note">{escape(cached)}</p>\n' if cached else "")
+                    + (f'<p class="note">{escape(read).replace(chr(10), "<br>")}</p>\n' if read else "")
                     + html_table(table, columns, highlight={AUC_COLUMN: "max"})
                     + "".join(f'\n<p class="note">{DASH} {escape(n)}</p>' for n in notes)
                     + "".join(f'\n<p class="note">not applicable ({escape(name)}): {escape(a.not_applicable)}</p>'
