@@ -9,7 +9,7 @@ from tuneguard.commands import audit_dp as command
 from tuneguard.dpaudit import (BoundParams, CanaryParams, draw_inclusion, epsilon_lower_bound, make_canaries,
                                one_run_audit, p_value)
 from tuneguard.dpaudit.audit import DPAuditParams, audit_dp, canary_scores
-from tuneguard.dpaudit.bound import bound_ceiling
+from tuneguard.dpaudit.bound import bound_ceiling, guess_grid
 from tuneguard.dpaudit.canaries import load_canaries, token_pool
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
@@ -95,7 +95,7 @@ def test_inclusion_draw_and_canaries_are_deterministic_for_a_seed():
 
 def test_rare_tokens_are_late_merges_absent_from_the_data():
     tok = gpt2_tokenizer()
-    pool = token_pool(tok, "rare-tokens", rare_pool=100, avoid_texts=TEXTS)
+    pool = token_pool(tok, "rare-tokens", size=100, avoid_texts=TEXTS)
     used = {t for text in TEXTS for t in tok(text)["input_ids"]}
     assert len(pool) == 100 and not used & set(pool.tolist())
     assert pool.min() > len(tok) - 1000  # the last entries of the BPE vocabulary
@@ -107,9 +107,9 @@ def test_model_trained_without_the_canaries_gives_a_bound_near_zero(tmp_path):
     base = tiny_model("gpt2")
     run = finetune(base, TEXTS, tmp_path / "clean", TrainConfig(method="lora", epochs=1, batch_size=8, lr=2e-2,
                                                                  max_length=32), progress=False)
-    canaries = make_canaries(base.tokenizer, CanaryParams(count=120, length=12))
-    scores = canary_scores(ScoringEngine(run.model, progress=False), ScoringEngine(base, progress=False),
-                           [c.text for c in canaries], progress=False)
+    canaries = make_canaries(base.tokenizer, CanaryParams(count=120, length=6, prefix_length=8), avoid_texts=TEXTS,
+                             prefix_texts=TEXTS)
+    scores = canary_scores(ScoringEngine(run.model, progress=False), ScoringEngine(base, progress=False), canaries)
     result = one_run_audit(scores, [c.included for c in canaries])
     assert np.isfinite(scores).all() and result.epsilon_lower_bound < 0.1
 
@@ -121,8 +121,12 @@ def test_scores_file_end_to_end(tmp_path, capsys):
                             for s, i in zip(scores, included)))
     assert cli("--scores", str(path), "--out", str(tmp_path / "out")) == 0
     saved = json.loads((tmp_path / "out" / "audit.json").read_text())
-    assert 1.0 < saved["epsilon_lower_bound"] <= 2.0 and saved["delta"] == 0 and saved["m"] == 1000
-    assert f"epsilon lower bound: {saved['epsilon_lower_bound']:.3f}" in capsys.readouterr().out
+    # The library's numbers (their validity over many seeds is tests/test_dp_audit_power.py's business: at one seed
+    # a 95% bound may exceed the truth, as this one does, 94 of 100 guesses right at epsilon 2).
+    assert saved["epsilon_lower_bound"] == one_run_audit(scores, included).epsilon_lower_bound > 1.0
+    assert saved["fdp"]["epsilon_lower_bound"] == one_run_audit(scores, included, method="fdp").epsilon_lower_bound
+    assert saved["delta"] == 0 and saved["m"] == 1000 and saved["fdp"]["curve"] == "pure-dp"
+    assert f"epsilon lower bound: {saved['epsilon_lower_bound']:.3f} (Steinke)" in capsys.readouterr().out
     assert cli("--scores", str(path), "--delta", "1e-4", "--out", str(tmp_path / "d")) == 0
     with_delta = json.loads((tmp_path / "d" / "audit.json").read_text())
     assert with_delta["delta"] == 1e-4 and with_delta["epsilon_lower_bound"] <= saved["epsilon_lower_bound"]
@@ -155,14 +159,15 @@ def test_audit_pipeline_end_to_end_and_resumes(tmp_path):
 
     train = TrainConfig(method="lora", epochs=1, batch_size=8, lr=2e-2, max_length=24, lora_dropout=0.0)
     options = dict(train=train, audit=DPAuditParams(epsilons=(4.0,), holdout=0.2),
-                   canaries=CanaryParams(count=40, length=12), progress=False)
+                   canaries=CanaryParams(count=40, length=4, prefix_length=8), progress=False)
     lines: list[str] = []
     result = audit_dp("tiny-gpt2", TEXTS, tmp_path, report=lines.append, **options)
     assert [r.name for r in result.runs] == ["no-dp", "eps-4"]
     no_dp, dp = result.runs
     assert math.isinf(no_dp.epsilon) and 3.0 < dp.epsilon <= 4.0 + 1e-6 and dp.noise_multiplier > 0
-    assert dp.delta == pytest.approx(min(1 / (10 * result.settings["n_train"]), 1e-5))
-    assert result.settings["bound_ceiling"] == pytest.approx(bound_ceiling(40, BoundParams(delta=dp.delta)))
+    assert result.settings["population"] == 24 + 20  # real texts + half the canaries, whatever the draw gave
+    assert dp.delta == pytest.approx(min(1 / (10 * 44), 1e-5))
+    assert result.settings["ceilings"]["bound"] == pytest.approx(bound_ceiling(40, BoundParams(delta=dp.delta)))
     assert all(0 <= r.bound.epsilon_lower_bound <= r.bound_pure.epsilon_lower_bound for r in result.runs)
     assert no_dp.perplexity > 0 and result.base_perplexity > 0
     planted = load_canaries(tmp_path / "canaries.jsonl")
@@ -181,15 +186,16 @@ def test_audit_pipeline_end_to_end_and_resumes(tmp_path):
     assert [r.to_json() for r in again.runs] == [r.to_json() for r in result.runs]
     assert sum("reused" in line for line in again_lines) == 2
     with pytest.raises(TuneguardError, match="other data, model or canary settings"):
-        audit_dp("tiny-gpt2", TEXTS, tmp_path, **{**options, "canaries": CanaryParams(count=41, length=12)})
+        audit_dp("tiny-gpt2", TEXTS, tmp_path, **{**options, "canaries": CanaryParams(count=41, length=4,
+                                                                                     prefix_length=8)})
 
 
 def test_the_ceiling_is_what_perfect_guesses_certify_and_delta_lowers_it():
-    from tuneguard.dpaudit.bound import _grid
-
-    m, params = 600, BoundParams()
-    level = params.beta / len(_grid(m, params))
-    assert bound_ceiling(m) == pytest.approx(max(epsilon_lower_bound(m, r, r, beta=level)
-                                                 for r in (k + km for k, km in _grid(m, params))))
-    # The delta term 2·m·delta·alpha: at delta = 1/(10·n), n = 353 (this size of audit), most of the bound is gone.
-    assert bound_ceiling(m, BoundParams(delta=1 / 3530)) < 0.5 * bound_ceiling(m, BoundParams(delta=1e-5))
+    m, params = 600, BoundParams(guesses=(0.02, 0.05))
+    level = params.beta / len(guess_grid(m, params))
+    assert bound_ceiling(m, params) == pytest.approx(max(epsilon_lower_bound(m, r, r, beta=level)
+                                                         for r in (k + km for k, km in guess_grid(m, params))))
+    # The delta term 2·m·delta·alpha: at delta = 1/(10·n), n = 353 (this size of audit), a third of the bound is gone
+    # (2.73 -> 1.71), at 1e-3 all of it.
+    assert bound_ceiling(m, params.replace(delta=1 / 3530)) < 0.7 * bound_ceiling(m, params.replace(delta=1e-5))
+    assert bound_ceiling(m, params.replace(delta=1e-3)) == 0

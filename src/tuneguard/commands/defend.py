@@ -117,10 +117,7 @@ def _register_goldfish(defences: argparse._SubParsersAction) -> None:
 
 def _register_dp(defences: argparse._SubParsersAction) -> None:
     from tuneguard.defenses.dp_sgd import DPConfig
-    from tuneguard.regimes.dp import DPOptions
-    from tuneguard.train import TrainConfig
 
-    d = DPConfig()
     p = defences.add_parser(
         "dp", help="DP-SGD: LoRA with per-sample clipping and Gaussian noise at a target epsilon",
         description=textwrap.fill(
@@ -132,16 +129,27 @@ def _register_dp(defences: argparse._SubParsersAction) -> None:
             "(as 'tuneguard run' regime dp scales them); check the result with 'tuneguard audit-dp'.", 100),
         epilog="example: tuneguard defend dp --model smollm2-135m --data notes.jsonl --epsilon 8 --out runs/dp")
     g = p.add_argument_group("differential privacy")
-    g.add_argument("--epsilon", type=epsilon(), default=d.target_epsilon,
+    g.add_argument("--epsilon", type=epsilon(), default=DPConfig().target_epsilon,
                    help="target epsilon of the whole run (inf: clipping only, no noise); default: %(default)s")
-    g.add_argument("--delta", type=declared(DPConfig, "delta"),
-                   help="target delta; default: 1/(10·n), n = training texts")
-    g.add_argument("--max-grad-norm", type=declared(DPConfig, "max_grad_norm"), default=d.max_grad_norm,
-                   help="per-sample gradient clipping bound; default: %(default)s")
     add_finetune_args(p)
+    add_dp_args(p, g, delta_help="target delta; default: 1/(10·n), n = training texts")
+    p.set_defaults(func=run_dp)
+
+
+def add_dp_args(p: argparse.ArgumentParser, group: argparse._ArgumentGroup, *, delta_help: str) -> None:
+    """--delta and --max-grad-norm (into ``group``) and the DP regime's scaling of the --lr and --grad-accum defaults:
+    what `defend dp` and `audit-dp` share, so the run audit-dp audits is the run `defend dp` trains. Call it after
+    the fine-tuning options are added (it changes their defaults)."""
+    from tuneguard.defenses.dp_sgd import DPConfig
+    from tuneguard.regimes.dp import DPOptions
+    from tuneguard.train import TrainConfig
+
+    group.add_argument("--delta", type=declared(DPConfig, "delta"), help=delta_help)
+    group.add_argument("--max-grad-norm", type=declared(DPConfig, "max_grad_norm"), default=DPConfig().max_grad_norm,
+                       help="per-sample gradient clipping bound; default: %(default)s")
     # Clipped, noisy steps need a larger step size and batch than the non-private defaults: the DP regime's factors.
     scale, train = DPOptions(), TrainConfig()
-    p.set_defaults(func=run_dp, lr=train.lr * scale.lr_factor, grad_accum=train.grad_accum * scale.batch_factor)
+    p.set_defaults(lr=train.lr * scale.lr_factor, grad_accum=train.grad_accum * scale.batch_factor)
 
 
 def epsilon() -> Callable[[str], float]:

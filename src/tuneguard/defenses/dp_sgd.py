@@ -16,6 +16,12 @@ normalisation): the accountant analyses the noisy sum, and dividing it by a cons
 dividing by the drawn count would make each step depend on the draw's size. A small draw takes a smaller step.
 ``tests/test_dp_learns.py`` pins it. The users' most reported DP failure, an Opacus + PEFT run whose weights never
 change, is caught after the first step that should have moved them (:func:`check_moved`), before any time is spent.
+
+``tuneguard audit-dp`` alone passes an :class:`AuditPlan`: the n the sampling rate, steps and default delta are
+planned for (fixed before the canaries' inclusion is drawn, so neighbouring inclusion vectors run one mechanism),
+and, to show that the audit has power, a planted bug that breaks the guarantee while the accountant still claims it.
+A planted run's record says so (``dp.audit_plan``, method ``lora+dp-sgd+planted-bug``); `defend dp` and the
+experiment's DP regime have no way to set one.
 """
 
 from __future__ import annotations
@@ -47,6 +53,60 @@ class DPConfig(Params):
     max_grad_norm: float = param(1.0, "per-sample gradient clipping bound", gt=0)
 
 
+# The bugs audit-dp can plant (the accountant goes on claiming the honest run's epsilon).
+BUGS = ("noise=F (the noise scaled by F, 0 <= F < 1) or normalise=sampled (the gradient sum divided by the drawn "
+        "batch size, not the expected one: Opacus #819)")
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What ``tuneguard audit-dp`` fixes in a DP-SGD run, or plants into it; nothing else sets it.
+
+    ``population``: the n that the sampling rate q = B/n, the optimizer steps and the default delta are planned for,
+    in place of the number of examples given. ``bug``: None or a planted bug, :data:`BUGS`.
+    """
+
+    population: int | None = None
+    bug: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.population is not None and self.population < 1:
+            raise TuneguardError(f"an audit plan needs a population of at least 1 example, got {self.population}")
+        if self.bug is not None:
+            parse_bug(self.bug)
+
+    @property
+    def noise_factor(self) -> float:
+        """What the noise is scaled by (1 without a noise bug)."""
+        kind, value = parse_bug(self.bug) if self.bug else (None, None)
+        return value if kind == "noise" else 1.0
+
+    @property
+    def sampled_normaliser(self) -> bool:
+        """Whether the gradient sum is divided by the drawn batch size (the normalise bug)."""
+        return bool(self.bug) and parse_bug(self.bug)[0] == "normalise"
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (the run record, the run's digest)."""
+        return {"population": self.population, "planted_bug": self.bug}
+
+
+def parse_bug(spec: str) -> tuple[str, float | str]:
+    """``noise=F`` -> ("noise", F); ``normalise=sampled`` -> ("normalise", "sampled"); anything else is refused."""
+    kind, _, value = spec.partition("=")
+    kind, value = kind.strip(), value.strip()
+    if kind == "normalise" and value == "sampled":
+        return kind, value
+    if kind == "noise":
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if 0 <= factor < 1:
+            return kind, factor
+    raise TuneguardError(f"planted bug {spec!r} must read {BUGS}, e.g. noise=0.1")
+
+
 def check_method(config: TrainConfig) -> None:
     """DP-SGD needs per-sample gradients, which Opacus has for LoRA layers only."""
     if config.method != "lora":
@@ -55,11 +115,12 @@ def check_method(config: TrainConfig) -> None:
 
 
 def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path, config: TrainConfig | None = None,
-                dp: DPConfig | None = None, *, progress: bool = True) -> TrainResult:
+                dp: DPConfig | None = None, *, progress: bool = True, plan: AuditPlan | None = None) -> TrainResult:
     """Fine-tune LoRA parameters with DP-SGD and save the adapter with a run record holding the epsilon spent.
 
     A finished identical run in ``out_dir`` (same settings, data and base model) is loaded instead of retrained (the
-    run itself is not checkpointed: its privacy accounting would have to be resumed too).
+    run itself is not checkpointed: its privacy accounting would have to be resumed too). ``plan``: audit-dp's only
+    (see the module docstring).
     """
     import torch
     from tqdm.auto import tqdm
@@ -87,12 +148,15 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     # the accountant see only the examples that can be sampled); a one-token example's mean loss would be 0/0.
     encoded = predictable(encode_examples(texts, base.tokenizer, config.max_length))
     n = len(encoded)
-    delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
+    planned = plan.population if plan is not None and plan.population is not None else n
+    delta = dp.delta if dp.delta is not None else 1.0 / (10 * planned)
     logical = config.batch_size * config.grad_accum  # expected examples per optimizer step
-    q = min(1.0, logical / n)
-    steps = optimizer_steps(n, config)
-    # The DP settings are part of what must match for a finished run to be reused.
-    digest_config = config.replace(extra={**config.extra, "dp": dp.to_dict()})
+    q = min(1.0, logical / planned)
+    steps = optimizer_steps(planned, config)
+    # The DP settings are part of what must match for a finished run to be reused (a plan only when there is one,
+    # so a run without one keeps its digest).
+    planned_extra = {"audit_plan": plan.to_dict()} if plan is not None else {}
+    digest_config = config.replace(extra={**config.extra, "dp": dp.to_dict(), **planned_extra})
     data_digest = examples_digest(texts)
     done = finished_record(out_dir, digest_config, data_digest, base)
     if done is not None:
@@ -106,7 +170,9 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     gsm = GradSampleModule(net, loss_reduction="mean")
     inner = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(inner, config, steps)
-    optimizer = DPOptimizer(inner, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
+    # A planted noise bug scales the noise the optimizer adds; the accountant below still charges sigma.
+    noise_used = sigma * (plan.noise_factor if plan is not None else 1.0)
+    optimizer = DPOptimizer(inner, noise_multiplier=noise_used, max_grad_norm=dp.max_grad_norm,
                             expected_batch_size=logical, loss_reduction="mean")
     accountant = RDPAccountant()
     sampler = torch.Generator().manual_seed(config.seed)
@@ -117,6 +183,8 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     for _ in tqdm(range(steps), desc="dp-sgd", unit="step", disable=not progress):
         chosen = torch.nonzero(torch.rand(n, generator=sampler) < q).flatten().tolist()
         physical = [chosen[k:k + config.batch_size] for k in range(0, len(chosen), config.batch_size)] or [[]]
+        if plan is not None and plan.sampled_normaliser:  # the planted normalise bug: divide by the drawn count
+            optimizer.expected_batch_size = max(1, len(chosen))
         losses = []
         for k, part in enumerate(physical):
             if part:
@@ -137,7 +205,7 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
             lr = inner.param_groups[0]["lr"]
             # A step moves the weights when its learning rate is positive (a warm-up starts at 0) and it carries a
             # gradient or noise (an empty draw without noise adds nothing).
-            if last and before is not None and lr > 0 and (losses or sigma > 0):
+            if last and before is not None and lr > 0 and (losses or noise_used > 0):
                 check_moved(trainable, before, lr)
                 before = None
             optimizer.zero_grad()
@@ -149,8 +217,10 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     seconds = time.perf_counter() - t0
     trained = gsm._module
     trained.eval()
+    planted = plan is not None and plan.bug is not None
     record = RunRecord(
-        base_ref=base.ref, base_fingerprint=base.fingerprint, method="lora+dp-sgd", config=config.to_dict(),
+        base_ref=base.ref, base_fingerprint=base.fingerprint,
+        method="lora+dp-sgd+planted-bug" if planted else "lora+dp-sgd", config=config.to_dict(),
         config_digest=digest_config.digest(), data_digest=data_digest, n_examples=n, epochs_done=config.epochs,
         steps=steps, loss_curve=curve, lr_curve=lr_curve, train_seconds=round(seconds, 3),
         cpu_seconds=round(time.process_time() - c0, 3), tokens=tokens,
@@ -159,7 +229,8 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
         trainable_parameters=sum(p.numel() for p in trainable),
         dp={**dp.to_dict(), "delta": delta, "noise_multiplier": sigma, "sample_rate": q, "steps": steps,
             "expected_batch_size": logical, "noise_std": sigma * dp.max_grad_norm / logical,
-            "epsilon_spent": math.inf if sigma == 0 else accountant.get_epsilon(delta), "accountant": "rdp"})
+            "epsilon_spent": math.inf if sigma == 0 else accountant.get_epsilon(delta), "accountant": "rdp",
+            **({"audit_plan": {**plan.to_dict(), "noise_multiplier_used": noise_used}} if plan is not None else {})})
     save_trained(trained, base, out_dir, record)
     return TrainResult(LoadedModel(trained, base.tokenizer, ref=str(out_dir), base_ref=base.ref,
                                    meta={**base.meta, "adapter": str(out_dir)}), out_dir, record)

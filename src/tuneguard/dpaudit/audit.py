@@ -1,11 +1,19 @@
 """``audit_dp``: plant canaries, fine-tune once per epsilon (DP-SGD, LoRA) and once without DP, and turn each run's
-canary scores into a one-run epsilon lower bound, beside TPR@1%FPR on the canaries and held-out perplexity.
+canary scores into one-run epsilon lower bounds (Steinke et al. and f-DP, each at the run's delta and as a pure-DP
+test at delta = 0), beside TPR@1%FPR on the canaries and held-out perplexity.
 
 Every stage is saved as it finishes and reused only when its settings match: ``setup.json`` + ``canaries.jsonl``
 (held-out split, canaries and their inclusion draw), ``train/<run>/`` (the fine-tuned adapter, resumed by
 ``finetune`` / ``dp_finetune`` themselves), ``scores/<run>.jsonl`` + ``scores/<run>.json`` (canary scores and the
-run's audit). The canary score is the ``ratio`` attack (LL_target - LL_base) through the shared scoring engine, one
-cached pass per model; it never sees the inclusion bits.
+run's audit). A canary's score is its log-likelihood ratio, log p_target - log p_base summed over the canary's
+trained tokens (a secret canary's secret, read behind its prefix), through the shared scoring engine, one cached
+pass per model; it never sees the inclusion bits.
+
+Every DP run is planned for n = the real training texts + half the canaries, fixed before the canaries' inclusion
+is drawn: the sampling rate q = B/n, the optimizer steps and the default delta do not depend on how many canaries
+the draw put in, so neighbouring inclusion vectors run the same mechanism (the one-run bounds assume they do).
+``plant_bug`` plants a bug into every DP run (:class:`tuneguard.defenses.dp_sgd.AuditPlan`): those runs are NOT the
+user's mechanism; they show whether the audit catches a run that does not deliver its claimed epsilon.
 """
 
 from __future__ import annotations
@@ -20,10 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from tuneguard.attacks.base import AttackContext
-from tuneguard.attacks.ratio import RatioAttack
 from tuneguard.cache import key_hash
-from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
+from tuneguard.defenses.dp_sgd import AuditPlan, DPConfig, check_method, dp_finetune, parse_bug
 from tuneguard.dpaudit.bound import BoundParams, OneRunBound, bound_ceiling, one_run_audit
 from tuneguard.dpaudit.canaries import Canary, CanaryParams, load_canaries, make_canaries, save_canaries
 from tuneguard.errors import TuneguardError
@@ -36,9 +42,13 @@ from tuneguard.scoring.perplexity import perplexity
 from tuneguard.train import RunRecord, TrainConfig, finetune
 
 NO_DP = "no-dp"
-# The default delta: 1/(10·n) as DP asks (delta << 1/n), and at most the 1e-5 of the DP fine-tuning literature: the
-# audit's (epsilon, delta) tail gains 2·m·delta·alpha, so delta = 1/(10·n) with m canaries near n alone takes most of
-# the bound away (600 canaries: the most they can certify falls from 4.59 at 1e-5 to 1.91 at 1/3530).
+# A run's four bounds: (RunAudit field, method, tested at delta = 0?).
+BOUND_TESTS = (("bound", "steinke", False), ("bound_pure", "steinke", True), ("fdp", "fdp", False),
+               ("fdp_pure", "fdp", True))
+BOUNDS = tuple(name for name, _, _ in BOUND_TESTS)
+# The default delta: 1/(10·n) as DP asks (delta << 1/n), and at most the 1e-5 of the DP fine-tuning literature: a
+# larger delta lowers what the canaries can certify at all (600 canaries, k+ = k- = 30: Steinke's ceiling falls from
+# 2.96 at 1e-5 to 2.42 at 1/3530, the f-DP one from 4.74 to 3.82).
 DEFAULT_DELTA = 1e-5
 TPR_FPR = 0.01
 
@@ -49,41 +59,51 @@ class DPAuditParams(Params):
 
     epsilons: tuple[float, ...] = param((1.0, 4.0, 8.0), "target epsilon of each DP-SGD run", gt=0)
     no_dp: bool = param(True, "also fine-tune once without DP-SGD (the baseline the bounds are read against)")
-    delta: float | None = param(None, "delta of DP-SGD and of the audit; default min(1/(10·n), 1e-5), n = "
-                                "training texts", gt=0, lt=1)
+    delta: float | None = param(None, "delta of DP-SGD and of the audit; default min(1/(10·n), 1e-5), n = real "
+                                "training texts + half the canaries", gt=0, lt=1)
     max_grad_norm: float = param(1.0, "DP-SGD per-example clipping norm", gt=0)
     holdout: float = param(0.1, "share of the real texts held out to measure perplexity", gt=0, lt=1)
     seed: int = param(0, "seed of the held-out split and of the training order")
     batch_size: int = param(8, "scoring batch size", ge=1)
+    plant_bug: str | None = param(None, "plant a bug into every DP run to check the audit catches it: noise=F or "
+                                  "normalise=sampled (those runs are not your mechanism)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.epsilons and not self.no_dp:
             raise TuneguardError("nothing to audit: give at least one epsilon or keep the no-DP run")
+        if self.plant_bug is not None:
+            parse_bug(self.plant_bug)
+            if not self.epsilons:
+                raise TuneguardError("a bug is planted into the DP runs: give at least one epsilon")
 
 
 @dataclass
 class RunAudit:
-    """One fine-tuning run's audit: its privacy claim, the bound that tests it, and what it cost in utility."""
+    """One fine-tuning run's audit: its privacy claim, the bounds that test it, and what it cost in utility."""
 
     name: str
     target_epsilon: float | None  # None: no DP
     epsilon: float  # the accountant's epsilon spent (inf without DP)
     delta: float
     noise_multiplier: float | None
-    bound: OneRunBound  # tested at the run's delta
-    bound_pure: OneRunBound  # tested at delta = 0
+    bound: OneRunBound  # Steinke et al., tested at the run's delta
+    bound_pure: OneRunBound  # Steinke et al., a pure-DP test (delta = 0)
+    fdp: OneRunBound  # f-DP, at the run's delta
+    fdp_pure: OneRunBound  # f-DP, a pure-DP test (delta = 0)
     tpr: float | None  # TPR at 1% FPR on the canaries (None below 100 excluded canaries)
     tpr_ci: list[float] | None
     auc: float
     perplexity: float  # held-out real texts
     train_seconds: float | None
     eval_seconds: float
+    planted_bug: str | None = None  # set: this run is not the user's mechanism
 
     def to_json(self) -> dict:
         """Plain-JSON form (audit.json; the resume file of the run's audit)."""
         d = asdict(self)
-        d["bound"], d["bound_pure"] = self.bound.to_json(), self.bound_pure.to_json()
+        for name in BOUNDS:
+            d[name] = getattr(self, name).to_json()
         d["epsilon"] = None if math.isinf(self.epsilon) else self.epsilon
         d["epsilon_lower_bound"] = self.bound.epsilon_lower_bound
         d["confidence"] = self.bound.confidence
@@ -94,7 +114,8 @@ class RunAudit:
         """Inverse of :meth:`to_json`."""
         d = {k: v for k, v in d.items() if k not in ("epsilon_lower_bound", "confidence")}
         d["epsilon"] = math.inf if d["epsilon"] is None else d["epsilon"]
-        d["bound"], d["bound_pure"] = _bound_from_json(d["bound"]), _bound_from_json(d["bound_pure"])
+        for name in BOUNDS:
+            d[name] = OneRunBound.from_json(d[name])
         return cls(**d)
 
 
@@ -126,8 +147,7 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
     audit = audit or DPAuditParams()
     canary_params = canaries or CanaryParams()
     bound = bound or BoundParams()
-    if train.method != "lora":
-        raise TuneguardError(f"the DP audit fine-tunes LoRA (DP-SGD is offered for LoRA only), not {train.method}")
+    check_method(train)
     say = report or (lambda line: None)
     out_dir = Path(out_dir)
     seconds: dict[str, float] = {}
@@ -135,27 +155,35 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
     t0 = time.perf_counter()
     base = as_loaded(model)
     real_train, holdout, planted = _setup(out_dir, base, texts, audit, canary_params)
+    _check_window(base, planted, train.max_length)
     included = np.array([c.included for c in planted])
-    train_texts = real_train + [c.text for c in planted if c.included]
-    random.Random(audit.seed).shuffle(train_texts)  # canaries spread through the data, not at its end
-    delta = audit.delta if audit.delta is not None else min(1.0 / (10 * len(train_texts)), DEFAULT_DELTA)
-    ceiling = bound_ceiling(len(planted), bound.replace(delta=delta))
+    examples = real_train + [c.example for c in planted if c.included]
+    random.Random(audit.seed).shuffle(examples)  # canaries spread through the data, not at its end
+    # Fixed by what precedes the inclusion draw (see the module docstring), never by len(examples).
+    population = len(real_train) + round(len(planted) / 2)
+    delta = audit.delta if audit.delta is not None else min(1.0 / (10 * population), DEFAULT_DELTA)
+    ceilings = {name: bound_ceiling(len(planted), bound.replace(delta=0.0 if pure else delta), method=method)
+                for name, method, pure in BOUND_TESTS}
     base_engine = ScoringEngine(base, batch_size=audit.batch_size, max_length=train.max_length, progress=progress)
     base_ppl = perplexity(base_engine, holdout)
     seconds["setup"] = time.perf_counter() - t0
     say(f"setup: {len(real_train)} real texts + {int(included.sum())} of {len(planted)} canaries trained on, "
-        f"{len(holdout)} held out; base perplexity {base_ppl:.2f}; at delta {delta:.2g} the most {len(planted)} canaries "
-        f"can certify is epsilon {ceiling:.2f} ({seconds['setup']:.0f} s)")
+        f"{len(holdout)} held out; base perplexity {base_ppl:.2f}; at delta {delta:.2g} the most {len(planted)} "
+        f"canaries can certify is epsilon {ceilings['bound']:.2f} (Steinke) / {ceilings['fdp']:.2f} (f-DP, "
+        f"{bound.tradeoff}) ({seconds['setup']:.0f} s)")
 
-    common = key_hash(train.to_dict(), base.ref, base.fingerprint, train_texts, holdout,
+    common = key_hash(train.to_dict(), base.ref, base.fingerprint, examples, holdout,
                       [c.to_json() for c in planted], bound.to_dict(), audit.batch_size)
-    plan = ([(NO_DP, None)] if audit.no_dp else []) + [(f"eps-{e:g}", e) for e in audit.epsilons]
+    bug = audit.plant_bug
+    runs_planned = ([(NO_DP, None)] if audit.no_dp else []) + [
+        (f"eps-{e:g}" + (f"-planted-{bug.replace('=', '-')}" if bug else ""), e) for e in audit.epsilons]
     runs = []
-    for name, epsilon in plan:
+    for name, epsilon in runs_planned:
         t0 = time.perf_counter()
         dp = None if epsilon is None else DPConfig(target_epsilon=epsilon, delta=delta,
                                                    max_grad_norm=audit.max_grad_norm)
-        digest = key_hash(common, None if dp is None else dp.to_dict())
+        plan = None if dp is None else AuditPlan(population=population, bug=bug)
+        digest = key_hash(common, None if dp is None else [dp.to_dict(), plan.to_dict()])
         saved = out_dir / "scores" / f"{name}.json"
         if saved.is_file() and read_json(saved).get("digest") == digest:
             runs.append(RunAudit.from_json(read_json(saved)["run"]))
@@ -163,13 +191,14 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
             continue
         run_dir = out_dir / "train" / name
         if dp is None:
-            trained = finetune(base, train_texts, run_dir, train, progress=progress)
+            trained = finetune(base, examples, run_dir, train, progress=progress)
         else:
-            trained = dp_finetune(base, train_texts, run_dir, train, dp, progress=progress)
+            trained = dp_finetune(base, examples, run_dir, train, dp, progress=progress, plan=plan)
         t_train = time.perf_counter() - t0
         t1 = time.perf_counter()
         result, scores = _audit_run(name, epsilon, trained.record, delta, trained.model, base_engine, planted,
                                     holdout, train, audit, bound)
+        result.planted_bug = None if dp is None else bug
         result.eval_seconds = round(time.perf_counter() - t1, 3)
         # The same form `tuneguard audit-dp --scores` reads.
         atomic_write_jsonl(out_dir / "scores" / f"{name}.jsonl",
@@ -179,13 +208,18 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
         runs.append(result)
         seconds[name] = time.perf_counter() - t0
         say(f"{name}: trained in {t_train:.0f} s, audited in {result.eval_seconds:.0f} s; epsilon lower bound "
-            f"{result.bound.epsilon_lower_bound:.3f} (claimed {_eps_text(result.epsilon)})")
+            f"{result.bound.epsilon_lower_bound:.3f} (Steinke) / {result.fdp.epsilon_lower_bound:.3f} (f-DP), "
+            f"claimed {_eps_text(result.epsilon)}" + (f" [planted bug {bug}: not your mechanism]"
+                                                      if result.planted_bug else ""))
         del trained
 
     settings = {"model": base.ref, "n_real_train": len(real_train), "n_holdout": len(holdout),
-                "n_canaries": len(planted), "n_included": int(included.sum()), "n_train": len(train_texts),
-                "delta": delta, "bound_ceiling": ceiling, "train": train.to_dict(), "audit": audit.to_dict(), "canaries": canary_params.to_dict(),
-                "bound": bound.to_dict(), "score": "ratio attack: LL_target - LL_base (mean token log-likelihood)"}
+                "n_canaries": len(planted), "n_included": int(included.sum()), "n_train": len(examples),
+                "population": population, "delta": delta, "ceilings": ceilings, "train": train.to_dict(),
+                "audit": audit.to_dict(), "canaries": canary_params.to_dict(), "bound": bound.to_dict(),
+                "planted_bug": bug,
+                "score": "log-likelihood ratio log p_target - log p_base of each canary's trained tokens (a secret "
+                         "canary's secret, behind its prefix)"}
     return DPAuditResult(runs, base_ppl, settings, out_dir, {k: round(v, 3) for k, v in seconds.items()})
 
 
@@ -225,13 +259,30 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(scores), np.array(included)
 
 
-def canary_scores(target: ScoringEngine, base: ScoringEngine, texts: list[str], *, progress: bool = True
-                  ) -> np.ndarray:
-    """The ``ratio`` attack's score of each canary (higher = more likely trained on)."""
-    # The attack reads no labels; the placeholder keeps the inclusion bits away from anything that forms guesses.
-    ctx = AttackContext(texts=texts, labels=np.zeros(len(texts), dtype=int), target=target, reference=base,
-                        progress=progress)
-    return np.asarray(RatioAttack().run(ctx).scores, dtype=float)
+def canary_scores(target: ScoringEngine, base: ScoringEngine, canaries: list[Canary]) -> np.ndarray:
+    """Each canary's log-likelihood ratio, log p_target - log p_base of its trained tokens (behind its prefix, which is
+    read but not scored); higher = more likely trained on. Takes no inclusion bits."""
+    return trained_log_likelihood(target, canaries) - trained_log_likelihood(base, canaries)
+
+
+def trained_log_likelihood(engine: ScoringEngine, canaries: list[Canary]) -> np.ndarray:
+    """log p of each canary's trained tokens under ``engine``'s model, summed.
+
+    A canary whose prefix + text tokenizes as the prefix's tokens followed by the text's (a secret opens a word:
+    ``canaries._word_first``) is scored as one text and its last tokens read, so canaries batch together; scored
+    behind their prefixes, each distinct prefix would take a key/value pass of its own (a batch of one). Any other
+    canary is scored behind its prefix. Both read the same tokens in the same context as training did.
+    """
+    texts, prefixes, counts = [], [], []
+    for c in canaries:
+        own = engine.tokenize(c.text)
+        joined = bool(c.prefix) and engine.tokenize(c.prefix + c.text) == engine.tokenize(c.prefix) + own
+        texts.append(c.prefix + c.text if joined else c.text)
+        prefixes.append("" if joined else c.prefix)
+        counts.append(len(own))
+    scored = engine.score(texts, prefixes, desc="canaries")
+    # Without a prefix a whole canary's first token is not scored (no context): then all of it is read.
+    return np.array([s.logprobs[-n:].sum() if n else 0.0 for s, n in zip(scored, counts)])
 
 
 def _audit_run(name: str, epsilon: float | None, record: RunRecord, delta: float, model: LoadedModel,
@@ -240,15 +291,15 @@ def _audit_run(name: str, epsilon: float | None, record: RunRecord, delta: float
     """Score the canaries under the trained model, bound epsilon and measure utility; also return the scores."""
     engine = ScoringEngine(model, batch_size=audit.batch_size, max_length=train.max_length,
                            progress=base_engine.progress)
-    scores = canary_scores(engine, base_engine, [c.text for c in planted], progress=base_engine.progress)
+    scores = canary_scores(engine, base_engine, planted)
     included = np.array([c.included for c in planted])
     metrics = evaluate(included.astype(int), scores, alphas=(TPR_FPR,), seed=bound.seed)
     key = f"{TPR_FPR:g}"
     spent, sigma = _dp_claim(record)
+    bounds = {name: one_run_audit(scores, included, bound.replace(delta=0.0 if pure else delta), method=method)
+              for name, method, pure in BOUND_TESTS}
     return RunAudit(
-        name=name, target_epsilon=epsilon, epsilon=spent, delta=delta, noise_multiplier=sigma,
-        bound=one_run_audit(scores, included, bound.replace(delta=delta)),
-        bound_pure=one_run_audit(scores, included, bound.replace(delta=0.0)),
+        name=name, target_epsilon=epsilon, epsilon=spent, delta=delta, noise_multiplier=sigma, **bounds,
         tpr=metrics["tpr"][key], tpr_ci=metrics["tpr_ci"][key], auc=metrics["auc"],
         perplexity=perplexity(engine, holdout), train_seconds=record.train_seconds, eval_seconds=0.0), scores
 
@@ -284,16 +335,24 @@ def _setup(out_dir: Path, base: LoadedModel, texts: list[str], audit: DPAuditPar
     if cut >= len(texts):
         raise TuneguardError(f"{len(texts)} texts are too few to hold out {audit.holdout:.0%} and train on the rest")
     holdout, real_train = [texts[i] for i in order[:cut]], [texts[i] for i in order[cut:]]
-    planted = make_canaries(base.tokenizer, canary_params, avoid_texts=texts)
+    planted = make_canaries(base.tokenizer, canary_params, avoid_texts=texts, prefix_texts=real_train)
     save_canaries(canary_path, planted)
     atomic_write_json(setup_path, {"settings": settings, "train": real_train, "holdout": holdout})
     return real_train, holdout, planted
 
 
-def _bound_from_json(d: dict) -> OneRunBound:
-    keep = ("epsilon_lower_bound", "delta", "beta", "m", "k_plus", "k_minus", "guesses", "correct", "grid_size",
-            "grid")
-    return OneRunBound(**{k: d[k] for k in keep})
+def _check_window(base: LoadedModel, planted: list[Canary], max_length: int) -> None:
+    """Refuse secret canaries whose prefix + secret exceed the training window: training would cut the prefix
+    from its start while scoring reads all of it, and the two would no longer see the same context."""
+    tok = base.tokenizer
+    prefixed = [c for c in planted if c.prefix]
+    if not prefixed:
+        return
+    longest = max(len(tok(c.prefix)["input_ids"]) + len(tok(c.text, add_special_tokens=False)["input_ids"])
+                  for c in prefixed)
+    if longest > max_length:
+        raise TuneguardError(f"secret canaries take up to {longest} tokens (prefix + secret), more than --max-length "
+                             f"{max_length}: lower --canary-prefix or --canary-length, or raise --max-length")
 
 
 def _eps_text(epsilon: float) -> str:
