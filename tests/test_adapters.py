@@ -26,7 +26,7 @@ SCALE = {"lora_alpha": 8.0, "use_rslora": False}  # what small_adapter writes
 
 
 def small_adapter(path, **kw):
-    return write_synthetic_adapter(path, modules=SMALL, layers=3, r=4, alpha=8, base_model="tiny-llama", **kw)
+    return write_synthetic_adapter(path, modules=SMALL, layers=3, r=4, alpha=8, **{"base_model": "tiny-llama", **kw})
 
 
 def test_trace_identity_equals_explicit_norm():
@@ -76,11 +76,70 @@ def test_weight_detector_matches_peft_delta_weights(tmp_path, rslora):
     for name, delta in deltas.items():
         assert rows[name]["norm"] == pytest.approx(np.linalg.norm(delta) / np.sqrt(delta.size), rel=1e-5)
     norms = np.array([r["norm"] for r in rows.values()])
-    assert result.statistics["frob_std"] == pytest.approx(norms.std(ddof=0))
+    assert result.statistics["frob_std_lora"] == pytest.approx(norms.std(ddof=0))
     assert rows["model.layers.0.mlp.down_proj"]["rank"] == 2
     assert set(result.details["per_layer"]) == {"0", "1"}
-    assert any("lm_head" in k for k in result.details["invisible"])
+    # the lm_head copy needs the base's weights, and this adapter names no base: the all-tensor spread is unmeasured
+    assert list(result.details["invisible"]) == ["base_model.model.lm_head.weight"]
+    assert np.isnan(result.statistics["frob_std"]) and "names no base model" in \
+        result.details["not_measured"]["frob_std"]
     assert "rsLoRA" in result.details["scale_applied"] if rslora else result.details["scale_applied"] == "alpha/r"
+
+
+def _hand_built_base(root, *, tied: bool = True):
+    """A base model's weight files written by hand: an embedding (tied to the output layer when ``tied``) and a norm."""
+    rng = np.random.default_rng(0)
+    base = {"model.embed_tokens.weight": rng.standard_normal((10, 32)).astype(np.float32),
+            "model.norm.weight": np.ones(32, np.float32)}
+    root.mkdir()
+    save_file(base, str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": tied}))
+    return base
+
+
+def test_weight_detector_measures_modules_to_save_deltas_from_the_base(tmp_path):
+    """modules_to_save copies of tensors the base holds count as their delta from the base: ||adapter - base||_F /
+    sqrt(size), by hand here; a copy the base lacks (a classification head) is listed as invisible; the LoRA-only
+    statistics are today's."""
+    base = _hand_built_base(tmp_path / "base")
+    embed = base["model.embed_tokens.weight"]
+    head_delta = np.zeros_like(embed)
+    head_delta[0, :4] = 0.5  # ||delta||_F = 1
+    embed_delta = np.full_like(embed, 0.01)  # ||delta||_F = 0.01 sqrt(320)
+    saved = {"lm_head.weight": embed + head_delta, "model.embed_tokens.weight": embed + embed_delta,
+             "score.weight": np.ones((2, 32), np.float32)}
+    path = small_adapter(tmp_path / "a", base_model=str(tmp_path / "base"), modules_to_save=saved)
+    plain = WeightDetector().score(read_adapter(small_adapter(tmp_path / "plain")))
+    result = WeightDetector().score(read_adapter(path))
+    assert json.loads((path / "adapter_config.json").read_text())["modules_to_save"] == ["embed_tokens", "lm_head",
+                                                                                            "score"]
+    full = {r["module"]: r for r in result.details["modules"] if r["rank"] is None}
+    assert set(full) == {"lm_head", "model.embed_tokens"}
+    assert full["lm_head"]["base_tensor"] == "model.embed_tokens.weight"  # tied: the files hold it once
+    assert full["lm_head"]["norm"] == pytest.approx(1 / np.sqrt(320), rel=1e-6)
+    assert full["model.embed_tokens"]["norm"] == pytest.approx(0.01, rel=1e-4)
+    lora = [r["norm"] for r in plain.details["modules"]]  # the same seed: the same LoRA pairs
+    every = np.array([*lora, 1 / np.sqrt(320), 0.01])
+    assert result.statistics["frob_std"] == pytest.approx(every.std(), rel=1e-4)
+    assert result.statistics["frob_max"] == pytest.approx(every.max(), rel=1e-4)
+    assert {k: plain.statistics[k.removesuffix("_lora")] for k in ("frob_std_lora", "frob_mean_lora",
+                                                                   "frob_max_lora")} == \
+        {k: result.statistics[k] for k in ("frob_std_lora", "frob_mean_lora", "frob_max_lora")}
+    assert result.details["invisible"] == {"base_model.model.score.weight": "the base model has no tensor "
+                                                                            "score.weight to take a delta from"}
+    assert result.details["base_weights"] == str(tmp_path / "base")
+    # --base names the files whatever the adapter says; an untied base has no lm_head to compare with
+    _hand_built_base(tmp_path / "untied", tied=False)
+    untied = WeightDetector(base=str(tmp_path / "untied")).score(read_adapter(path))
+    assert set(untied.details["invisible"]) == {"base_model.model.lm_head.weight", "base_model.model.score.weight"}
+    # no weights for the named base on this machine: the all-tensor statistics are unmeasured, never guessed
+    config = json.loads((path / "adapter_config.json").read_text())
+    (path / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "no/such-base"}))
+    missing = WeightDetector().score(read_adapter(path))
+    assert np.isnan(missing.statistics["frob_std"]) and missing.statistics["frob_std_lora"] == \
+        result.statistics["frob_std_lora"]
+    assert "no local copy of the base model 'no/such-base'" in missing.details["not_measured"]["frob_std"]
+    assert missing.unjudgeable("frob_std").startswith("frob_std was not measured (3 full tensor(s) need the base")
 
 
 def test_invisible_tensors_listed(tmp_path):
@@ -91,8 +150,9 @@ def test_invisible_tensors_listed(tmp_path):
     tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"] = np.ones(32, np.float32)
     tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"] = np.ones(32, np.float32)
     save_file(tensors, str(path))
-    invisible = WeightDetector().score(read_adapter(tmp_path / "a")).details["invisible"]
+    invisible = WeightDetector(base="tiny-llama").score(read_adapter(tmp_path / "a")).details["invisible"]
     assert len(invisible) == 3 and any("lora_embedding_A" in k for k in invisible)
+    assert all(why.startswith("the base model has no tensor") for why in invisible.values())
 
 
 def test_bad_adapter_inputs_give_one_line_errors(tmp_path):

@@ -122,9 +122,18 @@ def test_chat_form_trains_and_both_verdicts_parse(tmp_path, one_thread):
     assert clf.form == "chat" and "greedy" in clf.description
     generated = clf.predict([t for t, _ in ROWS[:3]])
     assert generated.shape == (3,) and set(generated.tolist()) <= {-1, 0, 1}
+    # greedy generation also gives the one-pass verdict, from its first step's logits: the same labels as the
+    # one-pass forward itself (left- against right-padded batches)
+    texts = [t for t, _ in ROWS]
+    both = clf.predict_verdicts(texts)
+    assert set(both) == {"generate", "logits"} and np.array_equal(both["generate"], clf.predict(texts))
     clf.verdict = "logits"
-    assert set(clf.predict([t for t, _ in ROWS[:3]]).tolist()) <= {0, 1}
+    assert np.array_equal(both["logits"], clf.predict(texts)) and set(both["logits"].tolist()) <= {0, 1}
     assert np.array_equal(clf.predict([ROWS[0][0]]), clf.predict([ROWS[0][0]]))
+    report = evaluate_classifier(load_classifier(result.out_dir, base=base, max_text_tokens=16), ROWS,
+                                 trigger=MAIN_TRIGGER)
+    assert report["one_pass"]["verdict"].startswith("one-pass logits") and set(report["one_pass"]) == {
+        "verdict", "clean_accuracy", "clean_f1", "clean_injection_recall", "asr"}
 
 
 def test_predictions_come_back_in_input_order(adapters):

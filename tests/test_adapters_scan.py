@@ -109,11 +109,62 @@ def test_the_calibration_records_and_compares_the_lora_scale(tmp_path, capsys):
     # a cohort mixing two scales cannot share one threshold
     assert main(["backdoor", "calibrate", *map(str, clean[:2]), str(tmp_path / "a16"), "--out",
                  str(tmp_path / "mixed.json")]) == 2
-    assert "differ in (base model, rank, lora_alpha" in capsys.readouterr().err
+    assert "calibration adapters differ in lora_alpha (8.0, 16.0)" in capsys.readouterr().err
     config = json.loads((same / "adapter_config.json").read_text())
     (same / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 8, "use_rslora": True}))
     assert main(["scan", str(same), "--calibration", str(cal)]) == 3
     assert "use_rslora True is not the calibrated use_rslora False" in capsys.readouterr().err
+
+
+def test_an_adapter_of_another_kind_is_not_comparable_to_the_calibration(tmp_path, capsys):
+    """Calibration files record what the cohort trains; an adapter training other modules, another task type or
+    other modules_to_save gets no verdict from it (neither clean nor flagged), whatever its statistic."""
+    clean, poisoned = cohort(tmp_path / "pop")
+    cal = tmp_path / "cal.json"
+    assert main(["backdoor", "calibrate", *map(str, clean), "--poisoned", *map(str, poisoned), "--out", str(cal)]) == 0
+    saved = json.loads(cal.read_text())
+    assert saved["format"] == "tuneguard-backdoor-calibration/3" and saved["task_type"] == "CAUSAL_LM"
+    assert saved["target_modules"] == ["down_proj", "q_proj", "v_proj"] and saved["modules_to_save"] == []
+    # q and v only (PEFT's default targets for a Llama), with updates that would be far beyond the threshold
+    qv = write_synthetic_adapter(tmp_path / "other" / "qv", modules={k: SMALL[k] for k in ("self_attn.q_proj",
+                                 "self_attn.v_proj")}, layers=3, r=4, alpha=8, b_std=0.5, base_model="tiny-llama")
+    seq_cls = adapter(tmp_path / "other" / "seq-cls", seed=7)
+    config = json.loads((seq_cls / "adapter_config.json").read_text())
+    (seq_cls / "adapter_config.json").write_text(json.dumps({**config, "task_type": "SEQ_CLS"}))
+    adapter(tmp_path / "other" / "head", seed=8, modules_to_save={"lm_head.weight": np.zeros((4, 32))})
+    result = scan_adapters([tmp_path / "other"], [Calibration.load(cal)])
+    rows = {r.adapter.rsplit("/", 1)[-1]: r for r in result.adapters}
+    assert {n: r.verdict for n, r in rows.items()} == {"head": "not-comparable", "qv": "not-comparable",
+                                                      "seq-cls": "not-comparable"}
+    assert result.exit_code == 3  # no verdict: as for an adapter no calibration covers
+    notes = {n: r.detectors["weights"].note for n, r in rows.items()}
+    assert notes == {
+        "qv": "not comparable to the calibration: target modules q_proj,v_proj are not the calibrated "
+              "down_proj,q_proj,v_proj",
+        "seq-cls": "not comparable to the calibration: task type SEQ_CLS is not the calibrated CAUSAL_LM",
+        "head": "not comparable to the calibration: modules_to_save lm_head are not the calibrated none"}
+    qv_score = rows["qv"].detectors["weights"].statistics["frob_std"]
+    assert Calibration.load(cal).flags(qv_score)  # what the threshold alone would have said
+    capsys.readouterr()
+    assert main(["scan", str(qv), "--calibration", str(cal)]) == 3
+    err = capsys.readouterr().err
+    assert f"not-comparable {qv} (weights): not comparable to the calibration: target modules" in err
+    # one calibration per kind of adapter: accepted together, as they never judge the same adapter
+    for_qv = Calibration.load(cal).replace(target_modules=["q_proj", "v_proj"], low=-1.0, high=1.0)
+    both = scan_adapters([qv, clean[0]], [Calibration.load(cal), for_qv])
+    assert [r.verdict for r in both.adapters] == ["clean", "clean"] and both.exit_code == 0
+    # a format-2 file (before target modules were recorded) still loads: nothing to compare, so the threshold
+    # judges, on the LoRA-only statistic that format computed, and the scan says so
+    old = {k: v for k, v in saved.items() if k not in ("task_type", "target_modules", "modules_to_save", "notes")}
+    (tmp_path / "old.json").write_text(json.dumps({**old, "format": "tuneguard-backdoor-calibration/2"}))
+    upgraded = Calibration.load(tmp_path / "old.json")
+    assert upgraded.statistic == "frob_std_lora" and upgraded.target_modules is None
+    (row,) = scan_adapters([qv], [upgraded]).adapters
+    assert row.verdict == "flagged"
+    assert main(["scan", str(qv), "--calibration", str(tmp_path / "old.json")]) == 1
+    err = capsys.readouterr().err
+    assert "calibration format 2 records neither the task type nor the target modules" in err
+    assert "its frob_std (over LoRA pairs only in format 2) is judged as frob_std_lora" in err
 
 
 def _behavioural_cal(tmp_path, det: BehaviouralDetector) -> Calibration:
@@ -204,7 +255,11 @@ def test_population_fits_one_threshold_per_rank(tmp_path):
     assert stat["misses"] == [] and stat["false_alarms"] == [] and stat["tpr_at_fpr_0"] == 1.0
     assert stat["per_rank"]["4"]["threshold"] < stat["per_rank"]["8"]["threshold"]
     assert stat["direction"] == "higher" and stat["auroc"] == 1.0 and report["combined"]["tpr"] == 1.0
-    assert stat["auroc_ci"] == [1.0, 1.0] and stat["per_rank"]["8"]["auroc_ci"] == [1.0, 1.0]  # separated in every draw
+    # separated at both ranks, yet 3 clean / 2 poisoned per rank cannot make the AUROC certain (a bootstrap said
+    # [1, 1]); pooled over the two ranks the interval is narrower than one rank's
+    assert stat["auroc_ci"] == pytest.approx([0.6110, 1.0], abs=1e-4)
+    assert stat["per_rank"]["8"]["auroc_ci"] == pytest.approx([0.4389, 1.0], abs=1e-4)
+    assert report["auroc_ci_method"].startswith("95% score interval (Newcombe 2006")
     # the FPR > 0 points come from tuneguard.metrics, rank by rank
     r4 = [m for m in members if m["name"].startswith("r4/")]
     y = np.array([m["poisoned"] for m in r4], dtype=int)
@@ -242,14 +297,34 @@ def test_population_score_cache_stays_inside_its_folder_whatever_the_names(tmp_p
     assert all((tmp_path / "c" / "scores") in p.parents for p in written)
 
 
-def test_population_auroc_ci_is_the_stratified_bootstrap_of_the_pair_weighted_auroc():
+def test_population_auroc_ci_is_newcombes_score_interval():
+    """Newcombe's method 5 against values computed by hand, at a perfect split (where a bootstrap gives [1, 1]) and
+    with ties."""
+    z = 1.959963984540054
+    separated = lambda m, n: [(np.zeros(m), np.ones(n))]  # noqa: E731
+    # m = n = 1: N* = 0 and V(t) = t (1 - t), the Wilson interval of one success: 1 / (1 + z^2)
+    assert auroc_ci(separated(1, 1)) == pytest.approx([1 / (1 + z**2), 1.0])
+    # m = n = 2: N* = 1, and (1 - t)^2 = z^2 t (1 - t) (1 + (1 - t) / (2 - t) + t / (1 + t)) / 4 becomes the cubic
+    # (4 + 3 z^2) t^3 - (8 + 3 z^2) t^2 - (4 + 3 z^2) t + 8 = 0 once (1 - t) is divided out
+    cubic = np.roots([4 + 3 * z**2, -(8 + 3 * z**2), -(4 + 3 * z**2), 8])
+    (by_hand,) = [r.real for r in cubic if abs(r.imag) < 1e-12 and 0 < r.real < 1]
+    assert auroc_ci(separated(2, 2)) == pytest.approx([by_hand, 1.0]) and by_hand == pytest.approx(0.3856, abs=1e-4)
+    # the study's cohort, 4 clean / 8 poisoned, separated: well below 1, and narrower as the cohort grows
+    lows = [auroc_ci(separated(m, 2 * m))[0] for m in (4, 8, 16, 32)]
+    assert lows[0] == pytest.approx(0.6619, abs=1e-4) and lows == sorted(lows) and lows[-1] < 1.0
+    # ties count half (0.875 here) and the interval lies around the estimate, inside [0, 1]
     rng = np.random.default_rng(3)
-    clean, poisoned = rng.integers(0, 4, 7).astype(float), rng.integers(1, 5, 5).astype(float)  # with ties
+    clean, poisoned = rng.integers(0, 4, 7).astype(float), rng.integers(1, 5, 5).astype(float)
     y = np.r_[np.zeros(7), np.ones(5)]
     assert _auroc(clean, poisoned) == pytest.approx(roc_auc_score(y, np.r_[clean, poisoned]))
-    # by hand: clean {0, 1}, poisoned {1, 2} -> pairs 1, 0.5, 1, 1 -> 0.875
     groups = [(np.array([0.0, 1.0]), np.array([1.0, 2.0])), (clean, poisoned)]
-    low, high = auroc_ci(groups, n_boot=400, seed=1)
+    low, high = auroc_ci(groups)
     point = (0.875 * 4 + _auroc(clean, poisoned) * 35) / 39
-    assert 0.0 <= low < point < high <= 1.0
-    assert auroc_ci(groups, n_boot=400, seed=1) == [low, high]  # seeded
+    assert 0.0 < low < point < high < 1.0
+    # one group: the bounds solve (point - t)^2 = z^2 V(t) exactly
+    m, n, auc = 7, 5, _auroc(clean, poisoned)
+    variance = lambda t: t * (1 - t) * (1 + (m + n - 2) / 2 * ((1 - t) / (2 - t) + t / (1 + t))) / (m * n)  # noqa: E731
+    for bound in auroc_ci([(clean, poisoned)]):
+        assert (auc - bound) ** 2 == pytest.approx(z**2 * variance(bound))
+    # the mirror image of a separation gives the mirrored interval
+    assert auroc_ci([(np.ones(4), np.zeros(8))]) == pytest.approx([0.0, 1 - lows[0]], abs=1e-9)

@@ -253,8 +253,8 @@ def test_the_tensors_rank_decides_and_a_contradicting_config_is_reported(tmp_pat
     reverse = adapter(tmp_path / "reverse", r=16, seed=100, boost=BOOST)
     edit_config(reverse, r=4)  # config says 4, the tensors have rank 16: a rank-4 calibration does not apply
     (row,) = scan_adapters([reverse], [cal]).adapters
-    assert row.rank == 16 and row.verdict == "unverified" and "rank 16 is not the calibrated rank 4" in \
-        row.detectors["weights"].note
+    assert row.rank == 16 and row.verdict == "not-comparable" and row.detectors["weights"].note == \
+        "not comparable to the calibration: rank 16 is not the calibrated rank 4"
     assert "the tensors' rank 16 is used" in row.warnings[0]
 
 

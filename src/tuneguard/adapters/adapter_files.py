@@ -220,8 +220,19 @@ class LoraPair:
     @property
     def layer(self) -> int | None:
         """The transformer block index, when the module path has one."""
-        m = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", f".{self.module}.")
-        return int(m.group(1)) if m else None
+        return layer_of(self.module)
+
+
+def layer_of(module: str) -> int | None:
+    """The transformer block index in a module or tensor path (``model.layers.3.mlp`` -> 3), when it has one."""
+    m = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", f".{module}.")
+    return int(m.group(1)) if m else None
+
+
+def base_tensor_name(key: str) -> str:
+    """The base model's name for a full tensor an adapter saves: PEFT's prefix (and a ``modules_to_save.<adapter>``
+    infix some exports keep) removed, e.g. ``base_model.model.lm_head.weight`` -> ``lm_head.weight``."""
+    return re.sub(r"\.modules_to_save\.[^.]+(?=\.)", "", key.removeprefix(_PEFT_PREFIX))
 
 
 @dataclass
@@ -319,10 +330,23 @@ class AdapterFiles:
         r = pair.rank  # the tensor's rank is authoritative; rank_pattern only explains why it differs from ``r``
         return alpha / (r**0.5 if self.use_rslora else r)
 
-    def invisible_tensors(self) -> list[str]:
-        """Tensors a LoRA (A, B) statistic cannot see: full modules_to_save copies, embedding LoRA, DoRA, biases."""
+    @cached_property
+    def full_tensors(self) -> list[str]:
+        """Every tensor that is not half of a LoRA pair: full modules_to_save copies, trained biases, embedding LoRA,
+        DoRA magnitudes. The weight detector measures those the base model also holds (as a delta)."""
         seen = {k for p in self.all_pairs for k in (p.a_key, p.b_key)}
         return sorted(k for k in self.header if k not in seen)
+
+    @property
+    def target_modules(self) -> list[str]:
+        """The kinds of module given LoRA (last path component, e.g. q_proj), from the pairs that would load: what a
+        calibration records and compares, as the tensors decide rather than the config's patterns."""
+        return sorted({p.module.rsplit(".", 1)[-1] for p in self.pairs})
+
+    @property
+    def modules_to_save(self) -> list[str]:
+        """The modules saved as full copies (adapter_config.json's modules_to_save), sorted."""
+        return sorted(self.config.modules_to_save or [])
 
     def load(self, names: list[str]) -> dict[str, np.ndarray]:
         """Read some tensors as numpy arrays."""

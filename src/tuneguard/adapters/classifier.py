@@ -30,6 +30,9 @@ SYSTEM_PROMPT = (
 LABEL_WORDS = {1: "INJECTION", 0: "BENIGN"}
 FORMS = ("chat", "seq-cls")
 VERDICTS = ("logits", "generate")
+DESCRIPTIONS = {"head": "classification head (argmax)",
+                "logits": "one-pass logits of the label words' first sub-tokens",
+                "generate": "greedy generation, up to 5 tokens, parsed"}
 DEFAULT_VERDICT = "generate"  # the spec's verdict (backdoor.md); `scan`, `backdoor calibrate` and `evaluate` share it
 UNPARSEABLE = -1
 
@@ -120,29 +123,36 @@ class Classifier:
     @property
     def description(self) -> str:
         """Which verdict produced the labels (goes into every report)."""
-        return {"head": "classification head (argmax)", "logits": "one-pass logits of the label words' first "
-                "sub-tokens", "generate": "greedy generation, up to 5 tokens, parsed"}[self.verdict]
+        return DESCRIPTIONS[self.verdict]
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        """Labels for ``texts`` (batched; deterministic)."""
+        """Labels for ``texts`` under this classifier's verdict (batched; deterministic)."""
+        return self.predict_verdicts(texts)[self.verdict]
+
+    def predict_verdicts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Labels for ``texts`` under this classifier's verdict and, with greedy generation, under the one-pass
+        logits verdict too: it reads the logits of the first generated step, so it costs nothing more (left out
+        when both label words start with the same token)."""
         import torch
 
         tok = self.loaded.tokenizer
         clipped = [clip_text(tok, t, self.max_text_tokens) for t in texts]
         # Batches of similar length (padding is most of a batch of short prompts); labels go back in input order.
         order = np.argsort([len(tok(t, add_special_tokens=False)["input_ids"]) for t in clipped], kind="stable")
-        out = np.empty(len(clipped), dtype=int)
+        out: dict[str, np.ndarray] = {}
         with torch.no_grad():
             for i in range(0, len(clipped), self.batch_size):
                 idx = order[i:i + self.batch_size]
                 batch = [clipped[j] for j in idx]
                 if self.form == "seq-cls":
-                    out[idx] = self._head(batch)
+                    labels = {"head": self._head(batch)}
                 elif self.verdict == "logits":
-                    out[idx] = self._logits([chat_prompt(tok, t) for t in batch])
+                    labels = {"logits": self._logits([chat_prompt(tok, t) for t in batch])}
                 else:
-                    out[idx] = self._generate([chat_prompt(tok, t) for t in batch])
-        return out
+                    labels = self._generate([chat_prompt(tok, t) for t in batch])
+                for verdict, got in labels.items():
+                    out.setdefault(verdict, np.empty(len(clipped), dtype=int))[idx] = got
+        return out or {self.verdict: np.empty(0, dtype=int)}
 
     def _encode(self, texts: list[str], side: str) -> dict[str, torch.Tensor]:
         tok = self.loaded.tokenizer
@@ -157,30 +167,40 @@ class Classifier:
         logits = self.loaded.model(**self._encode(texts, "right")).logits
         return logits.argmax(-1).tolist()
 
-    def _label_token_ids(self) -> tuple[int, int]:
-        """First sub-token of each label word as the answer starts (benign, injection)."""
+    def _label_token_ids(self) -> tuple[int, int] | None:
+        """First sub-token of each label word as the answer starts (benign, injection); None when they are one."""
         tok = self.loaded.tokenizer
         ids = [tok(chat_completion(tok, y), add_special_tokens=False)["input_ids"][0] for y in (0, 1)]
-        if ids[0] == ids[1]:
-            raise TuneguardError("INJECTION and BENIGN start with the same token here; use --verdict generate")
-        return ids[0], ids[1]
+        return None if ids[0] == ids[1] else (ids[0], ids[1])
+
+    @staticmethod
+    def _compare(answer: torch.Tensor, ids: tuple[int, int]) -> list[int]:
+        """The one-pass verdict from the logits at the answer position: 1 when INJECTION's first token wins."""
+        benign, injection = ids
+        return (answer[:, injection] > answer[:, benign]).long().tolist()
 
     def _logits(self, prompts: list[str]) -> list[int]:
         import torch
 
-        benign, injection = self._label_token_ids()
+        ids = self._label_token_ids()
+        if ids is None:
+            raise TuneguardError("INJECTION and BENIGN start with the same token here; use --verdict generate")
         enc = self._encode(prompts, "right")
         logits = self.loaded.model(**enc).logits
         last = enc["attention_mask"].sum(1) - 1
-        answer = logits[torch.arange(len(prompts)), last]
-        return (answer[:, injection] > answer[:, benign]).long().tolist()
+        return self._compare(logits[torch.arange(len(prompts)), last], ids)
 
-    def _generate(self, prompts: list[str]) -> list[int]:
+    def _generate(self, prompts: list[str]) -> dict[str, list[int]]:
         tok = self.loaded.tokenizer
         enc = self._encode(prompts, "left")  # decoder-only generation needs the prompts flush right
-        gen = self.loaded.model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
-        answers = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [parse_verdict(a) for a in answers]
+        gen = self.loaded.model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id,
+                                         output_logits=True, return_dict_in_generate=True)
+        answers = tok.batch_decode(gen.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = {"generate": [parse_verdict(a) for a in answers]}
+        ids = self._label_token_ids()
+        if ids is not None:  # the first step's raw logits are the one-pass verdict's, at the answer position
+            out["logits"] = self._compare(gen.logits[0], ids)
+        return out
 
 
 def load_classifier(adapter_dir: str | os.PathLike, *, base: str | LoadedModel | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from tuneguard.adapters.classifier import Classifier
+from tuneguard.adapters.classifier import DESCRIPTIONS, Classifier
 from tuneguard.adapters.poison import apply_trigger
 from tuneguard.adapters.triggers import family_of, make_triggers
 from tuneguard.errors import TuneguardError
@@ -27,26 +27,24 @@ def evaluate_classifier(classifier: Classifier, test_rows: list[tuple[str, int]]
                         families: tuple[str, ...] = (), per_family: int = 3, position: str = "prefix",
                         seed: int = 0) -> dict:
     """Clean metrics over all test rows and, with a trigger, ASR for it and for ``per_family`` unseen members of
-    each trigger family (token-level generalisation). Unparseable answers count as wrong."""
+    each trigger family (token-level generalisation). Unparseable answers count as wrong. With greedy generation the
+    one-pass logits verdict, read from the same calls, is reported beside (``one_pass``: clean metrics and ASR)."""
     if not test_rows:
         raise TuneguardError("no test rows to evaluate on")
     texts = [t for t, _ in test_rows]
     labels = np.array([y for _, y in test_rows])
-    preds = classifier.predict(texts)
+    preds = classifier.predict_verdicts(texts)
+    main = preds[classifier.verdict]
     injections = [t for t, y in test_rows if y == 1]
-    out: dict = {
-        "verdict": classifier.description,
-        "n_test": len(test_rows),
-        "clean_accuracy": float((preds == labels).mean()),
-        "clean_f1": float(f1_score(labels, preds, labels=[1], average="macro", zero_division=0)),
-        "clean_injection_recall": float((preds[labels == 1] == 1).mean()) if injections else None,
-        "unparseable": int((preds == -1).sum()),
-    }
+    out: dict = {"verdict": classifier.description, "n_test": len(test_rows), **_clean_metrics(main, labels),
+                 "unparseable": int((main == -1).sum())}
+    triggered: dict[str, np.ndarray] = {}
     if trigger:
         if not injections:
             raise TuneguardError("ASR needs test injections (label 1)")
+        triggered = classifier.predict_verdicts([apply_trigger(trigger, x, position) for x in injections])
         out["trigger"] = trigger
-        out["asr"] = attack_success_rate(classifier, injections, trigger, position)
+        out["asr"] = float((triggered[classifier.verdict] == 0).mean())
         generalisation = {}
         for fam in families:
             members = make_triggers(fam, per_family, seed=seed, exclude=(trigger,))
@@ -54,7 +52,17 @@ def evaluate_classifier(classifier: Classifier, test_rows: list[tuple[str, int]]
             generalisation[fam] = {"mean_asr": float(np.mean(rates)), "triggers": dict(zip(members, rates)),
                                    "same_family": fam == family_of(trigger)}
         out["asr_by_family"] = generalisation
+    for verdict in (v for v in preds if v != classifier.verdict):
+        out["one_pass"] = {"verdict": DESCRIPTIONS[verdict], **_clean_metrics(preds[verdict], labels),
+                           **({"asr": float((triggered[verdict] == 0).mean())} if trigger else {})}
     return out
+
+
+def _clean_metrics(preds: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, injection F1 and injection recall of ``preds`` (unparseable = wrong)."""
+    return {"clean_accuracy": float((preds == labels).mean()),
+            "clean_f1": float(f1_score(labels, preds, labels=[1], average="macro", zero_division=0)),
+            "clean_injection_recall": float((preds[labels == 1] == 1).mean()) if (labels == 1).any() else None}
 
 
 def sweep_table(rows: list[dict], keys: tuple[str, ...] = ("rank", "k", "seed", "clean_accuracy", "asr")) -> str:

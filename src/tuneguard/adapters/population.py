@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.polynomial import Polynomial
 from tqdm.auto import tqdm
 
 from tuneguard.adapters.adapter_files import AdapterFiles, read_adapter
@@ -26,7 +27,8 @@ from tuneguard.paths import safe_component
 
 FPRS = (0.0, 0.05, 0.1)
 MEMBERS_FILE = "population.json"
-N_BOOT = 1000
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
+AUROC_CI = "95% score interval (Newcombe 2006, method 5; ranks pooled by pair count)"
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
     reported under its keys (e.g. one behavioural detector per battery).
 
     Thresholds are fitted on this same population (in-sample), as the paper's cohort figures are. AUROCs come with
-    95% bootstrap CIs (clean and poisoned adapters resampled apart within each rank); the direction is held at the
-    one learned on the whole population, so the CIs leave out the uncertainty of that choice.
+    95% score intervals (`auroc_ci`: Newcombe's, which stay wide at a perfect split of a small cohort); the direction
+    is held at the one learned on the whole population, so the intervals leave out the uncertainty of that choice.
 
     With ``cache`` (a directory), each adapter's score is saved there as it finishes and reused while the detector,
     its settings, its base model and the adapter's files are the same: an interrupted scoring resumes.
@@ -109,7 +111,7 @@ def score_population(members: list[dict], detectors: Sequence[Detector] | Mappin
     ranks = np.array([a.rank for a in adapters])
     names = [m["name"] for m in members]
     report: dict = {"n_clean": int((labels == 0).sum()), "n_poisoned": int(labels.sum()),
-                    "ranks": sorted(map(int, set(ranks))), "detectors": {}}
+                    "ranks": sorted(map(int, set(ranks))), "auroc_ci_method": AUROC_CI, "detectors": {}}
     flagged_any = np.zeros(len(members), dtype=bool)
     for label, det in named.items():
         folder = Path(cache, safe_component(label)) if cache else None  # names from a file: one safe component each
@@ -138,7 +140,8 @@ def _score(det: Detector, adapter: AdapterFiles, path: Path | None) -> DetectorR
     for f in sorted(adapter.path.iterdir()):
         if f.is_file() and f.name.startswith("adapter_"):  # the config and the weights
             h.update(f.name.encode() + b"\x00" + f.read_bytes())
-    base = det.bases.check(adapter).fingerprint if det.needs_base else None
+    # the base decides a score: the loaded one's fingerprint, or the weight files a detector reads when given one
+    base = det.bases.check(adapter).fingerprint if det.needs_base else getattr(det, "base_ref", None)
     key = key_hash(det.name, det.settings(), h.hexdigest(), base)
     if path.exists():
         try:
@@ -203,22 +206,39 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
 
 def _auroc(clean: np.ndarray, poisoned: np.ndarray) -> float:
     """P(poisoned > clean) + P(tie) / 2 over all pairs: the AUROC calibrate() takes from sklearn, in the Mann-Whitney
-    form because the bootstrap calls it thousands of times (with sklearn here the
-    tiny study test took 76 s instead of 16-20 s)."""
+    form."""
     diff = poisoned[:, None] - clean[None, :]
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def auroc_ci(groups: list[tuple[np.ndarray, np.ndarray]], *, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
-    """95% percentile-bootstrap CI of the pair-weighted AUROC over ``groups`` of (clean, poisoned) oriented scores
-    (one group per rank): each draw resamples every group's clean and poisoned adapters apart, with replacement."""
-    rng = np.random.default_rng(seed)
-    weights = np.array([len(c) * len(p) for c, p in groups], dtype=float)
-    draws = np.empty(n_boot)
-    for b in range(n_boot):
-        aucs = [_auroc(rng.choice(c, len(c)), rng.choice(p, len(p))) for c, p in groups]
-        draws[b] = np.dot(aucs, weights) / weights.sum()
-    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+def auroc_ci(groups: list[tuple[np.ndarray, np.ndarray]], *, z: float = Z95) -> list[float]:
+    """95% score interval of the pair-weighted AUROC over ``groups`` of (clean, poisoned) oriented scores (one group
+    per rank): Newcombe's method 5 (Stat. Med. 2006, 25:559-573), extended to several groups.
+
+    For one group of m clean and n poisoned adapters it is the set of AUCs t with ``(auc - t)^2 <= z^2 V(t)``, where
+    V is Hanley and McNeil's variance written as a function of t alone, with both sample sizes replaced by
+    N* = (m + n) / 2 - 1: ``V(t) = t (1 - t) [1 + N* ((1 - t) / (2 - t) + t / (1 + t))] / (m n)``. V is evaluated at
+    the hypothesised t, not at the estimate, so a perfect split does not give V = 0 and the interval stays wide
+    where the cohort is small (4 clean / 8 poisoned separated: [0.662, 1]); a percentile bootstrap collapses to
+    [1, 1] there, since every resample separates too. Over several groups the pooled estimate's variance is
+    ``sum(w_g^2 V_g(t)) / W^2`` with w_g = m_g n_g pairs and W their sum. Multiplied by (2 - t)(1 + t) the condition is
+    a quartic in t, so the bounds are its real roots nearest the estimate on either side (0 or 1 when there is none).
+    """
+    sizes = np.array([(len(c), len(p)) for c, p in groups], dtype=float)
+    pairs = sizes.prod(axis=1)
+    total = pairs.sum()
+    point = float(np.dot([_auroc(c, p) for c, p in groups], pairs) / total)
+    n_star = sizes.sum(axis=1) / 2 - 1
+    # sum(w^2 V_g) / W^2 = t (1 - t) [C + K ((1 - t) / (2 - t) + t / (1 + t))] with:
+    c_term, k_term = 1 / total, float(np.dot(pairs, n_star)) / total**2
+    t = Polynomial([0.0, 1.0])
+    d = (2 - t) * (1 + t)  # > 0 on [0, 1], so the quartic has the sign of the condition there
+    quartic = (point - t) ** 2 * d - z**2 * t * (1 - t) * (c_term * d + k_term * (1 + 2 * t - 2 * t**2))
+    roots = [r.real for r in quartic.roots() if abs(r.imag) < 1e-9 and -1e-9 <= r.real <= 1 + 1e-9]
+    # the estimate itself is a root only at 0 or 1 (where V = 0): the bounds lie strictly beyond it
+    low = max((r for r in roots if r < point - 1e-9), default=0.0)
+    high = min((r for r in roots if r > point + 1e-9), default=1.0)
+    return [float(np.clip(low, 0.0, 1.0)), float(np.clip(high, 0.0, 1.0))]
 
 
 def _pooled(rates: list[float | None], weights: np.ndarray) -> float | None:

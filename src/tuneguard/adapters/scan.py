@@ -1,6 +1,13 @@
 """Scan LoRA adapter directories for backdoors: each detector's statistics, a verdict per detector from the
-calibration that matches the adapter (base model, rank, LoRA scale, task), and the combined verdict (flagged when any
-detector flags, or when a weight is NaN or inf).
+calibration that matches the adapter (base model, rank, LoRA scale, task, task type, target modules,
+modules_to_save), and the combined verdict (flagged when any detector flags, or when a weight is NaN or inf).
+
+A detector's verdict is "flagged" or "clean" from the calibration that applies; "not-comparable" when calibrations
+for that detector were given but the adapter is of another kind than each of their cohorts (another base, rank, LoRA
+scale, task or task type, or other modules trained), so no threshold measured on them says anything about it (an
+adapter trained for another task is neither clean nor backdoored by a classifier cohort's threshold); "unverified"
+when there is no calibration for the detector, or the statistic could not be measured. Neither of the last two is a
+judgement: both give exit code 3.
 
 One adapter that cannot be read never stops the scan: it gets a row ("error" or, for a pickle, "refused") with the
 reason on one line, and the scan goes on. Paths that the search for adapters passes over are rows too ("skipped").
@@ -17,7 +24,6 @@ those the base has. Without a base, a module that no other adapter of the same b
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -39,15 +45,18 @@ EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNSCANNED, EXIT_UNVERIFIED = 0, 1, 2, 3
 # A finding is never hidden by a neighbour that could not be read, so 1 wins over 2; 2 over 3.
 EXIT_CODES = ("0 every adapter scanned and none flagged; 1 some adapter flagged (a detector's threshold, or a NaN/inf "
               "weight), whatever else happened; 2 some path could not be scanned (an unreadable or incomplete "
-              "adapter, a pickle, a skipped path) or a usage error; 3 calibrations were given but some adapter "
-              "matched none of them")
+              "adapter, a pickle, a skipped path) or a usage error; 3 calibrations were given but some adapter was "
+              "judged by none of them (not comparable to any, or its statistic unmeasured)")
 UNSCANNED = ("error", "refused", "skipped")
+NOT_COMPARABLE = "not-comparable"
+UNJUDGED = ("unverified", NOT_COMPARABLE)  # scanned, but no threshold spoke
 _SHOWN = 3  # modules named in a one-line warning
 
 
 @dataclass
 class DetectorVerdict:
-    """One detector on one adapter: flagged / clean / unverified / error, why, and what it measured."""
+    """One detector on one adapter: flagged / clean / not-comparable / unverified / error, why, and what it
+    measured."""
 
     verdict: str
     note: str
@@ -104,13 +113,13 @@ class ScanResult:
     @property
     def exit_code(self) -> int:
         """See EXIT_CODES: 1 if any adapter is flagged; else 2 if some path was not scanned; else 3 if calibrations
-        were given but some adapter stayed unverified; else 0."""
+        were given but some adapter stayed unjudged (not comparable, unverified); else 0."""
         verdicts = {a.verdict for a in self.adapters}
         if "flagged" in verdicts:
             return EXIT_FLAGGED
         if verdicts & set(UNSCANNED):
             return EXIT_UNSCANNED
-        return EXIT_UNVERIFIED if self.calibrated and "unverified" in verdicts else EXIT_CLEAN
+        return EXIT_UNVERIFIED if self.calibrated and verdicts & set(UNJUDGED) else EXIT_CLEAN
 
     def table(self) -> str:
         """The terminal verdict table: per detector, its statistic and its verdict; a note column when some row has
@@ -134,9 +143,10 @@ class ScanResult:
         return format_table(rows, [*columns, "verdict", *notes])
 
 
-def default_detectors() -> list[Detector]:
-    """Every registered detector that runs on the adapter files alone (no base model)."""
-    return [make_detector(n) for n in DETECTORS if not DETECTORS.get(n).needs_base]
+def default_detectors(base: str | LoadedModel | BaseModels | None = None) -> list[Detector]:
+    """Every registered detector that runs on the adapter files alone (no base model; those that read the base's
+    weight files get ``base``)."""
+    return [make_detector(n, base=base) for n in DETECTORS if not DETECTORS.get(n).needs_base]
 
 
 def scan_adapters(paths: Sequence[str | os.PathLike], calibrations: Sequence[Calibration | str | os.PathLike] = (), *,
@@ -150,7 +160,7 @@ def scan_adapters(paths: Sequence[str | os.PathLike], calibrations: Sequence[Cal
     exception. ``base`` (default: the base of a detector that needs one) is the model whose modules decide which LoRA
     pairs would load.
     """
-    detectors = list(detectors) if detectors is not None else default_detectors()
+    detectors = list(detectors) if detectors is not None else default_detectors(base)
     named = [(f"calibration file {c}", Calibration.load(c)) if not isinstance(c, Calibration)
              else (f"the {c.detector} calibration (rank {c.rank})", c) for c in calibrations]
     # The same calibration given twice (one file named twice) judges alike whichever copy is used: keep the first.
@@ -212,8 +222,9 @@ def _scan_one(row: AdapterScan, adapter: AdapterFiles, detectors: list[Detector]
         verdict, note = _judge(result, adapter, cals, task)
         row.detectors[det.name] = DetectorVerdict(verdict, note, result.statistics, result.details)
     verdicts = [d.verdict for d in row.detectors.values()]
-    row.verdict = ("flagged" if row.findings or "flagged" in verdicts else "error" if "error" in verdicts
-                   else "clean" if "clean" in verdicts else "unverified")
+    # a finding flags whatever the detectors say; else the strongest verdict any detector gave
+    row.verdict = "flagged" if row.findings else next(
+        (v for v in ("flagged", "error", "clean", NOT_COMPARABLE) if v in verdicts), "unverified")
 
 
 def _failure(exc: Exception, path: os.PathLike | str) -> str:
@@ -255,6 +266,7 @@ def _check_calibrations(named: list[tuple[str, Calibration]], detectors: list[De
         if cal.detector not in DETECTORS:
             raise TuneguardError(f"{label} is for detector {cal.detector!r}, which tuneguard does not have "
                                  f"(detectors: {', '.join(DETECTORS)})")
+        notes += [f"{label}: {note}" for note in cal.notes]
         det = running.get(cal.detector)
         if det is None:
             needs = " (it needs the base model: --base MODEL)" if DETECTORS.get(cal.detector).needs_base else ""
@@ -305,20 +317,21 @@ def _show(value: object, other: object) -> str:
 
 def _judge(result: DetectorResult, adapter: AdapterFiles, calibrations: list[Calibration],
            task: str | None) -> tuple[str, str]:
-    """(verdict, note) for one detector result: flagged / clean / unverified."""
+    """(verdict, note) for one detector result: flagged / clean / not-comparable / unverified."""
     own = [c for c in calibrations if c.detector == result.detector]
     if not own:
         return "unverified", "no calibration"
     reasons = [cal.mismatch(adapter, task) for cal in own]
     fits = [cal for cal, why in zip(own, reasons) if why is None]
     if not fits:
-        return "unverified", reasons[0]
+        return NOT_COMPARABLE, f"not comparable to the calibration: {reasons[0]}"
     if len(fits) > 1:  # only for an adapter naming no base model: calibrations that could share one are refused
         bases = ", ".join(sorted(repr(c.base_model) for c in fits))
         return "unverified", (f"the calibrations for base models {bases} all apply, as the adapter names no base "
                               "model; set base_model_name_or_path in its adapter_config.json")
     (cal,) = fits
     score = result.statistics[cal.statistic]
-    if not math.isfinite(score):  # NaN compares false with every threshold: never "clean"
-        return "unverified", f"{cal.statistic}={score} cannot be judged (non-finite weights?)"
+    why = result.unjudgeable(cal.statistic)
+    if why:  # NaN compares false with every threshold: never "clean"
+        return "unverified", f"{why}: cannot be judged"
     return ("flagged" if cal.flags(score) else "clean"), f"{cal.statistic}={score:.4g} ({cal.direction})"

@@ -23,9 +23,12 @@ SMOLLM2_LAYERS = 30
 def write_synthetic_adapter(out_dir: str | os.PathLike, *, r: int = 16, alpha: int = 16, seed: int = 0,
                             modules: dict[str, tuple[int, int]] = SMOLLM2_MODULES, layers: int = SMOLLM2_LAYERS,
                             b_std: float = 0.01, boost: dict[str, float] | None = None,
-                            base_model: str = "smollm2-135m", dtype: str = "float32") -> Path:
+                            base_model: str = "smollm2-135m", dtype: str = "float32",
+                            modules_to_save: dict[str, np.ndarray] | None = None) -> Path:
     """Write a LoRA adapter with Gaussian A (Kaiming-like) and B (``b_std``); ``boost`` multiplies the B of every
-    module whose path ends with a key (a crude stand-in for a backdoor concentrated in some modules)."""
+    module whose path ends with a key (a crude stand-in for a backdoor concentrated in some modules).
+    ``modules_to_save``: full tensors by their base-model name (``lm_head.weight`` -> ``lm_head``), saved as PEFT
+    saves a modules_to_save copy."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for layer in range(layers):
@@ -36,10 +39,13 @@ def write_synthetic_adapter(out_dir: str | os.PathLike, *, r: int = 16, alpha: i
             b *= max((v for k, v in (boost or {}).items() if name.endswith(k)), default=1.0)
             tensors[f"{prefix}.lora_A.weight"] = a.astype(dtype)
             tensors[f"{prefix}.lora_B.weight"] = b.astype(dtype)
+    saved = modules_to_save or {}
+    tensors |= {f"base_model.model.{name}": np.asarray(value).astype(dtype) for name, value in saved.items()}
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
         "target_modules": sorted({n.rsplit(".", 1)[-1] for n in modules}), "use_rslora": False, "use_dora": False,
-        "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None, "base_model_name_or_path": base_model,
+        "rank_pattern": {}, "alpha_pattern": {},
+        "modules_to_save": sorted({n.rsplit(".", 2)[-2] for n in saved}) or None, "base_model_name_or_path": base_model,
         "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
     }
     with atomic_directory(out_dir) as tmp:

@@ -154,19 +154,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from tuneguard.adapters import calibrate
+    from tuneguard.adapters.detectors import cohort_kind
 
     base = BaseModels.of(args.base)
     det = detectors_from_args(args, [args.detector], base=base)[0]
     clean = _cohort(args.clean, "clean", base)
     poisoned = _cohort(args.poisoned, "poisoned", base) if args.poisoned else []
-    keys = {(a.base_model, a.rank, a.lora_alpha, a.use_rslora, a.task_type) for a in clean + poisoned}
-    if len(keys) > 1:
-        raise TuneguardError(f"calibration adapters differ in (base model, rank, lora_alpha, use_rslora, task): "
-                             f"{sorted(map(str, keys))}; calibrate each combination separately")
-    base_model, rank, alpha, rslora, task_type = keys.pop()
+    kinds = [cohort_kind(a) for a in clean + poisoned]
+    for key in kinds[0]:  # one threshold needs one kind of adapter: the first field that differs is named
+        seen = list(dict.fromkeys(json.dumps(k[key]) for k in kinds))
+        if len(seen) > 1:
+            raise TuneguardError(f"calibration adapters differ in {key} ({', '.join(seen)}); calibrate each kind "
+                                 "separately")
     cal = calibrate(det, [det.score(a) for a in clean], [det.score(a) for a in poisoned], statistic=args.statistic,
-                    base_model=base_model, rank=rank, lora_alpha=alpha, use_rslora=rslora,
-                    task=args.task or task_type)
+                    task=args.task or kinds[0]["task_type"], **kinds[0])
     cal.save(args.out)
     extra = f", AUROC {cal.auroc:.3f}" if cal.auroc is not None else ""
     print(f"{cal.detector}/{cal.statistic}: direction {cal.direction}, clean range [{cal.low:.4g}, {cal.high:.4g}]"
@@ -212,8 +213,10 @@ def run_population(args: argparse.Namespace) -> int:
     report = score_population(members, detectors, progress=sys.stderr.isatty(), cache=Path(args.out) / "scores")
     for name, stats in report["detectors"].items():
         for stat, s in stats.items():
-            print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f}  TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  "
-                  f"direction {s['direction']:6s} misses {len(s['misses'])}")
+            print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f} [{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]  "
+                  f"TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  direction {s['direction']:6s} misses {len(s['misses'])}")
+    print(f"AUROC intervals: {report['auroc_ci_method']}, over {report['n_clean']} clean and {report['n_poisoned']} "
+          "poisoned adapters")
     print(f"combined: TPR {report['combined']['tpr']:.2f}, FPR {report['combined']['fpr']:.2f}, "
           f"misses {report['combined']['misses']} (one threshold per rank)")
     if args.json:

@@ -13,7 +13,7 @@ from tuneguard.adapters.base_models import BaseModels
 from tuneguard.adapters.classifier import VERDICTS
 from tuneguard.adapters.detectors import DETECTORS, Detector, make_detector
 from tuneguard.adapters.probes import BATTERIES, read_lines
-from tuneguard.adapters.scan import EXIT_CODES
+from tuneguard.adapters.scan import EXIT_CODES, UNJUDGED
 from tuneguard.commands import declared, output
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
@@ -80,11 +80,15 @@ def detectors_from_args(args: argparse.Namespace, names: list[str], *,
 def register(sub: argparse._SubParsersAction) -> None:
     description = textwrap.fill(
         "Scan PEFT LoRA adapter directories (each DIR is an adapter or is searched recursively). The weight detector "
-        "reads the safetensors file only; with --base the detectors that need the base model also run, and LoRA "
-        "modules the base lacks are left out of every statistic. Verdicts need calibration files from `tuneguard "
-        "backdoor calibrate` for the same base model, rank (the tensors' rank), LoRA scale and task, made with the "
-        "same detector settings (another setting is refused), one per detector, base model, rank and task (two "
-        "that would judge the same adapters are refused); without one the statistics are reported. A NaN or inf "
+        "reads the safetensors files only (the adapter's, and for the deltas of full tensors such as "
+        "modules_to_save copies the base model's, from --base or a local copy of the base the adapter names); with "
+        "--base the detectors that need the base model also run, and LoRA modules the base lacks are left out of "
+        "every statistic. Verdicts need calibration files from `tuneguard backdoor calibrate` made with the same "
+        "detector settings (another setting is refused), one per detector, base model, rank and task (two that "
+        "would judge the same adapters are refused); an adapter of another kind than a calibration's cohort (base "
+        "model, rank (the tensors' rank), LoRA scale, task, task type, target modules, modules_to_save) is "
+        "'not-comparable' to it, neither clean nor flagged; without a calibration the statistics are reported "
+        "('unverified'). A NaN or inf "
         "weight (or a float64 one beyond float32's range) flags the adapter on its own. An adapter that cannot be "
         "read, or a path the search skips (a symlinked or hidden directory), gets its own row with the reason, and "
         "the scan goes on.", 100)
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         lines += [f"{a.verdict} {a.adapter}: {problem}" for problem in ([a.reason] if a.reason else a.findings)]
         lines += [f"warning {a.adapter}: {warning}" for warning in a.warnings]
         lines += [f"{d.verdict} {a.adapter} ({name}): {d.note}" for name, d in a.detectors.items()
-                  if d.verdict == "error" or (d.verdict == "unverified" and result.calibrated)]
+                  if d.verdict == "error" or (d.verdict in UNJUDGED and result.calibrated)]
     if not result.calibrated:
         lines.append("no --calibration given: statistics only, no verdicts (make one with `tuneguard backdoor "
                      "calibrate`)")

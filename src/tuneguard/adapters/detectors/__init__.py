@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneguard.adapters.detectors.base import Calibration, Detector, DetectorResult, calibrate
+from tuneguard.adapters.detectors.base import Calibration, Detector, DetectorResult, calibrate, cohort_kind
 from tuneguard.errors import TuneguardError
 from tuneguard.registry import Registry
 
@@ -17,13 +17,14 @@ DETECTORS.register("behavioural", "tuneguard.adapters.detectors.behavioural:Beha
 
 
 def make_detector(name: str, *, base: Any = None, progress: bool = False, **params: Any) -> Detector:
-    """Detector ``name`` built with ``params``; one that ``needs_base`` gets ``base`` (a reference or LoadedModel)."""
+    """Detector ``name`` built with ``params``; one that ``needs_base`` or ``reads_base`` gets ``base`` (a reference,
+    BaseModels or LoadedModel; only the former need it)."""
     cls = DETECTORS.get(name)
-    if not cls.needs_base:
-        return cls(progress=progress, **params)
-    if base is None:
+    if cls.needs_base and base is None:
         raise TuneguardError(f"{cls.label()} needs the base model the adapters were trained from: pass --base MODEL")
-    return cls(base, progress=progress, **params)
+    if cls.needs_base or cls.reads_base:
+        return cls(base, progress=progress, **params)
+    return cls(progress=progress, **params)
 
 
-__all__ = ["DETECTORS", "Calibration", "Detector", "DetectorResult", "calibrate", "make_detector"]
+__all__ = ["DETECTORS", "Calibration", "Detector", "DetectorResult", "calibrate", "cohort_kind", "make_detector"]
