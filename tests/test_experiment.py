@@ -162,6 +162,8 @@ def test_soft_ratios_become_columns(tmp_path):
     (("epsilon = 50.0", "epsilon = 50.0, train = { lrr = 1 }"), "regime 'dp' train has no parameter 'lrr'"),
     (("lr = 0.01", "lr = 'fast'"), r"\[train\]: parameter 'lr' must be a number, got 'fast'"),
     (("lr = 0.01", "method = 'lorra'"), "unknown training method 'lorra'"),
+    (("lr = 0.01", "lr = 0.01\nextra = { use_rslorra = true }"),
+     r"regime '\w+': training method 'lora' has no peft option 'use_rslorra' .*did you mean 'use_rslora'"),
     (("n_boot = 50", "n_bot = 50"), r"\[attack_options\] has no option 'n_bot'"),
     (("\"bag-of-words\"]", "\"bag-of-wordz\"]"), "unknown attack 'bag-of-wordz'"),
     (("n_boot = 50", "n_boot = 50\nparams = { recall = { x = 1 } }"), "not among the attacks run"),

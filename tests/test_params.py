@@ -51,7 +51,10 @@ def test_defaults_and_coercion():
     ({"folds": 1}, "attack 'toy': parameter 'folds' must be >= 2, got 1"),
     ({"folds": 2.5}, "attack 'toy': parameter 'folds' must be an integer, got 2.5"),
     ({"normalise": 1}, "attack 'toy': parameter 'normalise' must be true or false, got 1"),
-    ({"kk": 1}, "attack 'toy' has no parameter 'kk' (parameters: k, rounding, levels, folds, model, normalise, words)"),
+    ({"kk": 1}, "attack 'toy' has no parameter 'kk' (parameters: k, rounding, levels, folds, model, normalise, words); "
+                "did you mean 'k'?"),
+    ({"xyz": 1}, "attack 'toy' has no parameter 'xyz' (parameters: k, rounding, levels, folds, model, normalise, "
+                 "words)"),
 ])
 def test_one_wording_for_bad_parameters(given, message):
     with pytest.raises(TuneguardError) as err:
@@ -83,8 +86,11 @@ def test_registry_is_lazy_and_checks_the_base_class():
     reg.register("missing", "tuneguard_no_such_module:X")  # never imported unless asked for
     assert reg.names() == ["toy", "broken", "missing"] and "toy" in reg and len(reg) == 3
     assert reg.get("toy") is Toy and reg.make("toy", k=0.5).params.k == 0.5
-    with pytest.raises(TuneguardError, match=r"^unknown attack 'tyo': choose from toy, broken, missing$"):
+    with pytest.raises(TuneguardError, match=r"^unknown attack 'tyo': choose from toy, broken, missing; "
+                                             r"did you mean 'toy'\?$"):
         reg.get("tyo")
+    with pytest.raises(TuneguardError, match=r"^unknown attack 'zzz': choose from toy, broken, missing$"):
+        reg.check("zzz")
     with pytest.raises(TypeError, match="is not a Plugin"):
         reg.get("broken")
     with pytest.raises(ValueError, match="already registered"):

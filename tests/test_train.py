@@ -144,8 +144,7 @@ def test_a_checkpoint_is_never_resumed_on_another_base(tmp_path, monkeypatch):
 
 
 def test_run_record_round_trip_and_old_records(tmp_path):
-    from tuneguard.train import RunRecord
-    from tuneguard.train.record import RUN_SCHEMA
+    from tuneguard.models.record import RUN_SCHEMA, RunRecord
 
     run = finetune("tiny-gpt2", TEXTS, tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_length=24),
                    progress=False)
@@ -161,6 +160,28 @@ def test_run_record_round_trip_and_old_records(tmp_path):
     assert finetune("tiny-gpt2", TEXTS, tmp_path / "r", cfg, progress=False).record.schema == 1
     with pytest.raises(TuneguardError, match="another base model"):
         finetune("tiny-llama", TEXTS, tmp_path / "r", cfg, progress=False)
+
+
+@pytest.mark.parametrize("method, extra, message", [
+    ("lora", {"use_rslorra": True}, r"training method 'lora' has no peft option 'use_rslorra' \(peft options: .*"
+                                    r"use_rslora.*\); did you mean 'use_rslora'\?$"),
+    ("lora", {"r": 4}, r"has no peft option 'r' .*; TrainConfig sets 'r': use its own option$"),
+    ("full", {"use_rslora": True}, r"training method 'full' has no peft option 'use_rslora' \(peft options: none\)"),
+])
+def test_a_bad_peft_option_in_extra_fails_before_the_model_loads(tmp_path, method, extra, message, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before extra was checked")
+
+    monkeypatch.setattr(train_loop, "as_loaded", no_load)
+    with pytest.raises(TuneguardError, match=message):
+        finetune("tiny-gpt2", TEXTS, tmp_path / "r", TrainConfig(method=method, extra=extra), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_valid_peft_option_in_extra_reaches_peft(tmp_path):
+    run = finetune("tiny-gpt2", TEXTS[:8], tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_length=16,
+                                                                       extra={"use_rslora": True}), progress=False)
+    assert run.model.model.peft_config["default"].use_rslora is True
 
 
 def test_methods_come_from_the_registry_without_loading_torch():

@@ -93,7 +93,8 @@ def _call(args: argparse.Namespace) -> int:
     loads_models = getattr(args, "loads_models", None)
     if getattr(args, "device", None) is None or (loads_models is not None and not loads_models(args)):
         return int(args.func(args) or 0)
-    from tuneguard.models.device import settings_from_args, use_device
+    from tuneguard.commands import settings_from_args
+    from tuneguard.models.device import use_device
 
     with use_device(settings_from_args(args)):
         return int(args.func(args) or 0)

@@ -10,9 +10,7 @@ experiment's ``out`` directory, rendered by ``tuneguard.report.experiment``): ``
 
 from __future__ import annotations
 
-import difflib
 import logging
-import math
 import random
 import tomllib
 import typing
@@ -26,13 +24,15 @@ from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, check_output, read_json
 from tuneguard.models.device import (DEVICE_HELP, DEVICE_MAPS, DTYPE_CHOICES, DeviceSettings, resolve_settings,
                                      use_device)
-from tuneguard.params import Params, param
+from tuneguard.params import Params, check_names, param
 from tuneguard.paths import inside, remove_tree, safe_component
 from tuneguard.regimes import REGIMES
 from tuneguard.regimes.base import Regime
+from tuneguard.report.privacy import attack_figures
 from tuneguard.report.table import printable
 from tuneguard.scoring.perplexity import perplexity
 from tuneguard.train import TrainConfig
+from tuneguard.train.methods import check_extra
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ TRAINING_PARTS = ("schema", "base", "tokenizer", "members", "regime", "train")
 # 3: the average AUC's CI from one joint bootstrap of the attacks (it was the mean of their CI bounds).
 # 4: the strongest attack at every FPR the verdict reads (max_tpr), with its CI.
 SCORED_FIELDS = 4
-MAX_ATTACK_FPR = 0.1  # each regime's strongest attack is quoted at 10% FPR: 10 non-members measure it, 1% needs 100
 
 
 @dataclass
@@ -121,6 +120,8 @@ class _TopLevel(Params):
 
 _TABLES = ("attack_options", "train", "datasets", "regimes")
 _TOP_KEYS = [f.name for f in fields(_TopLevel)]
+# TOML puts a key written below a table header in that table: the fix for a top-level key found there.
+_MOVE_UP = {key: f"{key!r} is a top-level key: put it above the first [table]" for key in _TOP_KEYS}
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -137,7 +138,7 @@ def load_experiment(path: str | Path) -> Experiment:
     except tomllib.TOMLDecodeError as exc:
         raise TuneguardError(f"{path} is not valid TOML: {exc}") from None
     here = path.resolve().parent
-    _check_keys(raw, [f.name for f in fields(_TopLevel)] + list(_TABLES), f"{path}", "has no top-level key")
+    check_names(raw, [*_TOP_KEYS, *_TABLES], f"{path}", "top-level key")
     for key in ("model", "datasets", "regimes"):
         if key not in raw:
             raise TuneguardError(f"{path}: missing required key {key!r}")
@@ -186,18 +187,6 @@ def _device(path: Path, top: _TopLevel) -> DeviceSettings:
         raise TuneguardError(f"{path}: {exc}") from None
 
 
-def _check_keys(given: dict, allowed: list[str], owner: str, what: str) -> None:
-    """Refuse the first key of ``given`` not in ``allowed``, suggesting the closest valid one (or, for a top-level
-    key written below a table header, where TOML puts it in that table, moving it up)."""
-    for key in given:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            if key in _TOP_KEYS:
-                hint = f"; {key!r} is a top-level key: put it above the first [table]"
-            raise TuneguardError(f"{owner} {what} {key!r} (options: {', '.join(allowed)}){hint}")
-
-
 def _table(raw: dict, key: str, path: Path) -> dict:
     value = raw.get(key, {})
     if not isinstance(value, dict):
@@ -209,7 +198,7 @@ def _suite(path: Path, here: Path, attacks: str | list[str], options: dict) -> A
     from tuneguard.attacks import resolve_suite
 
     owner = f"{path}: [attack_options]"
-    _check_keys(options, [f.name for f in fields(AttackSuite) if f.name != "attacks"], owner, "has no option")
+    check_names(options, [f.name for f in fields(AttackSuite) if f.name != "attacks"], owner, "option", hints=_MOVE_UP)
     try:
         resolved = resolve_suite(attacks)
     except TuneguardError as exc:
@@ -273,7 +262,7 @@ def _dataset(path: Path, here: Path, spec: Any, index: int) -> Dataset:
     owner = f"{path}: dataset {spec.get('name', index + 1)!r}" if isinstance(spec, dict) else f"{path}: dataset"
     if not isinstance(spec, dict):
         raise TuneguardError(f"{owner} must be a table, got {spec!r}")
-    _check_keys(spec, [f.name for f in fields(Dataset)], owner, "has no option")
+    check_names(spec, [f.name for f in fields(Dataset)], owner, "option", hints=_MOVE_UP)
     ds = Dataset.create(owner, spec)
     if not ds.path.startswith("hf:"):  # a hub dataset is read when the experiment runs
         ds = ds.replace(path=str((here / ds.path).resolve()))
@@ -300,7 +289,7 @@ def _columns(path: Path, here: Path, name: str, spec: Any, shared_train: dict) -
     regime_train = spec.pop("train", {})
     if not isinstance(regime_train, dict):
         raise TuneguardError(f"{owner}: 'train' must be a table of TrainConfig options, got {regime_train!r}")
-    _check_keys(spec, [*cls.option_names(), "kind", "train"], owner, "has no option")
+    check_names(spec, [*cls.option_names(), "kind", "train"], owner, "option", hints=_MOVE_UP)
     for key in cls.paths:
         if isinstance(spec.get(key), str):
             file = (here / spec[key]).resolve()
@@ -318,6 +307,7 @@ def _columns(path: Path, here: Path, name: str, spec: Any, shared_train: dict) -
         base_train = TrainConfig.create(f"{owner} train", {**shared_train, **regime_train})
         try:
             train = regime.train_config(base_train)
+            check_extra(train)
         except TuneguardError as exc:
             raise TuneguardError(f"{owner}: {exc}") from None
         columns.append(Column(column_name, kind, regime, train))
@@ -337,7 +327,7 @@ def _nested(params_cls: type[Params], options: dict, owner: str) -> dict:
         if issubclass(target, Params):
             out[key] = target.create(f"{owner} option {key!r}", value)
         else:
-            _check_keys(value, [f.name for f in fields(target)], f"{owner} option {key!r}", "has no field")
+            check_names(value, [f.name for f in fields(target)], f"{owner} option {key!r}", "field")
             out[key] = target(**value)
     return out
 
@@ -433,43 +423,6 @@ def run_cell(exp: Experiment, ds: Dataset, column: Column, base, members: list[s
             "warnings": result.warnings, "confounding_warning": confounding_warning(result), **extra}
     atomic_write_json(cell_dir / "cell.json", cell)
     return cell
-
-
-def attack_figures(result) -> dict[str, Any]:
-    """A cell's privacy figures from its attacks: per attack the AUC, TPR@1% and TPR@10% FPR with their 95%
-    bootstrap CIs; the average AUC over the attacks that apply (``not_applicable`` ones left out); and the regime's
-    strongest attack (``max_auc``, ``max_tpr_at_10pct``, and ``max_tpr`` at each FPR the verdict reads, keyed "0.01":
-    attack, value, CI), picked as the report's verdict picks it
-    (:mod:`tuneguard.report.verdict`: attacks that query the model only, so not the blind baseline).
-
-    The average's CI comes from one joint bootstrap of every counted attack (:func:`tuneguard.metrics.mean_auc`), with
-    the run's bootstrap draws and seed. The strongest attack is picked after seeing the results, so its figure leans
-    optimistic for the attacker's side.
-    """
-    from tuneguard.metrics import mean_auc
-    from tuneguard.report.verdict import mia_verdict
-
-    attacks = result.attacks
-    not_applicable = {n: a.not_applicable for n, a in attacks.items() if a.not_applicable}
-    auc = {n: a.auc for n, a in attacks.items()}
-    auc_ci = {n: a.metrics.get("auc_ci") for n, a in attacks.items()}
-    counted = [n for n, v in auc.items() if n not in not_applicable and math.isfinite(v)]
-    average, average_ci = mean_auc(attacks[counted[0]].labels, [attacks[n].scores for n in counted],
-                                   n_boot=result.settings["bootstrap"], seed=result.settings["seed"]) \
-        if counted else (math.nan, None)
-    verdict = mia_verdict(result)
-    best_tpr = next((b for b in verdict.strongest if b.fpr == MAX_ATTACK_FPR), None)
-    return {"auc": auc, "auc_ci": auc_ci, "tpr_at_1pct": {n: a.tpr(0.01) for n, a in attacks.items()},
-            "tpr_at_10pct": {n: a.tpr(MAX_ATTACK_FPR) for n, a in attacks.items()},
-            "tpr_at_10pct_ci": {n: a.metrics["tpr_ci"].get(f"{MAX_ATTACK_FPR:g}") for n, a in attacks.items()},
-            "not_applicable": not_applicable,
-            "average_auc": average, "average_auc_ci": average_ci,
-            "max_auc": _leader(verdict.best_auc), "max_tpr_at_10pct": _leader(best_tpr),
-            "max_tpr": {f"{b.fpr:g}": _leader(b) for b in verdict.strongest}}
-
-
-def _leader(leader) -> dict | None:
-    return None if leader is None else {"attack": leader.attack, "value": leader.value, "ci": leader.ci}
 
 
 def cell_key_parts(exp: Experiment, column: Column, base, members: list[str], nonmembers: list[str],

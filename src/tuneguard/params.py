@@ -7,7 +7,8 @@ fields carry a type, a default, the allowed values and a line of help, checked a
         rounding: str = param("ceil", "how k·n becomes a count", choices=("ceil", "floor"))
 
 ``MinKParams.create("attack 'min-k'", {"k": 5})`` raises ``attack 'min-k': parameter 'k' must be in (0, 1], got 5``;
-an unknown key raises ``attack 'min-k' has no parameter 'kk' (parameters: k, rounding)``. Values given as strings
+an unknown key raises ``attack 'min-k' has no parameter 'kk' (parameters: k, rounding); did you mean 'k'?`` (the
+one wording of :func:`check_names`, which the experiment file's tables use too). Values given as strings
 (command-line ``--param``) are read as JSON first, so ``k=0.1`` and ``normalise=false`` work. The checks run before
 any model loads (like scikit-learn's ``_parameter_constraints``); ``describe()`` feeds ``--help`` and the reports.
 """
@@ -15,15 +16,33 @@ any model loads (like scikit-learn's ``_parameter_constraints``); ``describe()``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping, Self
+from typing import Any, Iterable, Mapping, Self
 
 from tuneguard.errors import TuneguardError
 
 _MISSING = dataclasses.MISSING
+
+
+def suggestion(name: str, allowed: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the valid name closest to a mistyped ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(allowed), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_names(given: Iterable[str], allowed: Iterable[str], owner: str, what: str = "parameter", *,
+                hints: Mapping[str, str] | None = None) -> None:
+    """Refuse the first of ``given`` not in ``allowed``, in one wording: ``{owner} has no {what} 'x' ({what}s: ...);
+    did you mean 'y'?``. ``hints`` maps a name known to be misplaced to the advice that replaces the suggestion."""
+    allowed = list(allowed)
+    for name in given:
+        if name not in allowed:
+            hint = f"; {hints[name]}" if hints and name in hints else suggestion(name, allowed)
+            raise TuneguardError(f"{owner} has no {what} {name!r} ({what}s: {', '.join(allowed) or 'none'}){hint}")
 
 
 def param(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, gt: float | None = None,
@@ -73,10 +92,7 @@ class Params:
     def create(cls, owner: str, values: Mapping[str, Any] | None = None) -> Self:
         """Build from ``values`` (strings read as JSON where they parse); errors start with ``owner``."""
         values = dict(values or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise TuneguardError(f"{owner} has no parameter {unknown[0]!r} (parameters: {', '.join(names) or 'none'})")
+        check_names(values, [f.name for f in dataclasses.fields(cls)], owner)
         values = {k: _from_text(v) for k, v in values.items()}
         try:
             return cls(**values)

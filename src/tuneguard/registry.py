@@ -12,6 +12,7 @@ import importlib
 from typing import Any, Generic, Iterator, TypeVar
 
 from tuneguard.errors import TuneguardError
+from tuneguard.params import suggestion
 
 T = TypeVar("T")
 
@@ -49,7 +50,8 @@ class Registry(Generic[T]):
     def check(self, name: str) -> str:
         """``name`` if it is registered, else the one-line error listing the valid names (imports nothing)."""
         if name not in self._entries:
-            raise TuneguardError(f"unknown {self.kind} {name!r}: choose from {', '.join(self._entries)}")
+            raise TuneguardError(f"unknown {self.kind} {name!r}: choose from {', '.join(self._entries)}"
+                                 f"{suggestion(name, self._entries)}")
         return name
 
     @property

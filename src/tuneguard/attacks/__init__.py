@@ -157,11 +157,14 @@ def make_attacks(spec: str | list[str] | tuple[str, ...] | Suite,
     return instances
 
 
-def run_attacks(*args, **kwargs) -> MIAResult:
-    """See :func:`tuneguard.attacks.runner.run_attacks`."""
-    from tuneguard.attacks.runner import run_attacks as run
+def __getattr__(name: str) -> Any:
+    # run_attacks (tuneguard.attacks.runner) imports torch and the scoring engine: only when it is used, so that
+    # building the command line or reading the registry stays light.
+    if name == "run_attacks":
+        from tuneguard.attacks.runner import run_attacks
 
-    return run(*args, **kwargs)
+        return run_attacks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ALL_ATTACKS", "ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_SHADOWS",

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from tuneguard.models import LoadedModel
-from tuneguard.models.loading import RUN_RECORD
-from tuneguard.train.record import RunRecord
+from tuneguard.models.record import RUN_RECORD, RunRecord
 
 
 def record_path(target: LoadedModel | str | Path) -> Path | None:

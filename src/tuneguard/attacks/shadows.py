@@ -39,9 +39,10 @@ from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, read_json
 from tuneguard.models import LoadedModel, load_model
 from tuneguard.models.loading import attach_adapter
+from tuneguard.models.record import RunRecord
 from tuneguard.scoring import ScoringEngine
 from tuneguard.scoring.engine import tokenizer_digest
-from tuneguard.train import METHODS, RunRecord, TrainConfig, finetune
+from tuneguard.train import METHODS, TrainConfig, finetune
 from tuneguard.train.batching import examples_digest
 from tuneguard.train.loop import finished_record
 

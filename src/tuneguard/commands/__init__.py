@@ -1,6 +1,6 @@
 """CLI sub-commands, one module each, registered in ``tuneguard.cli.COMMANDS``; and the option types they share,
 which refuse a value out of range (or an output path that cannot be written) while the command line is parsed,
-before any data or model is read."""
+before any data or model is read, and the device options of every command that loads a model."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from tuneguard.errors import TuneguardError
 from tuneguard.files import check_output
+from tuneguard.models.device import DEVICE_HELP, DEVICE_MAPS, DTYPE_CHOICES, DeviceSettings, resolve_settings
 from tuneguard.params import Params, bound_violation
 
 
@@ -78,3 +79,25 @@ def privacy_target(text: str):
         return parse_target(text)
     except TuneguardError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_args(p: argparse.ArgumentParser, *, train: bool = False) -> None:
+    """``--device``, ``--dtype`` and ``--device-map`` (and ``--gradient-checkpointing`` for a command that trains),
+    shared by every command that loads a model."""
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help=f"where models run: {DEVICE_HELP}; default: %(default)s")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights' precision; auto = bfloat16 on a GPU that computes it, else float32 (float16 is "
+                        "refused on the CPU); default: %(default)s")
+    g.add_argument("--device-map", choices=DEVICE_MAPS,
+                   help="spread a model too big for one GPU over every GPU (and the CPU) with Accelerate's big-model "
+                        "loading; auto is the usual choice")
+    if train:
+        g.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass: less GPU memory, more compute")
+
+
+def settings_from_args(args: argparse.Namespace) -> DeviceSettings:
+    """The settings ``add_device_args`` options name, checked (one line) before any work."""
+    return resolve_settings(args.device, args.dtype, args.device_map,
+                            getattr(args, "gradient_checkpointing", False))

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 
 from tuneguard.attacks import ATTACKS, DEFAULT_SHADOWS, DEFAULT_SUITE, SUITES, shadow_attacks
 from tuneguard.attacks.result import MIAResult
-from tuneguard.commands import number, output
+from tuneguard.commands import add_device_args, number, output
 from tuneguard.commands.finetune import read_texts
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
-from tuneguard.models.device import add_device_args
 
 if TYPE_CHECKING:  # the shadows import torch: only when a run asks for them, not to build the parser
     from tuneguard.attacks.shadows import ShadowSpec

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from tuneguard.commands import number, output
+from tuneguard.commands import add_device_args, number, output
 from tuneguard.commands.attack import add_attack_args, attack_options, print_report, read_records
 from tuneguard.commands.finetune import add_data_args, add_train_args, train_config
-from tuneguard.models.device import add_device_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,13 +6,12 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneguard.commands import declared, listed, number, output
+from tuneguard.commands import add_device_args, declared, listed, number, output
 from tuneguard.commands.defend import add_dp_args, epsilon
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
 from tuneguard.defenses.dp_sgd import BUGS
 from tuneguard.dpaudit.canaries import KINDS, CanaryParams
 from tuneguard.errors import TuneguardError
-from tuneguard.models.device import add_device_args
 from tuneguard.report.table import printable
 
 if TYPE_CHECKING:  # the bound imports scipy: only when the command runs, not when the CLI builds its parser

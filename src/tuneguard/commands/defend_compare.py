@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from tuneguard.commands import listed, number, output, privacy_target
+from tuneguard.commands import add_device_args, listed, number, output, privacy_target
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
 from tuneguard.defenses.compare import CANDIDATES, DEFAULT_TARGET
-from tuneguard.models.device import add_device_args
 
 
 def _candidate(name: str) -> str:

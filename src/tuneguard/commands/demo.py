@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from tuneguard.cache import cache_dir
-from tuneguard.commands import declared, number, output
+from tuneguard.commands import add_device_args, declared, number, output
 from tuneguard.attacks import DEFAULT_SUITE, SUITES
 from tuneguard.commands.attack import print_report
 from tuneguard.data.stdlib import stdlib_docstrings
-from tuneguard.models.device import add_device_args
 from tuneguard.train import TrainConfig
 
 

@@ -6,10 +6,9 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from tuneguard.commands import declared, number, output, privacy_target
+from tuneguard.commands import add_device_args, declared, number, output, privacy_target
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
-from tuneguard.models.device import add_device_args
 from tuneguard.train import METHODS, TrainConfig
 from tuneguard.train.config import SCHEDULERS
 

@@ -433,13 +433,13 @@ def utility_key(plan: Plan) -> str:
 def strongest(cell: dict, target: Target) -> dict | None:
     """The cell's strongest attack on the target's metric: ``attack``, ``value``, ``ci`` (None when unmeasured).
 
-    Read from the cell's figures (:func:`tuneguard.experiment.attack_figures`): the max-attack AUC, or the
+    Read from the cell's figures (:func:`tuneguard.report.privacy.attack_figures`): the max-attack AUC, or the
     max-attack TPR at the target's FPR with its CI where the cell records it (``max_tpr`` by FPR; at 10% FPR
     ``max_tpr_at_10pct``); else the highest of the attacks' TPRs at 1% FPR, without a CI. Only attacks that query
     the model count (the blind baseline and attacks that do not apply never do), as the report's verdict counts.
     """
-    from tuneguard.experiment import MAX_ATTACK_FPR
     from tuneguard.metrics import alpha_key
+    from tuneguard.report.privacy import MAX_ATTACK_FPR
     from tuneguard.report.verdict import BLIND_ATTACK
 
     if target.metric == "auc":

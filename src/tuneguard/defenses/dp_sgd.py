@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneguard.errors import TuneguardError
+from tuneguard.models.record import RunRecord
 from tuneguard.params import Params, param
-from tuneguard.train import RunRecord, TrainConfig
+from tuneguard.train import TrainConfig
 
 if TYPE_CHECKING:  # the settings and the method check (experiment files, `defend dp`'s options) load no torch
     import torch
@@ -130,7 +131,7 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     from tuneguard.train import TrainResult
     from tuneguard.train.batching import collate, encode_examples, examples_digest
     from tuneguard.train.loop import finished_record, make_scheduler, optimizer_steps, predictable, save_trained
-    from tuneguard.train.methods import prepare_model
+    from tuneguard.train.methods import check_extra, prepare_model
 
     try:
         from opacus import GradSampleModule
@@ -142,6 +143,7 @@ def dp_finetune(model: LoadedModel | str, texts: list[str], out_dir: str | Path,
     config = config or TrainConfig()
     dp = dp or DPConfig()
     check_method(config)
+    check_extra(config)
     base = as_loaded(model)
     out_dir = Path(out_dir)
     # Examples with no token to predict are left out before anything depends on n (the Poisson sampling rate and

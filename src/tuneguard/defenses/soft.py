@@ -57,9 +57,10 @@ import numpy as np
 
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_directory, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
-from tuneguard.models import LoadedModel, as_loaded, load_model
 from tuneguard.defenses.retained import pooled, retained_shares, trained_window
-from tuneguard.models.loading import RUN_RECORD
+from tuneguard.defenses.soft_text import recipe_text, removal_text
+from tuneguard.models import LoadedModel, as_loaded, load_model
+from tuneguard.models.record import RUN_RECORD
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig, Paraphraser, QualityGate, obfuscate
 from tuneguard.params import Params, param
 from tuneguard.scoring import ScoringEngine
@@ -314,30 +315,6 @@ def summary_line(summary: dict) -> str:
             f"{fallback}, {summary['originals_kept']} kept as originals (unprotected), {summary['dropped']} dropped "
             f"(on_failure={summary['on_failure']}); trained on {summary['train_size']} texts"
             + (f"; recipe: {recipe}" if recipe else "") + (f"; {removed}" if removed else ""))
-
-
-def recipe_text(recipe: dict) -> str:
-    """The recipe options that differ from tuneguard's default SOFT, in words ("" when none does)."""
-    parts = []
-    if recipe.get("ban") == "every-word":
-        parts.append("every-word ban")
-    if recipe.get("select_by") == "gain":
-        parts.append("selection by gain")
-    if recipe.get("rewrite_span") == "second-half":
-        parts.append("second half rewritten" + (", first dropped" if recipe.get("drop_unrewritten") else ""))
-    if recipe.get("schedule") == "authors":
-        parts.append("authors' schedule (epoch 1 on the originals)")
-    if recipe.get("holdout_scored_as_members"):
-        parts.append(f"{recipe['holdout_scored_as_members']:.0%} of members held out, scored as members")
-    return ", ".join(parts)
-
-
-def removal_text(summary: dict) -> str:
-    """'x% of member tokens never trained on (data removal, not obfuscation)' for a run that removes data, else ''."""
-    share = summary.get("never_trained_share")
-    if not share:
-        return ""
-    return f"{share:.1%} of member tokens never trained on (data removal, not obfuscation)"
 
 
 def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path, *, train: TrainConfig,

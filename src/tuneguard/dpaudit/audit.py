@@ -36,10 +36,11 @@ from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, atomic_write_jsonl, read_json
 from tuneguard.metrics import evaluate
 from tuneguard.models import LoadedModel, as_loaded
+from tuneguard.models.record import RunRecord
 from tuneguard.params import Params, param
 from tuneguard.scoring import ScoringEngine
 from tuneguard.scoring.perplexity import perplexity
-from tuneguard.train import RunRecord, TrainConfig, finetune
+from tuneguard.train import TrainConfig, finetune
 
 NO_DP = "no-dp"
 # A run's four bounds: (RunAudit field, method, tested at delta = 0?).

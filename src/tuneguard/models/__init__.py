@@ -1,6 +1,6 @@
 """Models: one ``load_model`` for embedded names, local dirs, adapters, GGUF files and hub ids, and where they run
 (:mod:`tuneguard.models.device`). Importing this package loads no torch: each name is imported on first use, so the
-command line builds its options (``add_device_args``) without it."""
+command line builds its options (:func:`tuneguard.commands.add_device_args`) without it."""
 
 from __future__ import annotations
 

@@ -1,22 +1,21 @@
 """Where models run: one resolver for ``--device`` / ``--dtype``, the settings every model load uses, and the check
 that a model fits the memory it is asked into, before its weights load.
 
-The command line resolves its options once (``settings_from_args``) and every load inside the command (target,
-reference, SPV-MIA's reference, paraphrasers, neighbour generators) takes them from ``current_settings()``. The
-Python API defaults to the CPU in float32 (same seed, same numbers); ``with use_device(resolve_settings("auto")):``
-or ``load_model(ref, device="auto")`` opts in to the GPU. Importing this module loads no torch (the command line
-builds its options with it).
+The command line resolves its options once (:func:`tuneguard.commands.settings_from_args`) and every load inside the
+command (target, reference, SPV-MIA's reference, paraphrasers, neighbour generators) takes them from
+``current_settings()``. The Python API defaults to the CPU in float32 (same seed, same numbers);
+``with use_device(resolve_settings("auto")):`` or ``load_model(ref, device="auto")`` opts in to the GPU. Importing
+this module loads no torch. Training's mixed-precision set-up is :mod:`tuneguard.train.precision`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tuneguard.errors import TuneguardError
 
@@ -197,28 +196,6 @@ def resolve_settings(device: str | torch.device | None = None, dtype: str | torc
                    else gradient_checkpointing)
 
 
-def add_device_args(p: argparse.ArgumentParser, *, train: bool = False) -> None:
-    """``--device``, ``--dtype`` and ``--device-map`` (and ``--gradient-checkpointing`` for a command that trains),
-    shared by every command that loads a model."""
-    g = p.add_argument_group("device")
-    g.add_argument("--device", default="auto", help=f"where models run: {DEVICE_HELP}; default: %(default)s")
-    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="weights' precision; auto = bfloat16 on a GPU that computes it, else float32 (float16 is "
-                        "refused on the CPU); default: %(default)s")
-    g.add_argument("--device-map", choices=DEVICE_MAPS,
-                   help="spread a model too big for one GPU over every GPU (and the CPU) with Accelerate's big-model "
-                        "loading; auto is the usual choice")
-    if train:
-        g.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute activations in the backward pass: less GPU memory, more compute")
-
-
-def settings_from_args(args: argparse.Namespace) -> DeviceSettings:
-    """The settings ``add_device_args`` options name, checked (one line) before any work."""
-    return resolve_settings(args.device, args.dtype, args.device_map,
-                            getattr(args, "gradient_checkpointing", False))
-
-
 def free_memory(settings: DeviceSettings) -> tuple[int, str]:
     """Bytes free where ``settings`` load a model, and a name for that place. A device map may fill every GPU and
     then the CPU's memory; the CPU (and Apple's unified memory) count what the OS reports as available."""
@@ -249,38 +226,11 @@ def check_fits(ref: str, n_parameters: int, settings: DeviceSettings) -> None:
                              f"{hint}or a machine with more memory")
 
 
-def mixed_precision(dtype: torch.dtype) -> str:
-    """Accelerate's ``mixed_precision`` for training a model loaded in ``dtype``."""
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype_name(dtype), "no")
+def __getattr__(name: str) -> Any:
+    # The old home of the command-line options: commands/scan.py, commands/backdoor.py and bench/backdoor_study.py
+    # (being edited elsewhere) still import them from here. Drop this once they import tuneguard.commands.
+    if name in ("add_device_args", "settings_from_args"):
+        import tuneguard.commands
 
-
-def training_accelerator(device: torch.device, dtype: torch.dtype, **kwargs):
-    """An ``accelerate.Accelerator`` that trains on ``device`` (where the model was loaded), in bf16 / fp16 mixed
-    precision when the model is in bfloat16 / float16. Accelerate keeps one state per process, fixed by its first
-    Accelerator: a single process that trained on another device or in another precision before gets a fresh one
-    (else the new precision is refused, or a CPU state silently trains a GPU model on the CPU)."""
-    import torch
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-
-    cpu, mixed = device.type == "cpu", mixed_precision(dtype)
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        state = AcceleratorState()
-        if state.mixed_precision != mixed or (state.device.type == "cpu") != cpu:
-            AcceleratorState._reset_state(reset_partial_state=True)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # a single process trains on "cuda", the current GPU
-    return Accelerator(cpu=cpu, mixed_precision=mixed, **kwargs)
-
-
-def prepare_precision(net: torch.nn.Module, *, gradient_checkpointing: bool = False) -> None:
-    """Ready a model for mixed-precision training: its trainable weights in float32 (AdamW's small updates vanish
-    in bfloat16; autocast computes in low precision all the same), and, when asked, activations recomputed in the
-    backward pass instead of kept (non-reentrant, so a frozen embedding needs no input gradients)."""
-    import torch
-
-    for p in net.parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
-            p.data = p.data.float()
-    if gradient_checkpointing:
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return getattr(tuneguard.commands, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,11 +14,11 @@ from tuneguard.files import read_json
 from tuneguard.models.device import DeviceSettings, check_fits, resolve_settings
 from tuneguard.models.embedded import EMBEDDED, EMBEDDED_DIRS, tiny_model
 from tuneguard.models.loaded import LoadedModel
+from tuneguard.models.record import RUN_RECORD, RunRecord
 
 log = logging.getLogger(__name__)
 
 TASKS = ("causal-lm", "seq-cls")
-RUN_RECORD = "run.json"  # written by tuneguard.train next to a saved model or adapter
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 # Weights in a format that is unpickled (or otherwise not safetensors) when loaded.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")
@@ -83,9 +83,7 @@ def _recorded_base(adapter_dir: Path) -> str | None:
     """The base model an adapter was trained from: tuneguard's run record first, then PEFT's config."""
     record = adapter_dir / RUN_RECORD
     if record.is_file():
-        from tuneguard.train.record import RunRecord  # a corrupt run.json: one line naming it and the fix
-
-        base = RunRecord.read(record).base_ref
+        base = RunRecord.read(record).base_ref  # a corrupt run.json: one line naming it and the fix
         if base:
             return base
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -116,8 +114,6 @@ def _load_plain(ref: str, path: Path, *, task: str, num_labels: int, settings: D
         loaded = _from_pretrained(str(path), task=task, num_labels=num_labels, settings=settings, ref=ref)
         record = path / RUN_RECORD
         if record.is_file():
-            from tuneguard.train.record import RunRecord
-
             loaded.base_ref = RunRecord.read(record).base_ref
         return loaded
     if path.exists():

@@ -35,7 +35,7 @@ class TrainConfig(Params):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from tuneguard.train import METHODS  # the registry's names only: no method module is imported
+        from tuneguard.train.methods import METHODS  # methods.py imports this module
 
         METHODS.check(self.method)
 

@@ -21,16 +21,15 @@ from tqdm.auto import tqdm
 from tuneguard.errors import TuneguardError
 from tuneguard.files import apply_umask, atomic_directory, atomic_write_json, read_json, writing
 from tuneguard.models import LoadedModel, as_loaded, load_model
-from tuneguard.models.device import current_settings, prepare_precision, training_accelerator
-from tuneguard.models.loading import RUN_RECORD
+from tuneguard.models.device import current_settings
+from tuneguard.models.record import RUN_RECORD, RunRecord
 from tuneguard.seed import set_seed
 from tuneguard.train.batching import (IGNORE, Encoded, collate, encode_examples, examples_digest,
                                       length_grouped_batches)
 from tuneguard.train.config import TrainConfig
 from tuneguard.train.goldfish import GoldfishConfig, goldfish_labels
-from tuneguard.train import METHODS
-from tuneguard.train.methods import prepare_model
-from tuneguard.train.record import RunRecord
+from tuneguard.train.methods import METHODS, check_extra, prepare_model
+from tuneguard.train.precision import prepare_precision, training_accelerator
 
 if TYPE_CHECKING:  # the leak monitor imports the attacks, which import this package
     from tuneguard.integrations.leak import LeakMonitor
@@ -64,6 +63,7 @@ def finetune(model: LoadedModel | str, examples: list, out_dir: str | Path, conf
     beyond its budget, and the model trained so far is saved as the run.
     """
     config = config or TrainConfig()
+    check_extra(config)
     out_dir = Path(out_dir)
     base = as_loaded(model)
     base_fingerprint = base.fingerprint  # before training: a model loaded here is trained in place

@@ -1,19 +1,28 @@
 """Training methods: how a model is wrapped for fine-tuning (itself for full fine-tuning, peft for the others).
 
-Each method is a :class:`TrainMethod` registered in ``tuneguard.train.METHODS``; its hyperparameters live in
+Each method is a :class:`TrainMethod` registered in :data:`METHODS` below; its hyperparameters live in
 :class:`tuneguard.train.TrainConfig` (one flat config, as the run record stores it). peft is imported on use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tuneguard.errors import TuneguardError
+from tuneguard.params import check_names
 from tuneguard.plugin import Plugin
+from tuneguard.registry import Registry
 from tuneguard.train.config import TrainConfig
 
 if TYPE_CHECKING:
     import torch
+
+METHODS: Registry[TrainMethod] = Registry("training method", "tuneguard.train.methods:TrainMethod")
+METHODS.register("full", "tuneguard.train.methods:FullFineTuning")
+METHODS.register("lora", "tuneguard.train.methods:LoRA")
+METHODS.register("prefix", "tuneguard.train.methods:PrefixTuning")
+METHODS.register("ia3", "tuneguard.train.methods:IA3")
 
 
 class TrainMethod(Plugin):
@@ -28,6 +37,18 @@ class TrainMethod(Plugin):
     def prepare(self, model: torch.nn.Module, config: TrainConfig, *, seq_cls: bool = False) -> torch.nn.Module:
         raise NotImplementedError
 
+    def extra_options(self, config: TrainConfig) -> tuple[list[str], list[str]]:
+        """The options ``config.extra`` may set, and those TrainConfig's own fields set (none: no peft config)."""
+        return [], []
+
+    def check_extra(self, config: TrainConfig) -> None:
+        """Refuse an ``extra`` option the method's peft config does not take, in one line, before any model loads
+        (peft itself would raise a bare TypeError once the model is loaded)."""
+        if config.extra:
+            allowed, own = self.extra_options(config)
+            check_names(config.extra, allowed, f"{self.kind} {self.name!r}", "peft option",
+                        hints={name: f"TrainConfig sets {name!r}: use its own option" for name in own})
+
 
 class FullFineTuning(TrainMethod):
     name = "full"
@@ -41,10 +62,25 @@ class FullFineTuning(TrainMethod):
 
 
 class PeftMethod(TrainMethod):
-    """A method implemented by peft: subclasses build the peft config."""
+    """A method implemented by peft: its config class (``peft_class``, a name in peft) built from the options
+    TrainConfig's fields set (``peft_options``) and ``config.extra``."""
+
+    peft_class: ClassVar[str]
+
+    def peft_options(self, config: TrainConfig) -> dict[str, Any]:
+        raise NotImplementedError
 
     def peft_config(self, config: TrainConfig, task: Any) -> Any:
-        raise NotImplementedError
+        import peft
+
+        return getattr(peft, self.peft_class)(task_type=task, **self.peft_options(config), **config.extra)
+
+    def extra_options(self, config: TrainConfig) -> tuple[list[str], list[str]]:
+        import peft
+
+        own = ["task_type", *self.peft_options(config)]
+        fields = dataclasses.fields(getattr(peft, self.peft_class))
+        return [f.name for f in fields if f.init and f.name not in own], own
 
     def prepare(self, model: torch.nn.Module, config: TrainConfig, *, seq_cls: bool = False) -> torch.nn.Module:
         from peft import TaskType, get_peft_model
@@ -62,11 +98,11 @@ class LoRA(PeftMethod):
     name = "lora"
     summary = "low-rank adapters (lora_r, lora_alpha, lora_dropout, target_modules)"
 
-    def peft_config(self, config: TrainConfig, task: Any) -> Any:
-        from peft import LoraConfig
+    peft_class = "LoraConfig"
 
-        return LoraConfig(task_type=task, r=config.lora_r, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, target_modules=config.target_modules, **config.extra)
+    def peft_options(self, config: TrainConfig) -> dict[str, Any]:
+        return {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+                "target_modules": config.target_modules}
 
 
 class PrefixTuning(PeftMethod):
@@ -74,24 +110,27 @@ class PrefixTuning(PeftMethod):
     summary = "trained virtual tokens before every input (num_virtual_tokens)"
     mergeable = False
 
-    def peft_config(self, config: TrainConfig, task: Any) -> Any:
-        from peft import PrefixTuningConfig
+    peft_class = "PrefixTuningConfig"
 
-        return PrefixTuningConfig(task_type=task, num_virtual_tokens=config.num_virtual_tokens, **config.extra)
+    def peft_options(self, config: TrainConfig) -> dict[str, Any]:
+        return {"num_virtual_tokens": config.num_virtual_tokens}
 
 
 class IA3(PeftMethod):
     name = "ia3"
     summary = "(IA)^3: learned rescaling of activations (target_modules)"
 
-    def peft_config(self, config: TrainConfig, task: Any) -> Any:
-        from peft import IA3Config
+    peft_class = "IA3Config"
 
-        return IA3Config(task_type=task, target_modules=config.target_modules, **config.extra)
+    def peft_options(self, config: TrainConfig) -> dict[str, Any]:
+        return {"target_modules": config.target_modules}
 
 
 def prepare_model(model: torch.nn.Module, config: TrainConfig, *, seq_cls: bool = False) -> torch.nn.Module:
     """Return the model to train: itself for full fine-tuning, else a peft model with only the adapter trainable."""
-    from tuneguard.train import METHODS
-
     return METHODS.make(config.method).prepare(model, config, seq_cls=seq_cls)
+
+
+def check_extra(config: TrainConfig) -> None:
+    """Refuse ``config.extra`` options its method's peft config does not take (see :meth:`TrainMethod.check_extra`)."""
+    METHODS.make(config.method).check_extra(config)

@@ -1,4 +1,5 @@
-"""The run record (``run.json``) that ``finetune`` and DP-SGD write next to a saved model or adapter.
+"""The run record (``run.json``) that ``finetune`` and DP-SGD write next to a saved model or adapter, and that
+``load_model`` reads for an adapter's base (so it lives with the models, below training).
 
 Its presence marks a finished run. It names the base model (``base_ref``, and since schema 2 the base's weight
 fingerprint), the settings (``config``: the TrainConfig, whose ``max_length`` is the training window), the data
@@ -13,6 +14,7 @@ from typing import Any
 
 from tuneguard.files import atomic_write_json, read_json
 
+RUN_RECORD = "run.json"  # its file name, beside the saved model or adapter
 RUN_SCHEMA = 2
 
 
