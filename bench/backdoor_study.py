@@ -82,10 +82,11 @@ from tuneguard.adapters.population import score_population
 from tuneguard.adapters.probes import battery
 from tuneguard.adapters.scan import scan_adapters
 from tuneguard.cache import key_hash
+from tuneguard.commands import add_device_args, settings_from_args
 from tuneguard.data import load_labelled, load_texts
 from tuneguard.files import atomic_write_json, atomic_write_text, read_json
 from tuneguard.models import load_model
-from tuneguard.models.device import add_device_args, settings_from_args, use_device
+from tuneguard.models.device import use_device
 from tuneguard.report.table import cell_text
 from tuneguard.train import TrainConfig, finetune
 from tuneguard.train.batching import encode_examples

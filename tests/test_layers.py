@@ -21,10 +21,9 @@ def test_importing_a_light_module_imports_no_torch(module):
 def test_the_moved_names_answer_where_they_now_live():
     import tuneguard.attacks as attacks
     from tuneguard.attacks.runner import run_attacks
-    from tuneguard.commands import add_device_args
     from tuneguard.models import device
 
     assert attacks.run_attacks is run_attacks
-    assert device.add_device_args is add_device_args  # the old path, kept for commands/scan.py and backdoor.py
+    assert not hasattr(device, "add_device_args")  # command-line options live in tuneguard.commands
     with pytest.raises(AttributeError):
         attacks.no_such_name  # noqa: B018

@@ -13,12 +13,11 @@ from tuneguard.adapters.adapter_files import AdapterFiles, discover_adapters, re
 from tuneguard.adapters.base_models import BaseModels
 from tuneguard.adapters.classifier import DEFAULT_VERDICT, VERDICTS
 from tuneguard.adapters.detectors import DETECTORS
-from tuneguard.commands import declared, listed, number, output
+from tuneguard.commands import add_device_args, declared, listed, number, output
 from tuneguard.commands.finetune import add_train_args, train_config
 from tuneguard.commands.scan import add_detector_args, detectors_from_args
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
-from tuneguard.models.device import add_device_args
 from tuneguard.report.table import printable
 from tuneguard.train import TrainConfig
 

@@ -14,10 +14,9 @@ from tuneguard.adapters.classifier import VERDICTS
 from tuneguard.adapters.detectors import DETECTORS, Detector, make_detector
 from tuneguard.adapters.probes import BATTERIES, read_lines
 from tuneguard.adapters.scan import EXIT_CODES, UNJUDGED
-from tuneguard.commands import declared, output
+from tuneguard.commands import add_device_args, declared, output
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json
-from tuneguard.models.device import add_device_args
 from tuneguard.report.table import printable
 
 

@@ -15,7 +15,7 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from tuneguard.errors import TuneguardError
 
@@ -224,13 +224,3 @@ def check_fits(ref: str, n_parameters: int, settings: DeviceSettings) -> None:
         raise TuneguardError(f"{ref} has {count} parameters, {need / gib:.1f} GiB in "
                              f"{dtype_name(settings.dtype)}, more than the {free / gib:.1f} GiB free on {where}: use "
                              f"{hint}or a machine with more memory")
-
-
-def __getattr__(name: str) -> Any:
-    # The old home of the command-line options: commands/scan.py, commands/backdoor.py and bench/backdoor_study.py
-    # (being edited elsewhere) still import them from here. Drop this once they import tuneguard.commands.
-    if name in ("add_device_args", "settings_from_args"):
-        import tuneguard.commands
-
-        return getattr(tuneguard.commands, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
