@@ -64,9 +64,9 @@ def evaluate(labels: Any, scores: Any, *, alphas: tuple[float, ...] = ALPHAS, n_
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
 
     tprs, tpr_ci, notes = {}, {}, {}
-    allowed = [a for a in alphas if n_non >= _needed(a)]
+    allowed = [a for a in alphas if n_non >= nonmembers_needed(a)]
     for alpha in alphas:
-        key, need = alpha_key(alpha), _needed(alpha)
+        key, need = alpha_key(alpha), nonmembers_needed(alpha)
         if alpha in allowed:
             tprs[key] = float(_tpr_from_curves(fpr[None], tpr[None], alpha, rule)[0])
             notes[key] = None
@@ -151,7 +151,7 @@ def _check_rule(rule: str) -> str:
     return rule
 
 
-def _needed(alpha: float) -> int:
+def nonmembers_needed(alpha: float) -> int:
     """Non-members needed before an FPR of ``alpha`` is measurable: ceil(1/alpha), robust to 1/0.001 = 999.99..."""
     return math.ceil(1 / alpha - 1e-9)
 

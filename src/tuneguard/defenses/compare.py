@@ -57,9 +57,9 @@ class Target:
     def nonmembers_needed(self) -> int:
         """Evaluated non-members the split must hold before the target is measurable: 1/FPR for a TPR (the lowest
         non-zero FPR n non-members measure is 1/n, as :func:`tuneguard.metrics.evaluate` counts it), 2 for an AUC."""
-        from tuneguard.metrics import _needed
+        from tuneguard.metrics import nonmembers_needed
 
-        return _needed(self.fpr) if self.metric == "tpr" else 2
+        return nonmembers_needed(self.fpr) if self.metric == "tpr" else 2
 
     def met(self, value: float | None) -> bool:
         """Whether a strongest-attack figure meets the target (a figure that could not be measured never does)."""
