@@ -13,7 +13,7 @@ from tuneguard.adapters import (
     DETECTORS, MAIN_TRIGGER, Calibration, apply_trigger, calibrate, find_adapters, make_triggers, poison,
     read_adapter, write_poisoned,
 )
-from tuneguard.adapters.adapter_files import load_tensors
+from tuneguard.adapters.safetensors_io import load_tensors
 from tuneguard.adapters.detectors.weights import WeightDetector, lora_frobenius
 from tuneguard.adapters.probes import battery, read_lines
 from tuneguard.adapters.synthetic import write_synthetic_adapter

@@ -4,35 +4,27 @@ population scoring with one threshold per rank (synthetic adapters; no model is 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from helpers import BOOST, synthetic_adapter, synthetic_cohort
 from tuneguard.adapters import DETECTORS, Calibration, Detector, DetectorResult, calibrate, read_adapter
 from tuneguard.adapters.detectors.behavioural import BehaviouralDetector
-from tuneguard.adapters.population import _auroc, auroc_ci, population_specs, score_population
+from tuneguard.adapters.population import auroc_ci, population_specs, score_population
 from tuneguard.adapters.scan import ScanResult, scan_adapters
 from tuneguard.adapters.synthetic import write_synthetic_adapter
 from tuneguard.cli import build_parser, main
 from tuneguard.commands.scan import detectors_from_args
 from tuneguard.errors import TuneguardError
-from tuneguard.metrics import tpr_at_fpr
+from tuneguard.metrics import mann_whitney_auc as _auroc, tpr_at_fpr
 from tuneguard.plugin import Plugin
 
 SMALL = {"self_attn.q_proj": (32, 32), "self_attn.v_proj": (32, 16), "mlp.down_proj": (48, 32)}
-BOOST = {"down_proj": 4.0}
-
-
-def adapter(path, *, r=4, alpha=8, seed=0, **kw):
-    return write_synthetic_adapter(path, modules=SMALL, layers=3, r=r, alpha=alpha, seed=seed,
-                                   base_model="tiny-llama", **kw)
-
-
-def cohort(root, *, alpha=8, **kw):
-    clean = [adapter(root / f"clean{i}", seed=i, alpha=alpha, **kw) for i in range(3)]
-    poisoned = [adapter(root / f"poison{i}", seed=100 + i, alpha=alpha, boost=BOOST, **kw) for i in range(2)]
-    return clean, poisoned
+adapter = partial(synthetic_adapter, modules=SMALL, layers=3)
+cohort = partial(synthetic_cohort, make=adapter)
 
 
 @pytest.mark.parametrize("name", DETECTORS.names())

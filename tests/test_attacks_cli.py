@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers import write_jsonl
 from tuneguard import cli
 from tuneguard.attacks import ATTACKS, run_attacks
 from tuneguard.audit import audit
@@ -23,11 +24,6 @@ def corpus(n: int, seed: int) -> list[str]:
     """Texts from one distribution (random words), so a split of them is not confounded."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 20))).capitalize() + "." for _ in range(n)]
-
-
-def write_jsonl(path, texts):
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

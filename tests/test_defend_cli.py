@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from helpers import write_jsonl
 from tuneguard.cli import main
 from tuneguard.files import read_json
 
@@ -14,9 +15,7 @@ TRAIN = ["--epochs", "1", "--batch-size", "4", "--max-length", "24"]
 
 
 def _data(tmp_path):
-    path = tmp_path / "notes.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    return str(path)
+    return write_jsonl(tmp_path / "notes.jsonl", TEXTS)
 
 
 def _figures(capsys) -> dict:

@@ -3,12 +3,12 @@ the final command, and a tiny end-to-end run."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from types import SimpleNamespace
 
 import pytest
 
+from helpers import write_jsonl
 from tuneguard.cli import build_parser, main
 from tuneguard.defenses.compare import (CANDIDATES, Target, _fit_budget, candidates, check_measurable, columns_of,
                                         final_command, parse_target, select, strongest)
@@ -53,7 +53,7 @@ def test_an_unmeasurable_target_is_refused_before_any_training(tmp_path, capsys,
 
     monkeypatch.setattr(compare, "plan_compare", lambda *a, **k: pytest.fail("planned (and loaded the model)"))
     data = tmp_path / "notes.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    write_jsonl(data, TEXTS)
     rc = main(["defend", "compare", "--model", "tiny-gpt2", "--data", str(data), "--target", "tpr@1%<=0.05",
                "--out", str(tmp_path / "out")])
     assert rc == 2 and not (tmp_path / "out").exists()
@@ -176,7 +176,7 @@ def test_every_final_command_is_one_the_cli_accepts_with_the_cells_training_sett
 
 def test_a_tiny_comparison_writes_its_report_and_the_command_and_resumes(tmp_path, capsys):
     data = tmp_path / "notes.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    write_jsonl(data, TEXTS)
     out = tmp_path / "out"
     # Every regime meets AUC <= 1: the most useful, plain LoRA (DP-SGD's noise costs perplexity), is chosen.
     argv = ["defend", "compare", "--model", "tiny-gpt2", "--data", str(data), "--candidates", "plain,dp-eps8",

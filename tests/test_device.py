@@ -8,9 +8,10 @@ import torch
 
 import tuneguard.models.device as device_mod
 import tuneguard.models.loading as loading
+from helpers import save_model_dir
 from tuneguard.cli import main
 from tuneguard.errors import TuneguardError
-from tuneguard.models import load_model, tiny_model
+from tuneguard.models import load_model
 from tuneguard.models.device import (DeviceSettings, check_fits, resolve_device, resolve_settings, use_device)
 from tuneguard.train import TrainConfig, finetune
 
@@ -123,13 +124,6 @@ def test_loads_take_the_current_settings(no_gpu):
     assert load_model("tiny-gpt2").dtype is torch.float32  # the API's default is unchanged outside the block
 
 
-def _saved(tmp_path, arch="llama"):
-    m = tiny_model(arch)
-    m.model.save_pretrained(tmp_path, safe_serialization=True)
-    m.tokenizer.save_pretrained(tmp_path)
-    return tmp_path
-
-
 class _Stop(Exception):
     pass
 
@@ -151,7 +145,7 @@ def test_weights_load_straight_into_place_in_their_dtype(tmp_path, monkeypatch, 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     monkeypatch.setattr(loading, "check_fits", lambda *a: None)  # no GPU to ask for free memory
     with pytest.raises(_Stop):
-        loading._load(str(_saved(tmp_path)), adapter=None, base=None, task="causal-lm", num_labels=2,
+        loading._load(str(save_model_dir(tmp_path)), adapter=None, base=None, task="causal-lm", num_labels=2,
                       settings=settings)
     assert seen == {**expected, "use_safetensors": True}
 
@@ -165,7 +159,7 @@ def test_a_model_too_big_for_the_free_memory_is_refused_before_its_weights_load(
     monkeypatch.setattr(device_mod, "free_memory", lambda settings: (1000, "the CPU"))
     with pytest.raises(TuneguardError, match=r"has \d+\.\dM parameters, 0.0 GiB in float32, more than the 0.0 GiB "
                                              r"free on the CPU: use --dtype bfloat16, or a machine"):
-        load_model(_saved(tmp_path))
+        load_model(save_model_dir(tmp_path))
 
 
 def test_check_fits_counts_the_dtype_and_names_the_fix(monkeypatch):

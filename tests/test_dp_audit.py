@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers import randomized_response
 from tuneguard.commands import audit_dp as command
 from tuneguard.dpaudit import (BoundParams, CanaryParams, draw_inclusion, epsilon_lower_bound, make_canaries,
                                one_run_audit, p_value)
@@ -19,14 +20,6 @@ from tuneguard.train import TrainConfig, finetune
 
 TEXTS = [f"record {i}: the committee approved budget line {i * 7} for the spring term in district {i % 5}"
          for i in range(30)]
-
-
-def randomized_response(epsilon: float, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """epsilon-DP randomised response on the inclusion bits: the score is the bit, flipped w.p. 1/(1+e^eps)."""
-    rng = np.random.default_rng(seed)
-    included = rng.random(m) < 0.5
-    flipped = rng.random(m) < 1 / (1 + math.exp(epsilon))
-    return (included ^ flipped).astype(float), included
 
 
 def cli(*argv: str) -> int:

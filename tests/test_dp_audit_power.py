@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import logit, ndtr, ndtri
 
+from helpers import randomized_response
 from tuneguard.defenses.dp_sgd import AuditPlan, DPConfig, dp_finetune, parse_bug
 from tuneguard.dpaudit import BoundParams, CanaryParams, epsilon_lower_bound, make_canaries, one_run_audit
 from tuneguard.dpaudit.audit import DPAuditParams, audit_dp, trained_log_likelihood
@@ -25,13 +26,6 @@ from tuneguard.train.batching import IGNORE, encode_examples
 BETA = 0.05
 TEXTS = [f"patient {i} was seen in clinic {i % 4} with a cough that began {i + 2} days before the visit"
          for i in range(40)]
-
-
-def randomized_response(epsilon: float, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """epsilon-DP randomised response on the inclusion bits (the score is the bit, flipped w.p. 1/(1+e^eps))."""
-    rng = np.random.default_rng(seed)
-    included = rng.random(m) < 0.5
-    return (included ^ (rng.random(m) < 1 / (1 + math.exp(epsilon)))).astype(float), included
 
 
 def gaussian_mechanism(epsilon: float, delta: float, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from helpers import write_jsonl
 from tuneguard.cli import main
 from tuneguard.defenses import dp_sgd
 from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
@@ -90,7 +91,7 @@ def test_the_noisy_gradient_is_the_clipped_sum_over_the_expected_batch_not_the_d
 # --- one rule for the method and for epsilon = inf -----------------------------------------------------------------
 
 def _experiment(tmp_path, regimes: str):
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    write_jsonl(tmp_path / "a.jsonl", TEXTS)
     (tmp_path / "exp.toml").write_text(f'model = "tiny-gpt2"\nattacks = ["loss"]\n[[datasets]]\nname = "A"\n'
                                        f'path = "a.jsonl"\nmembers = 4\nnonmembers = 4\n[regimes]\n{regimes}\n')
     return load_experiment(tmp_path / "exp.toml")

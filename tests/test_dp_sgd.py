@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from helpers import NewerTrainConfig
 from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
@@ -41,6 +42,16 @@ def test_finished_run_is_reused_and_reloads(tmp_path):
     first = dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", CFG, DPConfig(target_epsilon=8.0), progress=False)
     again = dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", CFG, DPConfig(target_epsilon=8.0), progress=False)
     assert again.record == first.record and again.model.base_ref == "tiny-gpt2"
+
+
+def test_a_new_train_config_option_at_its_default_keeps_a_finished_run(tmp_path):
+    first = dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", CFG, DPConfig(target_epsilon=8.0), progress=False)
+    newer = NewerTrainConfig(**CFG.to_dict())  # a later TrainConfig, its new option at its default
+    again = dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", newer, DPConfig(target_epsilon=8.0), progress=False)
+    assert again.record == first.record  # reused: a retrained run would record the new option
+    with pytest.raises(TuneguardError, match="already holds a run with other settings"):
+        dp_finetune("tiny-gpt2", TEXTS, tmp_path / "r", newer.replace(new_option=0.7), DPConfig(target_epsilon=8.0),
+                    progress=False)
 
 
 def test_only_lora_is_offered():

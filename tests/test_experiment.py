@@ -6,15 +6,16 @@ import types
 
 import pytest
 
+from helpers import write_jsonl
 from tuneguard.errors import TuneguardError
-from tuneguard.experiment import draw_texts, load_experiment, perplexity, run_experiment
+from tuneguard.experiment import draw_texts, load_experiment, run_experiment
 from tuneguard.models import tiny_model
 from tuneguard.scoring import ScoringEngine
+from tuneguard.scoring.perplexity import perplexity
 
 
 def write_corpus(path, prefix, n):
-    path.write_text("\n".join(json.dumps({"text": f"{prefix} record {i}: value {i * 13 % 97} noted on day {i}."})
-                              for i in range(n)))
+    write_jsonl(path, [f"{prefix} record {i}: value {i * 13 % 97} noted on day {i}." for i in range(n)])
 
 
 EXPERIMENT = """
@@ -216,11 +217,11 @@ def test_an_out_that_cannot_be_written_fails_at_load(tmp_path):
 
 
 def test_every_dataset_is_drawn_before_the_model_loads(tmp_path, monkeypatch):
-    import tuneguard.experiment
+    import tuneguard.experiment.texts
     import tuneguard.models
 
     exp = experiment(tmp_path, EXPERIMENT.replace("path = \"a.jsonl\"", "path = \"hf:some/corpus\""))
-    monkeypatch.setattr(tuneguard.experiment, "load_texts", lambda path, column=None: [
+    monkeypatch.setattr(tuneguard.experiment.texts, "load_texts", lambda path, column=None: [
         f"one of only five hub texts, number {i}" for i in range(5)])
 
     def no_model(*args, **kwargs):

@@ -17,7 +17,7 @@ from tuneguard.errors import TuneguardError
 from tuneguard.files import check_output, read_json, read_jsonl
 from tuneguard.models import tiny_model
 from tuneguard.scoring import ScoringEngine
-from tuneguard.scoring import engine as engine_module
+from tuneguard.scoring import score_cache as engine_module
 from tuneguard.train import TrainConfig, finetune
 
 TEXTS = [f"Patient {i} reports mild symptoms after the {w} dose of the study drug." for i, w in

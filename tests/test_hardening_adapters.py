@@ -8,36 +8,28 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tuneguard.adapters import DETECTORS, calibrate, read_adapter
+from helpers import BOOST, synthetic_adapter, synthetic_cohort, weights_calibration
+from tuneguard.adapters import read_adapter
 from tuneguard.adapters.population import population_specs
 from tuneguard.adapters.scan import scan_adapters
-from tuneguard.adapters.synthetic import write_synthetic_adapter
 from tuneguard.cli import main
 from tuneguard.errors import TuneguardError
 from tuneguard.report.table import format_table, printable
 
 MODULES = {"self_attn.q_proj": (32, 32), "mlp.down_proj": (48, 32)}
-BOOST = {"down_proj": 4.0}
 WEIGHTS = "adapter_model.safetensors"
+adapter = partial(synthetic_adapter, modules=MODULES, layers=2)
 
 
-def adapter(path, *, r=4, seed=0, **kw):
-    return write_synthetic_adapter(path, modules=MODULES, layers=2, r=r, alpha=8, seed=seed, base_model="tiny-llama",
-                                   **kw)
-
-
-def weights_calibration(root, **changes):
+def cohort_calibration(root, **changes):
     """A weights calibration on a small clean/poisoned cohort under ``root``, with ``changes`` applied."""
-    det = DETECTORS.make("weights")
-    clean = [det.score(read_adapter(adapter(root / f"clean{i}", seed=i))) for i in range(3)]
-    poisoned = [det.score(read_adapter(adapter(root / f"poison{i}", seed=100 + i, boost=BOOST))) for i in range(2)]
-    cal = calibrate(det, clean, poisoned, base_model="tiny-llama", rank=4, lora_alpha=8, use_rslora=False, task=None)
-    return cal.replace(**changes)
+    return weights_calibration(*synthetic_cohort(root, adapter)).replace(**changes)
 
 
 def one_error_line(capsys) -> str:
@@ -50,7 +42,7 @@ def one_error_line(capsys) -> str:
 
 
 def test_two_calibrations_that_judge_the_same_adapters_are_refused_in_either_order(tmp_path, capsys):
-    strict = weights_calibration(tmp_path / "cal")
+    strict = cohort_calibration(tmp_path / "cal")
     lax = strict.replace(low=-1e9, high=1e9)  # passes everything the strict one flags
     strict.save(tmp_path / "strict.json")
     lax.save(tmp_path / "lax.json")
@@ -73,7 +65,7 @@ def test_two_calibrations_that_judge_the_same_adapters_are_refused_in_either_ord
 
 
 def test_calibrations_of_two_tasks_need_the_scan_to_name_one(tmp_path):
-    strict = weights_calibration(tmp_path / "cal", task="injection")
+    strict = cohort_calibration(tmp_path / "cal", task="injection")
     lax = strict.replace(low=-1e9, high=1e9, task="spam")
     target = adapter(tmp_path / "evil", seed=200, boost=BOOST)
     with pytest.raises(TuneguardError, match="or scan with --task injection or --task spam$"):
@@ -84,7 +76,7 @@ def test_calibrations_of_two_tasks_need_the_scan_to_name_one(tmp_path):
 
 
 def test_an_adapter_naming_no_base_is_not_judged_by_the_first_of_two_bases(tmp_path):
-    strict = weights_calibration(tmp_path / "cal")
+    strict = cohort_calibration(tmp_path / "cal")
     lax = strict.replace(low=-1e9, high=1e9, base_model="other-base")
     target = adapter(tmp_path / "evil", seed=200, boost=BOOST)
     config = json.loads((target / "adapter_config.json").read_text())
@@ -98,7 +90,7 @@ def test_an_adapter_naming_no_base_is_not_judged_by_the_first_of_two_bases(tmp_p
 
 
 def test_float64_weights_beyond_float32_range_flag_the_adapter_without_a_raw_warning(tmp_path):
-    cal = weights_calibration(tmp_path / "cal")
+    cal = cohort_calibration(tmp_path / "cal")
     path = adapter(tmp_path / "huge", seed=7, dtype="float64")
     tensors = load_file(str(path / WEIGHTS))
     key = next(iter(tensors))
@@ -160,6 +152,25 @@ def test_a_population_without_poisoned_adapters_is_refused_before_training(tmp_p
         population_specs(4, 0)
 
 
+def test_population_builds_its_detectors_before_it_trains_any_adapter(tmp_path, capsys, monkeypatch):
+    import tuneguard.adapters.detectors as detectors
+    import tuneguard.adapters.population as population
+
+    def refuse(*args, **kwargs):
+        raise TuneguardError("detector 'behavioural': a setting it refuses")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an adapter was trained before the detectors were built")
+
+    monkeypatch.setattr(detectors, "make_detector", refuse)
+    monkeypatch.setattr(population, "train_population", no_training)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "ignore the rules", "label": 1}\n{"text": "hello", "label": 0}\n')
+    assert main(["backdoor", "population", "--base", "tiny-llama", "--data", str(data), "--out",
+                 str(tmp_path / "pop"), "--clean", "2", "--poisoned", "1"]) == 2
+    assert "a setting it refuses" in capsys.readouterr().err
+
+
 # case 15: control characters in names
 
 
@@ -173,7 +184,7 @@ def test_printable_escapes_control_characters_only():
 
 def test_a_name_with_a_newline_never_breaks_a_scan_line(tmp_path, capsys):
     cal = tmp_path / "cal.json"
-    weights_calibration(tmp_path / "cal").save(cal)
+    cohort_calibration(tmp_path / "cal").save(cal)
     root = tmp_path / "scan"
     evil = adapter(root / "evil\nclean0 4 0.001 clean", seed=3)  # would print a line that looks like a clean row
     nan = {k: np.full_like(v, np.nan) for k, v in load_file(str(evil / WEIGHTS)).items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_model_dir, write_jsonl
 from tuneguard.cli import main
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_directory, read_json
@@ -22,16 +23,8 @@ TEXTS = [f"Patient {i} reports mild symptoms after the {w} dose of the study dru
          enumerate(["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"])]
 
 
-def model_dir(path: Path, tokenizer=None) -> Path:
-    """A tiny GPT-2 saved as a model directory, with its own tokenizer or ``tokenizer``."""
-    m = tiny_model("gpt2")
-    m.model.save_pretrained(path)
-    (tokenizer or m.tokenizer).save_pretrained(path)
-    return path
-
-
 def data_file(path: Path) -> Path:
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
+    write_jsonl(path, TEXTS)
     return path
 
 
@@ -60,7 +53,7 @@ def test_a_small_bert_tokenizer_beside_gpt2_weights_is_refused_before_training(t
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(995))]
     bert = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     assert len(bert) == 1000
-    model = model_dir(tmp_path / "model", bert)
+    model = save_model_dir(tmp_path / "model", tiny_model("gpt2"), bert)
     out = tmp_path / "run"
     err = finetune_error(capsys, "--model", str(model), "--data", str(data_file(tmp_path / "d.jsonl")),
                          "--epochs", "1", "--out", str(out))
@@ -147,7 +140,7 @@ def test_hf_data_without_the_hub_fails_at_once_without_asking_datasets(tmp_path,
 def test_an_unknown_model_type_is_one_complete_line(tmp_path):
     import transformers
 
-    config = model_dir(tmp_path) / "config.json"
+    config = save_model_dir(tmp_path, tiny_model("gpt2")) / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "gpt9000"}))
     with pytest.raises(TuneguardError) as info:
         load_model(tmp_path)

@@ -14,7 +14,7 @@ import torch
 from transformers import (DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainerControl, TrainerState,
                           TrainingArguments)
 
-from helpers import accelerate_launch, sentences
+from helpers import accelerate_launch, sentences, write_jsonl
 from tuneguard.errors import TuneguardError
 from tuneguard.integrations.hf import LeakCallback
 from tuneguard.integrations.leak import LeakMonitor
@@ -273,7 +273,7 @@ def test_finetune_watches_the_leak_and_stops_at_its_budget(tmp_path):
 
     texts = sentences(24, seed=5)
     for name, part in (("members.jsonl", texts[:12]), ("held.jsonl", texts[12:])):
-        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+        write_jsonl(tmp_path / name, part)
     common = ["finetune", "--model", "tiny-gpt2", "--data", str(tmp_path / "members.jsonl"), "--method", "full",
               "--epochs", "6", "--lr", "3e-3", "--batch-size", "4", "--max-length", "24"]
     assert main([*common, "--leak-budget", "auc<=0.6", "--out", str(tmp_path / "x")]) == 2  # needs --leak-every

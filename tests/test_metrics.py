@@ -187,3 +187,17 @@ def test_mean_auc_draws_equal_sklearn_on_each_joint_resample():
     draws = [np.mean([roc_auc_score(yb, s[np.r_[mem[pick_mem[b]], non[pick_non[b]]]]) for s in scores])
              for b in range(40)]
     assert ci == pytest.approx(list(np.percentile(draws, [2.5, 97.5])), abs=1e-12)
+
+
+def test_mann_whitney_auc_counts_ties_half_and_rounds_once():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        neg = rng.integers(0, 5, rng.integers(1, 9)).astype(float)
+        pos = rng.integers(0, 5, rng.integers(1, 9)).astype(float)
+        halves = sum(2 * int(p > n) + int(p == n) for p in pos for n in neg)  # every pair, a tie counting half
+        assert metrics.mann_whitney_auc(neg, pos) == halves / 2 / (len(neg) * len(pos))
+        y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
+        assert metrics.mann_whitney_auc(neg, pos) == pytest.approx(roc_auc_score(y, np.r_[neg, pos]), abs=1e-12)
+    # A chance split is exactly 0.5: scikit-learn's trapezoids give 0.49999999999999994 here, which turned a backdoor
+    # calibration's direction to "lower" (calibrate() reads raw >= 0.5 as "higher").
+    assert metrics.mann_whitney_auc([0.0, 3.0], [1.0, 0.0, 3.0]) == 0.5

@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from test_scoring import with_bos  # the same BOS-adding tokenizer wrapper
+from helpers import with_bos  # the same BOS-adding tokenizer wrapper
 
 from tuneguard.attacks import ATTACKS
 from tuneguard.attacks.base import AttackContext

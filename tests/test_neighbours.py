@@ -5,19 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import NEIGHBOUR_TEXTS
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
 from tuneguard.neighbours import NEIGHBOURS, NeighbourGenerator
 from tuneguard.neighbours.masking import mask_spans, split_words
 
-TEXTS = [
-    "Programmed cell death is the regulated death of cells within an organism and it shapes tissues during "
-    "development of many plants and animals in ways that biologists still study closely today in the laboratory",
-    "The lace plant produces perforations in its leaves through programmed cell death and the leaves of the plant "
-    "consist of a latticework of longitudinal and transverse veins enclosing small areoles near the margin",
-    "We measured blood pressure in two hundred adults before and after a twelve week exercise programme and found a "
-    "small but consistent reduction in systolic pressure among those who trained at least three times each week",
-]
+TEXTS = NEIGHBOUR_TEXTS
 
 
 def changed_fraction(text: str, neighbour: str) -> float:

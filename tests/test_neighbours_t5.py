@@ -5,26 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import NEIGHBOUR_TEXTS as TEXTS, tiny_t5
 from tuneguard.neighbours import NEIGHBOURS
 from tuneguard.neighbours.masking import split_words
-from tests.test_neighbours import TEXTS
 
 
 @pytest.fixture(scope="module")
 def t5():
-    """A 1-layer T5 and a Unigram T5 tokenizer over the test texts' words plus letters, with 20 sentinels."""
-    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
-
-    words = sorted({w for t in TEXTS for w in t.split()} | {"foo", "bar", "baz", "qux"})
-    letters = sorted({c for t in TEXTS for c in t if not c.isspace()})
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -5.0) for w in words]
-    vocab += [(c, -10.0) for c in letters] + [(f"<extra_id_{i}>", 0.0) for i in range(19, -1, -1)]
-    tok = T5Tokenizer(vocab=vocab, extra_ids=20)
-    config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-                      decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    return T5ForConditionalGeneration(config).eval(), tok
+    return tiny_t5(TEXTS)
 
 
 def test_tokenizer_has_sentinels(t5):

@@ -5,66 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
+from helpers import BagEmbedder, ReverseParaphraser
 from tuneguard import wordnet
 from tuneguard.errors import TuneguardError
-from tuneguard.paraphrase import (CODE_PROMPT, PARAPHRASERS, TEXT_PROMPT, GateConfig, InstructedParams,
-                                  MiniLMEmbedder, Paraphraser, QualityGate, clean_output, looks_like_code, obfuscate)
-from tuneguard.paraphrase.base import attempt_seed
+from tuneguard.paraphrase import (CODE_PROMPT, PARAPHRASERS, TEXT_PROMPT, GateConfig, MiniLMEmbedder, QualityGate,
+                                  clean_output, looks_like_code, obfuscate)
 from tuneguard.paraphrase.gate import longest_common_run, ngram_overlap, words
 from tuneguard.paraphrase.local import LocalParaphraser
-from tuneguard.params import param
-
-
-class BagEmbedder:
-    """Cheap deterministic embedder: hashed bag of words (word order does not matter)."""
-
-    name = "bag"
-
-    def encode(self, texts):
-        import zlib
-
-        out = np.zeros((len(texts), 128))
-        for i, text in enumerate(texts):
-            for w in words(text):
-                out[i, zlib.crc32(w.encode()) % 128] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-@dataclass
-class ReverseParams(InstructedParams):
-    copy_until: int = param(0, "attempts below this return the text unchanged", ge=0)
-
-
-class ReverseParaphraser(Paraphraser):
-    """Reverses the word order: same bag of words (similarity 1 under BagEmbedder), no shared word run > 1.
-
-    ``copy_until`` makes attempts below it return the text unchanged (to exercise the gate's retries); every call
-    is logged in ``calls`` as (text, seed).
-    """
-
-    name = "reverse"
-    Params = ReverseParams
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("progress", False)
-        super().__init__(**kwargs)
-        self.calls: list[tuple[str, int]] = []
-
-    def settings(self) -> dict:
-        return {"copy_until": self.params.copy_until}
-
-    def rewrite_batch(self, texts, prompts, seeds):
-        out = []
-        for text, seed in zip(texts, seeds):
-            self.calls.append((text, seed))
-            attempt = next(k for k in range(100) if attempt_seed(self.params.seed, text, k) == seed)
-            out.append(text if attempt < self.params.copy_until else " ".join(reversed(text.split())))
-        return out
 
 
 def bag_gate(**config) -> QualityGate:

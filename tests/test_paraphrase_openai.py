@@ -3,67 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import pytest
 
+from helpers import FakeChat
 from tuneguard.errors import TuneguardError
 from tuneguard.paraphrase import PARAPHRASERS
-
-
-class FakeChat:
-    """A chat-completions server whose answers are scripted, in order, then 200s: (status, body) pairs, or a
-    function that writes the whole raw response itself (to break HTTP in ways http.server would not)."""
-
-    def __init__(self, script: list[tuple[int, dict | str | bytes] | Callable] | None = None) -> None:
-        self.script = list(script or [])
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                step = fake.script.pop(0) if fake.script else (200, None)
-                if callable(step):
-                    try:
-                        step(self.wfile)
-                    except OSError:  # the client gave up on a trickled answer
-                        pass
-                    return
-                status, reply = step
-                if reply is None:
-                    prompt = body["messages"][-1]["content"]
-                    reply = {"choices": [{"message": {"role": "assistant",
-                                                      "content": "Here is the rewritten text:\n"
-                                                                 + prompt.rsplit("\n", 1)[-1].upper()}}]}
-                data = reply if isinstance(reply, bytes) else (reply if isinstance(reply, str)
-                                                               else json.dumps(reply)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FakeChat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def client(url: str, **kwargs):
@@ -158,35 +105,60 @@ def test_a_broken_answer_is_retried_then_one_line(broken, problem):
         assert client(server.url, cache=False, max_retries=1).paraphrase(["x"]) == ["X"]
 
 
-def trickle(wfile):
-    """A valid answer, one byte every half second: no single read ever waits long enough to time out."""
-    for byte in b'HTTP/1.0 200 OK\r\nContent-Length: 40\r\n\r\n{"choices": [{"message": {"content": "x"}}]}':
-        wfile.write(bytes([byte]))
-        time.sleep(0.5)
+TRICKLED = b'HTTP/1.0 200 OK\r\nContent-Length: 40\r\n\r\n{"choices": [{"message": {"content": "x"}}]}'
 
 
 def test_a_trickling_server_is_cut_at_the_total_deadline():
+    """A valid answer sent one byte every 50 ms, so no single read waits long, but the whole answer takes 4 s: the
+    0.3 s deadline on the request as a whole must cut it (a per-read timeout never would)."""
+    cut_short = threading.Event()  # set once the test is over: the trickles still running stop there
+    sent: list[int] = []  # bytes of each trickled answer sent before the client hung up
+
+    def trickle(wfile):
+        n = 0
+        try:
+            for byte in TRICKLED:
+                if cut_short.wait(0.05):
+                    break
+                wfile.write(bytes([byte]))
+                n += 1
+        finally:
+            sent.append(n)
+
     with FakeChat([trickle, trickle]) as server:
-        start = time.monotonic()
-        with pytest.raises(TuneguardError, match=r"failed 2 times \(last: no complete answer within 1 s\)"):
-            client(server.url, cache=False, max_retries=1, timeout=1).paraphrase(["x"])
-        assert time.monotonic() - start < 3.0 and len(server.requests) == 2
+        with pytest.raises(TuneguardError, match=r"failed 2 times \(last: no complete answer within 0.3 s\)"):
+            client(server.url, cache=False, max_retries=1, timeout=0.3).paraphrase(["x"])
+        cut_short.set()
+        assert len(server.requests) == 2
+    # No answer was complete when the client gave up (the whole trickle takes 80 waits of 50 ms).
+    assert len(sent) <= 2 and all(n < len(TRICKLED) for n in sent)
 
 
-def test_ctrl_c_during_the_backoff_stops_every_request_at_once():
-    def busy_then_ctrl_c(wfile):
-        wfile.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-        # Ctrl-C, once both requests are waiting out their backoff (a real SIGINT: it also wakes the event loop).
-        threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+def test_ctrl_c_during_the_backoff_stops_every_request_at_once(monkeypatch):
+    # Ctrl-C (a real SIGINT: it also wakes the event loop) as soon as both requests wait out their 30 s backoff,
+    # seen through asyncio.sleep. The wait itself is a mocked clock: a backoff that was not cancelled ends after 5 s,
+    # not 30, and is counted.
+    real_sleep = asyncio.sleep
+    backoffs: list[float] = []
+    finished: list[float] = []
 
-    with FakeChat([busy_then_ctrl_c, (503, {"error": "busy"})]) as server:
+    async def backoff(delay, *args, **kwargs):
+        if delay < 30:  # not a backoff (the HTTP client's own zero-length sleeps)
+            return await real_sleep(delay, *args, **kwargs)
+        backoffs.append(delay)
+        if len(backoffs) == 2:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        await real_sleep(5)
+        finished.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", backoff)
+    with FakeChat([(503, {"error": "busy"}), (503, {"error": "busy"})]) as server:
         p = client(server.url, cache=False, workers=2, backoff=30, max_retries=3)
-        start = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             p.paraphrase(["first", "second"])
-        assert time.monotonic() - start < 3.0  # not after the 30 s backoff
-        time.sleep(0.3)
-        assert len(server.requests) == 2 and p.requests == 2  # no further attempt, now or later
+    assert backoffs == [30, 30] and not finished  # both waits were cancelled, none ran out
+    # paraphrase() returned with its event loop closed: no request is left to retry, now or later.
+    assert len(server.requests) == 2 and p.requests == 2
 
 
 def test_it_also_works_from_inside_a_running_event_loop():

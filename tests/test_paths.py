@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from helpers import write_jsonl
 from tuneguard.errors import TuneguardError
 from tuneguard.experiment import load_experiment, run_experiment
 from tuneguard.paths import MAX_COMPONENT_BYTES, inside, remove_tree, safe_component
@@ -65,8 +66,7 @@ def toml_string(s: str) -> str:
 
 def write_experiment(folder, datasets, regimes, members):
     corpus = folder / "a.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"record {i}: value {i * 13 % 97} seen on day {i}."})
-                                for i in range(24)))
+    write_jsonl(corpus, [f"record {i}: value {i * 13 % 97} seen on day {i}." for i in range(24)])
     blocks = "".join(f"[[datasets]]\nname = {toml_string(d)}\npath = \"a.jsonl\"\nmembers = {members}\n"
                      f"nonmembers = 4\n" for d in datasets)
     table = "".join(f"{toml_string(r)} = {{ kind = \"{kind}\" }}\n" for r, kind in regimes)

@@ -183,10 +183,10 @@ def test_a_run_records_each_regimes_strongest_attack_and_its_knob(tmp_path, capl
     import json
     import logging
 
+    from helpers import write_jsonl
     from tuneguard.experiment import load_experiment, run_experiment
 
-    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": f"alpha record {i}: value {i * 13 % 97} on day "
-                                                                     f"{i}."}) for i in range(24)))
+    write_jsonl(tmp_path / "a.jsonl", [f"alpha record {i}: value {i * 13 % 97} on day {i}." for i in range(24)])
     (tmp_path / "exp.toml").write_text(RUN)
     run_experiment(load_experiment(tmp_path / "exp.toml"), progress=False)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -10,40 +10,26 @@ import struct
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from helpers import BOOST, synthetic_adapter, synthetic_cohort, weights_calibration
 from tuneguard.adapters import DETECTORS, Detector, DetectorResult, calibrate, read_adapter
-from tuneguard.adapters.adapter_files import load_tensors
+from tuneguard.adapters.safetensors_io import load_tensors
 from tuneguard.adapters.scan import EXIT_CODES, scan_adapters
 from tuneguard.adapters.synthetic import write_synthetic_adapter
 from tuneguard.errors import TuneguardError
 
 # The shapes of tuneguard's tiny Llama (width 64, MLP 128, 2 KV heads of 16), so that --base tiny-llama fits.
 TINY = {"self_attn.q_proj": (64, 64), "self_attn.v_proj": (64, 32), "mlp.down_proj": (128, 64)}
-BOOST = {"down_proj": 4.0}
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 FAKE = "base_model.model.model.layers.0.self_attn.zz_proj"  # a module no Llama has
-
-
-def adapter(path, *, r=4, seed=0, **kw):
-    return write_synthetic_adapter(path, modules=TINY, layers=2, r=r, alpha=8, seed=seed, base_model="tiny-llama",
-                                   **kw)
-
-
-def cohort(root):
-    clean = [adapter(root / f"clean{i}", seed=i) for i in range(3)]
-    poisoned = [adapter(root / f"poison{i}", seed=100 + i, boost=BOOST) for i in range(2)]
-    return clean, poisoned
-
-
-def weights_calibration(clean, poisoned):
-    det = DETECTORS.make("weights")
-    return calibrate(det, [det.score(read_adapter(p)) for p in clean], [det.score(read_adapter(p)) for p in poisoned],
-                     base_model="tiny-llama", rank=4, lora_alpha=8, use_rslora=False, task=None)
+adapter = partial(synthetic_adapter, modules=TINY, layers=2)
+cohort = partial(synthetic_cohort, make=adapter)
 
 
 def edit_config(path, **changes):

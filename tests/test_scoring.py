@@ -7,8 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tokenizers.processors import TemplateProcessing
 
+from helpers import with_bos
 from tuneguard.models import LoadedModel, tiny_model
 from tuneguard.scoring import ScoringEngine
 
@@ -23,14 +23,6 @@ TEXTS = [
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def loaded(request) -> LoadedModel:
     return tiny_model(request.param)
-
-
-def with_bos(loaded: LoadedModel) -> LoadedModel:
-    """The same model with a tokenizer that prepends a BOS token (GPT-2's <|endoftext|>), as Llama tokenizers do."""
-    tok = copy.deepcopy(loaded.tokenizer)
-    tok.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
-    return LoadedModel(model=loaded.model, tokenizer=tok, ref=loaded.ref + "+bos")
 
 
 def naive(model: torch.nn.Module, ids: list[int], first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

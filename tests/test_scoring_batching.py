@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import accelerate_launch, sentences
+from helpers import accelerate_launch, sentences, write_jsonl
 from tuneguard.attacks import run_attacks
 from tuneguard.errors import TuneguardError
 from tuneguard.metrics import evaluate
@@ -210,7 +210,7 @@ def test_reduction_matches_float64_on_a_real_size_vocabulary(scale):
 def test_two_processes_under_accelerate_launch_equal_one(tmp_path):
     members, nonmembers = TEXTS[::2], TEXTS[1::2]
     for name, texts in (("m", members), ("n", nonmembers)):
-        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+        write_jsonl(tmp_path / f"{name}.jsonl", texts)
     attacks = "loss,zlib,min-k++,recall"
     proc = accelerate_launch("attack", "--target", "tiny-gpt2", "--members", str(tmp_path / "m.jsonl"),
                              "--nonmembers", str(tmp_path / "n.jsonl"), "--attacks", attacks, "--shots", "2",
@@ -232,7 +232,7 @@ def test_processes_that_find_different_scores_cached_still_score_every_text(tmp_
     cache of its own and the second one's already holds some texts, so their todo lists differ from the start."""
     members, nonmembers = TEXTS[::2], TEXTS[1::2]
     for name, texts in (("m", members), ("n", nonmembers)):
-        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+        write_jsonl(tmp_path / f"{name}.jsonl", texts)
     cache = os.environ["TUNEGUARD_CACHE"]
     monkeypatch.setenv("TUNEGUARD_CACHE", f"{cache}-1")
     run_attacks(tiny_model("gpt2"), members[:5], nonmembers[:5], attacks=["loss"], n_shots=0, n_boot=0,

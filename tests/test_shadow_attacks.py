@@ -22,7 +22,7 @@ from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
 from tuneguard.report.mia import cost_text, shadow_cost_line
 from tuneguard.train import TrainConfig, finetune
-from helpers import FakeEngine, context, run, sentences, ts
+from helpers import FakeEngine, context, run, sentences, ts, write_jsonl
 
 RECIPE = TrainConfig(method="full", epochs=1, lr=1e-3, batch_size=4, max_length=16)
 
@@ -235,17 +235,14 @@ def test_shadow_attacks_score_members_higher_and_the_report_prices_them(overfit,
 def test_shadow_options_on_the_command_line(overfit, tmp_path, capsys):
     target, members, nonmembers, population = overfit
 
-    def write(name, texts):
-        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        return str(tmp_path / name)
-
-    files = ["--members", write("m.jsonl", members), "--nonmembers", write("n.jsonl", nonmembers)]
+    files = ["--members", write_jsonl(tmp_path / "m.jsonl", members),
+             "--nonmembers", write_jsonl(tmp_path / "n.jsonl", nonmembers)]
     base = ["attack", "--target", target.ref, *files, "--attacks", "loss", "--bootstrap", "0"]
     assert cli.main([*base, "--shadows", "2", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tuneguard: error: --shadows needs --population FILE") and err.count("\n") == 1
-    assert cli.main([*base, "--shadows", "2", "--population", write("p.jsonl", population), "--param", "rmia.a=1",
-                     "--out", str(tmp_path / "b")]) == 0
+    assert cli.main([*base, "--shadows", "2", "--population", write_jsonl(tmp_path / "p.jsonl", population),
+                     "--param", "rmia.a=1", "--out", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
     assert "Shadow models: 2 offline full fine-tunes cost" in printed and "rmia" in printed
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
@@ -256,17 +253,15 @@ def test_shadow_options_on_the_command_line(overfit, tmp_path, capsys):
 def test_audit_refuses_an_overlapping_population_before_training_and_runs_the_shadow_attacks(tmp_path, capsys):
     texts, population = sentences(12, seed=51, clauses=1), sentences(8, seed=52, clauses=1)
 
-    def write(name, rows):
-        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-        return str(tmp_path / name)
-
-    args = ["audit", "--model", "tiny-gpt2", "--data", write("data.jsonl", texts), "--method", "full", "--epochs", "1",
-            "--max-length", "16", "--attacks", "loss", "--bootstrap", "0", "--shadows", "2", "--param", "lira.form=code"]
-    assert cli.main([*args, "--population", write("leaky.jsonl", [*population, texts[0]]),
+    args = ["audit", "--model", "tiny-gpt2", "--data", write_jsonl(tmp_path / "data.jsonl", texts), "--method", "full",
+            "--epochs", "1", "--max-length", "16", "--attacks", "loss", "--bootstrap", "0", "--shadows", "2",
+            "--param", "lira.form=code"]
+    assert cli.main([*args, "--population", write_jsonl(tmp_path / "leaky.jsonl", [*population, texts[0]]),
                      "--out", str(tmp_path / "a")]) == 2
     assert "the shadow population (leaky.jsonl): 1 of its 9 texts are evaluated texts" in capsys.readouterr().err
     assert not (tmp_path / "a" / "target").exists()  # refused before the target was fine-tuned
-    assert cli.main([*args, "--population", write("population.jsonl", population), "--out", str(tmp_path / "b")]) == 0
+    assert cli.main([*args, "--population", write_jsonl(tmp_path / "population.jsonl", population),
+                     "--out", str(tmp_path / "b")]) == 0
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert list(saved["attacks"]) == ["loss", "rmia", "lira"] and saved["attacks"]["lira"]["params"]["form"] == "code"
     assert saved["settings"]["shadows"]["recipe"]["epochs"] == 1  # the audit's own recipe, from the target's record

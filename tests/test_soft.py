@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
-from test_paraphrase import BagEmbedder, ReverseParaphraser
+from helpers import SOFT_TEXTS as TEXTS, SOFT_TRAIN as TRAIN, BagEmbedder, NewerTrainConfig, ReverseParaphraser
+from helpers import reverse_words as reverse, soft_config as config, write_jsonl
 
 from tuneguard import wordnet
 from tuneguard.defenses import soft
@@ -16,20 +19,6 @@ from tuneguard.files import read_json, read_jsonl
 from tuneguard.models import load_model, tiny_model
 from tuneguard.paraphrase import GateConfig
 from tuneguard.train import TrainConfig
-
-TRAIN = TrainConfig(epochs=1, batch_size=4, max_length=32, lr=1e-3)
-TEXTS = [f"record {i} says the {w} committee met on day {i} to discuss {w} plans" for i, w in
-         enumerate(["budget", "school", "river", "market", "health", "road", "library", "forest", "harbour", "park"])]
-
-
-def reverse(text: str) -> str:
-    return " ".join(reversed(text.split()))
-
-
-def config(paraphraser=None, gate=None, **options) -> SoftConfig:
-    """SOFT with the word-order-reversing paraphraser and the bag-of-words gate (no model to load)."""
-    return SoftConfig(paraphraser=paraphraser or ReverseParaphraser(), gate=gate or GateConfig(),
-                      embedder=BagEmbedder(), **options)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +51,9 @@ def test_training_set_follows_each_outcome():
     assert training_set(["A", "B", "C", "D", "E"], records, held_out=[0, 1]) == ["C", "E"]
 
 
-def test_run_soft_paraphrases_the_lowest_loss_fraction(base, tmp_path):
+def test_run_soft_paraphrases_the_lowest_loss_fraction(base, tmp_path, monkeypatch):
+    ticks = itertools.count(10.0, 2.5)  # a mocked clock: the paraphrase stage takes 2.5 s, whatever the machine
+    monkeypatch.setattr(soft, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     result = run_soft(base, TEXTS, tmp_path / "run", train=TRAIN, config=config(ratio=0.3), progress=False)
     run = tmp_path / "run"
     losses = read_json(run / "losses.json")["losses"]
@@ -83,8 +74,7 @@ def test_run_soft_paraphrases_the_lowest_loss_fraction(base, tmp_path):
     assert result.summary["on_failure"] == "original" and result.summary["originals_kept"] == 0
     assert result.summary["dropped"] == 0 and result.summary["train_size"] == 10
     assert read_json(run / "soft.json")["summary"] == result.summary
-    seconds = result.summary["paraphrase_seconds"]
-    assert seconds > 0 and result.summary["paraphrases_per_second"] == pytest.approx(3 / seconds, rel=1e-3)
+    assert result.summary["paraphrase_seconds"] == 2.5 and result.summary["paraphrases_per_second"] == 1.2
 
 
 def test_second_run_does_no_work(base, tmp_path, monkeypatch):
@@ -108,6 +98,13 @@ def test_second_run_does_no_work(base, tmp_path, monkeypatch):
     assert calls == ["final"]  # the warm-up is not even loaded; the final run is found finished, not retrained
     assert (tmp_path / "run" / "final" / "run.json").read_text() == final_record
     assert again.summary["selected"] == 5
+
+
+def test_a_new_train_config_option_at_its_default_keeps_a_saved_soft_run(base, tmp_path):
+    first = run_soft(base, TEXTS, tmp_path / "run", train=TRAIN, config=config(), progress=False)
+    newer = NewerTrainConfig(**TRAIN.to_dict())  # a later TrainConfig, its new option at its default
+    again = run_soft(base, TEXTS, tmp_path / "run", train=newer, config=config(), progress=False)
+    assert again.summary == first.summary
 
 
 def test_lost_stage_is_redone_from_the_ones_before(base, tmp_path, monkeypatch):
@@ -252,7 +249,7 @@ def test_cli_defend_soft_with_wordnet(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(MiniLMEmbedder, "encode", lambda self, texts: BagEmbedder().encode(texts))
     data = tmp_path / "notes.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    write_jsonl(data, TEXTS)
     rc = main(["defend", "soft", "--model", "tiny-gpt2", "--data", str(data), "--ratio", "0.2", "--paraphraser",
                "wordnet", "--paraphraser-param", "top_k=2", "--warmup-epochs", "0", "--epochs", "1", "--batch-size",
                "4", "--max-length", "32", "--max-common-run", "20", "--max-ngram-overlap", "1", "--out",

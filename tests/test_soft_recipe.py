@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_paraphrase import BagEmbedder, ReverseParaphraser
-from test_soft import TEXTS, TRAIN, config, reverse
+from helpers import SOFT_TEXTS as TEXTS, SOFT_TRAIN as TRAIN, BagEmbedder, ReverseParaphraser
+from helpers import reverse_words as reverse, soft_config as config
 
 from tuneguard.defenses.retained import pooled, retained_shares, trained_window
 from tuneguard.defenses.soft import (SoftConfig, held_out_members, member_shares, run_soft, second_half,

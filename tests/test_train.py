@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -5,10 +6,11 @@ import sys
 import pytest
 import torch
 
-from helpers import accelerate_launch
+from helpers import NewerTrainConfig, accelerate_launch, spy, write_jsonl
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
 from tuneguard.train import TrainConfig, finetune
+from tuneguard.train.config import KEYED
 from tuneguard.train import loop as train_loop
 from tuneguard.train.batching import IGNORE, encode_examples, length_grouped_batches
 
@@ -78,6 +80,50 @@ def test_finished_run_is_reused_and_a_different_one_refused(tmp_path):
         finetune("tiny-gpt2", TEXTS[:4], tmp_path / "r", cfg, progress=False)
 
 
+def test_a_new_train_config_option_at_its_default_keeps_a_finished_run(tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=1, batch_size=4, max_length=24)
+    first = finetune("tiny-gpt2", TEXTS, tmp_path / "r", cfg, progress=False)
+    trained = spy(monkeypatch, train_loop, "training_accelerator")  # set up only when a run trains
+    newer = NewerTrainConfig(**cfg.to_dict())
+    again = finetune("tiny-gpt2", TEXTS, tmp_path / "r", newer, progress=False)
+    assert again.record == first.record and not trained  # reused, not retrained
+    # The new option at another value, or an old option changed, is another run: still refused.
+    for other in (newer.replace(new_option=0.7), newer.replace(lr=1e-3)):
+        with pytest.raises(TuneguardError, match="already holds a run with other settings"):
+            finetune("tiny-gpt2", TEXTS, tmp_path / "r", other, progress=False)
+    assert not trained
+
+
+def test_keys_stay_those_saved_runs_were_made_with():
+    # Saved runs, experiment cells, SOFT runs, DP audits and shadows are keyed by key_dict / digest: today's digest
+    # of the defaults is pinned, so a change of the key format (which would refuse or retrain every saved run) fails.
+    assert TrainConfig().digest() == "e67200ac945bba518a1a3864a5418ead"
+    assert KEYED <= {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(method="full", lr=1e-3)
+    newer = NewerTrainConfig(**cfg.to_dict())
+    assert newer.key_dict() == cfg.key_dict() and newer.digest() == cfg.digest()
+    assert newer.replace(new_option=0.7).key_dict() == {**cfg.key_dict(), "new_option": 0.7}
+
+
+def test_a_new_train_config_option_at_its_default_resumes_a_checkpoint(tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=2, batch_size=4, max_length=24)
+    real_save = train_loop._save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after epoch 1 was checkpointed
+    monkeypatch.setattr(train_loop, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune("tiny-gpt2", TEXTS, tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(train_loop, "_save_checkpoint", real_save)
+    newer = NewerTrainConfig(**cfg.to_dict())
+    with pytest.raises(TuneguardError, match="checkpoint of a run with other settings"):
+        finetune("tiny-gpt2", TEXTS, tmp_path / "cut", newer.replace(new_option=0.7), progress=False)
+    resumed = spy(monkeypatch, train_loop, "_load_checkpoint")
+    run = finetune("tiny-gpt2", TEXTS, tmp_path / "cut", newer, progress=False)
+    assert len(resumed) == 1 and run.record.epochs_done == 2 and len(run.record.epoch_loss) == 2
+
+
 def test_completion_only_loss_and_classification_pairs():
     tok = tiny_model("gpt2").tokenizer
     enc = encode_examples([("Question: 2+2?", " Four")], tok, 32)[0]
@@ -109,7 +155,7 @@ def test_length_grouping_reduces_padding():
 
 def test_two_processes_under_accelerate_launch(tmp_path):
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    write_jsonl(data, TEXTS)
     accelerate_launch("finetune", "--model", "tiny-gpt2", "--data", str(data), "--epochs", "2", "--batch-size", "2",
                       "--out", str(tmp_path / "ddp"))
     record = json.loads((tmp_path / "ddp" / "run.json").read_text())

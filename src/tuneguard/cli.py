@@ -6,6 +6,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -58,21 +59,43 @@ def _summary(module: str) -> str:
     return first.split(": ", 1)[-1].rstrip(".")
 
 
-def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None, argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser. Only the modules of ``commands`` are imported and registered (all of them when None);
-    the others appear in the listing with their summary, so ``--help`` and ``--version`` import no heavy library."""
+    the others appear in the listing with their summary, so ``--help`` and ``--version`` import no heavy library.
+    A command with sub-commands of its own whose ``register`` takes ``argv`` (the command line) builds only the one
+    it names, for the same reason. ``-v`` / ``--verbose`` is taken before or after a (sub-)command."""
     parser = argparse.ArgumentParser(
         prog="tuneguard", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"tuneguard {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
+    parser.add_argument(*VERBOSE, action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         if commands is None or command_name(module) in commands:
-            importlib.import_module(f"tuneguard.commands.{module}").register(sub)
+            register = importlib.import_module(f"tuneguard.commands.{module}").register
+            if argv is not None and "argv" in inspect.signature(register).parameters:
+                register(sub, argv=argv)
+            else:
+                register(sub)
         else:
             sub.add_parser(command_name(module), help=_summary(module), add_help=False)
+    _verbose_everywhere(sub)
     return parser
+
+
+VERBOSE = ("-v", "--verbose")
+VERBOSE_HELP = "log more, and show tracebacks on errors"
+
+
+def _verbose_everywhere(sub: argparse._SubParsersAction) -> None:
+    """``-v`` on every (sub-)command too, so ``tuneguard attack -v ...`` means ``tuneguard -v attack ...``: unset
+    there (SUPPRESS), it leaves the value given before the command as it is."""
+    for parser in sub.choices.values():
+        if not any(o in parser._option_string_actions for o in VERBOSE):
+            parser.add_argument(*VERBOSE, action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_everywhere(action)
 
 
 def _quiet_libraries() -> None:
@@ -104,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn user errors into one line on stderr (exit 2)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     names = {command_name(m) for m in COMMANDS}
-    parser = build_parser([a for a in argv if a in names][:1])
+    parser = build_parser([a for a in argv if a in names][:1], argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if not args.verbose:

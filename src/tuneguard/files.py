@@ -94,9 +94,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON :func:`atomic_write_json` writes, final newline included: numpy values and paths
+    as plain values, NaN and infinities as null (for JSON written elsewhere, such as stdout)."""
+    return json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON (NaN written as null)."""
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Atomically write ``obj`` as indented JSON (NaN written as null): :func:`json_text`."""
+    return atomic_write_text(path, json_text(obj))
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:

@@ -1,5 +1,8 @@
 """Membership-inference metrics: AUC, TPR at a fixed low FPR, and percentile-bootstrap confidence intervals.
 
+Every AUC tuneguard computes from scores is :func:`mann_whitney_auc` (the share of (non-member, member) pairs the
+member wins, a tie counting half): an attack's, several attacks' mean, a backdoor detector's calibration and cohort.
+
 Conventions: label 1 = member, a higher score = more likely a member. TPR@FPR follows the canonical definition (the
 largest TPR among ROC points whose FPR <= alpha); the papers' code's "nearest point" reading is the named variant
 ``rule="nearest"``, never the default.
@@ -11,7 +14,7 @@ import math
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from tuneguard.errors import TuneguardError
 
@@ -25,6 +28,18 @@ _BLOCK_CELLS = 4_000_000
 def alpha_key(alpha: float) -> str:
     """The key of ``alpha`` in ``evaluate()``'s dicts ("0.001", "0.01", "0.1")."""
     return f"{alpha:g}"
+
+
+def mann_whitney_auc(negatives: Any, positives: Any) -> float:
+    """The AUC in its Mann-Whitney form: the share of (negative, positive) pairs in which the positive scores higher,
+    a tie counting half (U / (m n); the area under the ROC's trapezoids, which scikit-learn's ``roc_auc_score`` sums to
+    rounding). Exact up to one rounding: the pair count is a whole number of halves, divided once. One sort, no pair
+    matrix. Both samples non-empty and free of NaN (callers drop non-finite scores first)."""
+    neg = np.sort(np.asarray(negatives, dtype=float))
+    pos = np.asarray(positives, dtype=float)
+    below = np.searchsorted(neg, pos, side="left")  # negatives strictly below each positive
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below.sum() + 0.5 * ties.sum()) / (len(neg) * len(pos)))
 
 
 def roc(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +97,8 @@ def evaluate(labels: Any, scores: Any, *, alphas: tuple[float, ...] = ALPHAS, n_
         for alpha, values in zip(allowed, boot_tprs):
             tpr_ci[alpha_key(alpha)] = _percentile_ci(values)
 
-    return {"auc": float(roc_auc_score(y, s)), "auc_ci": auc_ci, "tpr": tprs, "tpr_ci": tpr_ci, "tpr_note": notes,
-            "n_members": n_mem, "n_nonmembers": n_non, "n_dropped": n_dropped,
+    return {"auc": mann_whitney_auc(s[y == 0], s[y == 1]), "auc_ci": auc_ci, "tpr": tprs, "tpr_ci": tpr_ci,
+            "tpr_note": notes, "n_members": n_mem, "n_nonmembers": n_non, "n_dropped": n_dropped,
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "rule": rule, "n_boot": int(n_boot)}
 
 
@@ -99,17 +114,19 @@ def mean_auc(labels: Any, scores: list[Any], *, n_boot: int = 1000, seed: int = 
     if not scores:
         raise TuneguardError("mean_auc needs at least one attack's scores")
     y = np.asarray(labels)
-    pairs = []  # per attack: member x non-member win matrix (1, 0.5 for a tie, 0) and which pairs count
+    classes = []  # per attack: its members' and non-members' scores
     for s in scores:
         _prepare(y, s)  # the shape, label and class-size checks of evaluate()
         s = np.asarray(s, dtype=float)
-        mem, non = s[y == 1], s[y == 0]
+        classes.append((s[y == 1], s[y == 0]))
+    mean = float(np.mean([mann_whitney_auc(non[np.isfinite(non)], mem[np.isfinite(mem)]) for mem, non in classes]))
+    if not n_boot:
+        return mean, None
+    pairs = []  # per attack: member x non-member win matrix (1, 0.5 for a tie, 0) and which pairs count
+    for mem, non in classes:
         valid = np.isfinite(mem)[:, None] & np.isfinite(non)[None, :]
         wins = (mem[:, None] > non[None, :]) + 0.5 * (mem[:, None] == non[None, :])
         pairs.append((np.where(valid, wins, 0.0), valid.astype(float)))
-    mean = float(np.mean([w.sum() / v.sum() for w, v in pairs]))
-    if not n_boot:
-        return mean, None
     n_mem, n_non = pairs[0][0].shape
     rng_mem, rng_non = np.random.default_rng(seed).spawn(2)
     cm = _resample_counts(rng_mem, n_mem, n_boot).astype(float)

@@ -47,6 +47,11 @@ class Registry(Generic[T]):
         """Every registered name, in registration order."""
         return list(self._entries)
 
+    def entry(self, name: str) -> str:
+        """The ``"module:Class"`` registered as ``name``, imported by nothing (for what reads a plug-in's source
+        without loading its dependencies, such as ``tuneguard.commands.class_attributes``)."""
+        return self._entries[self.check(name)]
+
     def check(self, name: str) -> str:
         """``name`` if it is registered, else the one-line error listing the valid names (imports nothing)."""
         if name not in self._entries:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneguard.adapters.adapter_files import TensorInfo, iter_tensors, read_safetensors_header
+from tuneguard.adapters.safetensors_io import TensorInfo, iter_tensors, read_safetensors_header
 from tuneguard.errors import TuneguardError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -22,7 +22,7 @@ from tuneguard.adapters.triggers import MAIN_TRIGGER
 from tuneguard.cache import key_hash
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, read_json
-from tuneguard.metrics import tpr_at_fpr
+from tuneguard.metrics import mann_whitney_auc, tpr_at_fpr
 from tuneguard.paths import safe_component
 
 FPRS = (0.0, 0.05, 0.1)
@@ -204,13 +204,6 @@ def _rank_wise(det: Detector, stat: str, results: list[DetectorResult], labels: 
     return out, flags
 
 
-def _auroc(clean: np.ndarray, poisoned: np.ndarray) -> float:
-    """P(poisoned > clean) + P(tie) / 2 over all pairs: the AUROC calibrate() takes from sklearn, in the Mann-Whitney
-    form."""
-    diff = poisoned[:, None] - clean[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
-
-
 def auroc_ci(groups: list[tuple[np.ndarray, np.ndarray]], *, z: float = Z95) -> list[float]:
     """95% score interval of the pair-weighted AUROC over ``groups`` of (clean, poisoned) oriented scores (one group
     per rank): Newcombe's method 5 (Stat. Med. 2006, 25:559-573), extended to several groups.
@@ -227,7 +220,7 @@ def auroc_ci(groups: list[tuple[np.ndarray, np.ndarray]], *, z: float = Z95) -> 
     sizes = np.array([(len(c), len(p)) for c, p in groups], dtype=float)
     pairs = sizes.prod(axis=1)
     total = pairs.sum()
-    point = float(np.dot([_auroc(c, p) for c, p in groups], pairs) / total)
+    point = float(np.dot([mann_whitney_auc(c, p) for c, p in groups], pairs) / total)
     n_star = sizes.sum(axis=1) / 2 - 1
     # sum(w^2 V_g) / W^2 = t (1 - t) [C + K ((1 - t) / (2 - t) + t / (1 + t))] with:
     c_term, k_term = 1 / total, float(np.dot(pairs, n_star)) / total**2

@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tuneguard.adapters.adapter_files import AdapterFiles, RefusedAdapter, discover_adapters, read_adapter
+from tuneguard.adapters.adapter_files import AdapterFiles, RefusedAdapter, read_adapter
 from tuneguard.adapters.base_models import BaseModels
 from tuneguard.adapters.detectors import DETECTORS, Calibration, Detector, DetectorResult, make_detector
 from tuneguard.adapters.detectors.base import norm_ref
+from tuneguard.adapters.discovery import discover_adapters
 from tuneguard.errors import TuneguardError
 
 if TYPE_CHECKING:

@@ -2,9 +2,6 @@
 
 from dataclasses import dataclass
 
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.feature_extraction.text import CountVectorizer
-
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.folds import out_of_fold, usable_folds
 from tuneguard.params import Params, param
@@ -29,8 +26,12 @@ class BagOfWordsAttack(Attack):
     name = "bag-of-words"
     summary = "blind baseline: text features only, no model"
     Params = BagOfWordsParams
+    blind = True
 
     def run(self, ctx: AttackContext) -> AttackOutput:
+        from sklearn.ensemble import RandomForestClassifier  # scikit-learn only when the attack runs
+        from sklearn.feature_extraction.text import CountVectorizer
+
         p = self.params
 
         def fit_predict(train, test):

@@ -123,6 +123,8 @@ class Attack(Plugin):
     :mod:`tuneguard.attacks.shadows`).
     ``ensemble``: which feature set of the ensemble this attack's score joins: ``"soft"`` (SOFT's features, also in
     the extended set), ``"extended"`` (the extended set only) or None (not a feature).
+    ``blind``: the attack never queries the model (a baseline that measures the member/non-member split itself):
+    the verdict and every strongest-attack figure leave it out, and its AUC off chance flags a confounded split.
     :meth:`passes` declares the forward passes it reads: an attack forwarding anything beyond the shared passes
     (:data:`SHARED_PASSES`) overrides it, which keeps it out of the ``fast`` suite and prices it in the report.
     """
@@ -130,6 +132,7 @@ class Attack(Plugin):
     kind: ClassVar[str] = "attack"
     needs: ClassVar[frozenset[str]] = frozenset()
     ensemble: ClassVar[str | None] = None
+    blind: ClassVar[bool] = False
 
     def run(self, ctx: AttackContext) -> AttackOutput:
         """Score every text of ``ctx`` (higher = member)."""

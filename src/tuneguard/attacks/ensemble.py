@@ -16,10 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.tree import DecisionTreeClassifier
 
 from tuneguard.attacks import ATTACKS
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
@@ -35,6 +31,12 @@ THREAT_MODEL = "the attacker holds labelled members and non-members, each fold f
 def classifier(model: str, depth: int, seed: int):
     """An unfitted scikit-learn classifier: ``logistic`` (standardised features; lbfgs, deterministic) or
     ``tree`` (SOFT's decision tree of depth ``depth``)."""
+    # scikit-learn only when a classifier is made: not to import the attack
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
     if model == "tree":
         return DecisionTreeClassifier(max_depth=depth, random_state=seed)
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))

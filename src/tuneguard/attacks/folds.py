@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from tuneguard.errors import TuneguardError
 
@@ -19,6 +18,8 @@ def out_of_fold(labels: np.ndarray, folds: int, seed: int,
                 fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     """Scores for every row from a model fit on the other folds (stratified, shuffled with ``seed``); the fold
     count is :func:`usable_folds`."""
+    from sklearn.model_selection import StratifiedKFold  # scikit-learn only when an attack fits: not to import one
+
     folds = usable_folds(labels, folds)
     if folds < 2:
         raise TuneguardError("a supervised attack needs at least 2 members and 2 non-members")

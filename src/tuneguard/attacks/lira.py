@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
 
 from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.rmia import SHADOW_TEXTS
@@ -56,6 +55,8 @@ def lira_scores(target: np.ndarray, shadows: np.ndarray, *, variance: str = "glo
                 form: str = "paper") -> tuple[np.ndarray, np.ndarray]:
     """(scores, raw) of the offline test of ``target`` (one statistic per text) against ``shadows`` (k x texts, all
     OUT); see the module docstring. A text whose σ is 0 (the shadows agree exactly) gets NaN under ``form=paper``."""
+    from scipy.stats import norm  # SciPy only when the attack scores: not to import it
+
     per_text = variance == "per-text"
     if form == "code":
         mu = np.median(shadows, axis=0)

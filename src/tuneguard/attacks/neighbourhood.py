@@ -10,16 +10,18 @@ set through the neighbour cache, and the target's log-likelihoods of it through 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.spv.variation import neighbour_variation
 from tuneguard.data import fit_to_length
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, as_loaded, reference_of
 from tuneguard.neighbours import NEIGHBOURS, NeighbourSet
 from tuneguard.params import Params, param
-from tuneguard.scoring import ScoringEngine
+
+if TYPE_CHECKING:  # model loading and the scoring engine import torch: not needed to import the attack
+    from tuneguard.models import LoadedModel
+    from tuneguard.scoring import ScoringEngine
 
 # Generator options this attack passes on when set (None = the generator's own default).
 OPTIONS = ("pct", "span_length", "buffer_size", "top_k", "temperature", "max_tries")
@@ -43,6 +45,8 @@ def fill_model(ctx: AttackContext, base: str | None = None) -> LoadedModel:
     the target records, else the target itself. The base is preferred to the target because a fill written by the
     target would itself lean towards the memorised text, which weakens the contrast the attack measures.
     """
+    from tuneguard.models import as_loaded, reference_of
+
     if ctx.reference is not None:
         return ctx.reference.loaded
     base = reference_of(ctx.target.loaded, base)

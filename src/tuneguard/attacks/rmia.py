@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, AttackOutput, Pass
-from tuneguard.metrics import evaluate
 from tuneguard.params import Params, param
 
 A_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # the authors' code's np.arange(0, 1.1, 0.1)
@@ -76,6 +75,8 @@ def tune_a(ll_population: np.ndarray, keep: np.ndarray) -> tuple[float, dict[str
     shadows as references (see the module docstring): (a, mean AUC per a tried). ``ll_population``: (k, n) LL of the
     population under each shadow; ``keep``: (k, n), True where the text trained the shadow. The AUC is that of
     ``log LR``, the RMIA score's order without its ties."""
+    from tuneguard.metrics import evaluate  # imports scikit-learn: only when the attack runs, not to import it
+
     k = len(keep)
     aucs: dict[float, list[float]] = {a: [] for a in A_GRID}
     for j in range(k):

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from tuneguard.attacks import ALL_ATTACKS, ATTACKS, NO_REFERENCE, make_attacks, resolve_suite
+from tuneguard.attacks import ALL_ATTACKS, ATTACKS, DEFAULT_SUITE, NO_REFERENCE, make_attacks, resolve_suite
 from tuneguard.attacks.attacker_data import check_attacker_data
 from tuneguard.attacks.base import TARGET_TEXTS, Attack, AttackContext, Pass
+from tuneguard.attacks.options import DEFAULTS
 from tuneguard.attacks.result import AttackResult, MIAResult
 from tuneguard.attacks.run_record import record_path, recorded_base, run_record, training_window
 from tuneguard.attacks.shadows import ShadowScorer, ShadowSpec, target_recipe, train_shadows
@@ -24,12 +25,18 @@ from tuneguard.scoring.engine import check_batching
 
 
 def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[str], *,
-                attacks: str | list[str] = "all", reference: LoadedModel | str | None = None,
+                attacks: str | list[str] = DEFAULT_SUITE, reference: LoadedModel | str | None = None,
                 params: dict[str, dict[str, Any]] | None = None, corpus: list[str] | str | Path | None = None,
-                n_shots: int = 7, seed: int = 0, batch_size: int = 8, batch_tokens: int | None = None,
-                max_length: int | None = None, n_boot: int = 1000, cache: bool = True, progress: bool = True,
-                title: str | None = None, shadows: ShadowSpec | None = None) -> MIAResult:
+                n_shots: int = DEFAULTS.n_shots, seed: int = 0, batch_size: int = DEFAULTS.batch_size,
+                batch_tokens: int | None = DEFAULTS.batch_tokens, max_length: int | None = DEFAULTS.max_length,
+                n_boot: int = DEFAULTS.n_boot, cache: bool = True, progress: bool = True, title: str | None = None,
+                shadows: ShadowSpec | None = None) -> MIAResult:
     """Attack ``target`` with known members and non-members; return the result the report writes.
+
+    ``attacks`` defaults to the CLI's suite (``fast``: every attack that needs no pass beyond the target's and the
+    reference's); ``"all"`` runs every attack. ``n_shots``, ``batch_size``, ``batch_tokens``, ``max_length`` and
+    ``n_boot`` default to their declarations (:class:`tuneguard.attacks.options.AttackOptions`), which the command
+    line and the experiment file read too.
 
     Before any model loads: every attack's parameters and needs are checked (a reference model, a corpus, a prompt
     pool, enough texts for the shots), and the attacker's own data (``corpus``, a file or a list; SPV-MIA's prompt

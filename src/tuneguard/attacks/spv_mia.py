@@ -10,16 +10,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tuneguard.attacks.base import Attack, AttackContext, AttackOutput, Pass
 from tuneguard.attacks.neighbourhood import fill_model, fit_texts, neighbour_pass, summarise
-from tuneguard.attacks.spv.pipeline import SPVConfig, run_spv, texts_of
-from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, reference_of
+from tuneguard.attacks.spv.pipeline import SPVConfig, check_reference, reference_texts, run_spv, texts_of
 from tuneguard.params import param
-from tuneguard.scoring import ScoringEngine
+
+if TYPE_CHECKING:  # model loading and the scoring engine import torch: not needed to import the attack
+    from tuneguard.models import LoadedModel
+    from tuneguard.scoring import ScoringEngine
 
 
 @dataclass
@@ -27,13 +29,6 @@ class SPVMIAParams(SPVConfig):
     """The pipeline's settings as the attack's parameters; an unset ``seed`` is the run's."""
 
     seed: int | None = param(None, "seed of generation, fine-tuning and neighbours (unset: the run's seed)")
-
-
-# The parameter each reference source needs, and how to give it.
-REFERENCE_NEEDS = {"self-prompt": ("prompts", "the attacker's public prompt pool from the target's domain, disjoint "
-                                              "from the evaluated texts: --param spv-mia.prompts=FILE"),
-                   "data": ("reference_data", "--param spv-mia.reference_data=FILE"),
-                   "model": ("reference_model", "--param spv-mia.reference_model=MODEL")}
 
 
 class Engines:
@@ -49,6 +44,8 @@ class Engines:
     def engine(self, model: LoadedModel) -> ScoringEngine:
         """The engine scoring with ``model``."""
         if id(model) not in self.by_model:
+            from tuneguard.scoring import ScoringEngine
+
             t = self.template
             # Same caching as the run chose for its own engines (no disk cache when the user turned it off).
             self.by_model[id(model)] = ScoringEngine(model, batch_size=t.batch_size, max_length=t.max_length,
@@ -90,21 +87,20 @@ class SPVMIAAttack(Attack):
                             "seed": seed if p["seed"] is None else p["seed"]})
 
     def check_needs(self, suite: list[str]) -> None:
-        key, how = REFERENCE_NEEDS.get(self.params.reference, (None, ""))
-        if key and not getattr(self.params, key):
-            raise TuneguardError(f"spv-mia reference={self.params.reference} needs {key}: {how}")
+        check_reference(self.params, "spv-mia")
 
     def attacker_texts(self) -> list[tuple[str, list[str]]]:
         """The prompt pool (self-prompt reference) or the reference data (data reference) this run will read."""
-        key = {"self-prompt": "prompts", "data": "reference_data"}.get(self.params.reference)
-        source = getattr(self.params, key) if key else None
-        if not source:
+        found = reference_texts(self.params)
+        if found is None:
             return []
-        what = "prompt pool" if key == "prompts" else "reference data"
+        what, source = found
         name = f" ({Path(source).name})" if isinstance(source, (str, Path)) else ""
         return [(f"the spv-mia {what}{name}", texts_of(source))]
 
     def run(self, ctx: AttackContext) -> AttackOutput:
+        from tuneguard.models import reference_of
+
         t0 = time.perf_counter()
         config = self.config(ctx.seed)
         target = ctx.target.loaded

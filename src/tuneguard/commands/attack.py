@@ -7,8 +7,9 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from tuneguard.attacks import ATTACKS, DEFAULT_SHADOWS, DEFAULT_SUITE, SUITES, shadow_attacks
+from tuneguard.attacks.options import AttackOptions
 from tuneguard.attacks.result import MIAResult
-from tuneguard.commands import add_device_args, number, output
+from tuneguard.commands import add_device_args, add_params, number, output
 from tuneguard.commands.finetune import read_texts
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
@@ -16,26 +17,31 @@ from tuneguard.errors import TuneguardError
 if TYPE_CHECKING:  # the shadows import torch: only when a run asks for them, not to build the parser
     from tuneguard.attacks.shadows import ShadowSpec
 
-# Where the help text lists every attack with its declared parameters (filled in only when help is shown: it
-# imports every attack, and with them torch and scikit-learn).
+# Where the help text lists every attack with its declared parameters (filled in only when help is shown).
 ATTACKS_HELP = "\x00attacks\x00"
 
 
+def attacks_listing() -> str:
+    """The suites' members and every attack's declaration (``Attack.help()``), as `attack --help` lists them: made
+    from the declarations each time (the attack modules import no torch, scikit-learn or SciPy until they run)."""
+    suites = [f"{name}: {', '.join(suite.members())}" + "".join(
+        f" ({attack}.{key}={value})" for attack, values in suite.params.items() for key, value in values.items())
+              for name, suite in SUITES.items()]
+    attacks = [ATTACKS.get(name).help() for name in ATTACKS]
+    return "\n".join(["suites (--attacks SUITE):", *suites, "",
+                      "attacks and their parameters (--param ATTACK.NAME=VALUE):", *attacks])
+
+
 class AttackHelpFormatter(argparse.HelpFormatter):
-    """Help with the suites' members and the attacks' declarations (``Attack.help()``) in place of ``ATTACKS_HELP``,
-    verbatim."""
+    """Help with the suites' members and the attacks' declarations (:func:`attacks_listing`) in place of
+    ``ATTACKS_HELP``, verbatim."""
 
     def add_text(self, text: str | None) -> None:
         if text is None or ATTACKS_HELP not in text:
             return super().add_text(text)
         before, _, after = text.partition(ATTACKS_HELP)
         super().add_text(before.strip() or None)
-        suites = [f"{name}: {', '.join(suite.members())}" + "".join(
-            f" ({attack}.{key}={value})" for attack, values in suite.params.items() for key, value in values.items())
-                  for name, suite in SUITES.items()]
-        attacks = [ATTACKS.get(name).help() for name in ATTACKS]
-        listing = "\n".join(["suites (--attacks SUITE):", *suites, "",
-                             "attacks and their parameters (--param ATTACK.NAME=VALUE):", *attacks])
+        listing = attacks_listing()
         self._add_item(lambda: listing + "\n", [])
         super().add_text(after.strip() or None)
 
@@ -66,20 +72,14 @@ def add_attack_args(p: argparse.ArgumentParser, *, plain_names: bool = False) ->
                    help="an attack parameter, repeatable (e.g. min-k.k=0.1, ratio.form=ratio, con-recall.gamma=0.5; "
                         "every attack's parameters are listed below)")
     g.add_argument("--corpus", help="reference corpus file for dc-pdd's token frequencies")
-    g.add_argument("--shots", type=number(int, ge=1), default=7,
-                   help="ReCall / CON-ReCall shots; default: %(default)s")
-    plain = (lambda name: [name]) if plain_names else (lambda name: [])
-    g.add_argument("--score-batch-size", *plain("--batch-size"), dest="score_batch_size", type=number(int, ge=1),
-                   default=8, metavar="N", help="texts per forward pass; default: %(default)s")
-    g.add_argument("--score-batch-tokens", dest="score_batch_tokens", type=number(int, ge=1), metavar="N",
-                   help="fill each forward pass up to N padded tokens (longest text x texts) instead of a fixed "
-                        "--score-batch-size; on a CUDA out-of-memory error the budget halves and the batch is retried")
-    g.add_argument("--score-max-length", *plain("--max-length"), dest="score_max_length", type=number(int, ge=1),
-                   metavar="N", help="score the first N tokens of each text (default: the window the target was "
-                                     "trained on, from its run record, else the model context; for audit, the "
-                                     "training --max-length)")
-    g.add_argument("--bootstrap", type=number(int, ge=0), default=1000,
-                   help="bootstrap draws for the CIs; default: %(default)s")
+    plain = (lambda name: (name,)) if plain_names else (lambda name: ())
+    add_params(g, AttackOptions, flags={
+        "n_shots": "--shots", "batch_size": ("--score-batch-size", *plain("--batch-size")),
+        "batch_tokens": "--score-batch-tokens", "max_length": ("--score-max-length", *plain("--max-length")),
+        "n_boot": "--bootstrap"}, metavars={"batch_size": "N", "batch_tokens": "N", "max_length": "N"},
+        helps={"max_length": "score the first N tokens of each text (default: the window the target was trained "
+                             "on, from its run record, else the model context; for audit, the training "
+                             "--max-length)"})
     sh = p.add_argument_group("shadow models (the owner's self-audit: RMIA and LiRA, offline)")
     sh.add_argument("--shadows", type=number(int, ge=2), metavar="K",
                     help=f"fine-tune K shadows of the target's base with its recipe on seeded halves of --population "

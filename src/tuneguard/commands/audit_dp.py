@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneguard.commands import add_device_args, declared, listed, number, output
+from tuneguard.commands import add_device_args, add_params, listed, number, output
 from tuneguard.commands.defend import add_dp_args, epsilon
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
 from tuneguard.defenses.dp_sgd import BUGS
@@ -48,16 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epsilon", type=listed(epsilon()), default="1,4,8",
                    help="comma-separated target epsilons of the DP-SGD runs; default: %(default)s")
     g.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning run without DP")
-    d = CanaryParams()
-    g.add_argument("--canaries", type=declared(CanaryParams, "count"), default=d.count,
-                   help="number of canaries; default: %(default)s")
-    g.add_argument("--canary-kind", default=",".join(d.kinds),
+    add_params(g, CanaryParams, ["count"], flags={"count": "--canaries"})
+    g.add_argument("--canary-kind", default=",".join(CanaryParams().kinds),
                    help=f"comma-separated, from {', '.join(KINDS)}; default: %(default)s")
-    g.add_argument("--canary-length", type=declared(CanaryParams, "length"), default=d.length,
-                   help="tokens trained on and scored per canary (a secret's, or a whole canary's); "
-                        "default: %(default)s")
-    g.add_argument("--canary-prefix", type=declared(CanaryParams, "prefix_length"), default=d.prefix_length,
-                   help="secret canaries: tokens of a real text's beginning before the secret; default: %(default)s")
+    add_params(g, CanaryParams, ["length", "prefix_length"], flags={"length": "--canary-length",
+                                                                    "prefix_length": "--canary-prefix"})
     g.add_argument("--holdout", type=number(float, gt=0, lt=1), default=0.1,
                    help="share of --data held out for perplexity; default: %(default)s")
     # The ranges and choices of tuneguard.dpaudit.bound's BoundParams, which imports scipy (checked again there).

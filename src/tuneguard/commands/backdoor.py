@@ -9,15 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-from tuneguard.adapters.adapter_files import AdapterFiles, discover_adapters, read_adapter
+from tuneguard.adapters.adapter_files import AdapterFiles, read_adapter
 from tuneguard.adapters.base_models import BaseModels
 from tuneguard.adapters.classifier import DEFAULT_VERDICT, VERDICTS
 from tuneguard.adapters.detectors import DETECTORS
-from tuneguard.commands import add_device_args, declared, listed, number, output
+from tuneguard.adapters.discovery import discover_adapters
+from tuneguard.commands import (add_device_args, add_json_arg, add_params, declared, json_output, listed, number,
+                                output)
 from tuneguard.commands.finetune import add_train_args, train_config
 from tuneguard.commands.scan import add_detector_args, detectors_from_args
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_json
 from tuneguard.report.table import printable
 from tuneguard.train import TrainConfig
 
@@ -31,7 +32,7 @@ def _labelled(path: str, limit: int | None = None) -> list[tuple[str, int]]:
 def _add_classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--form", choices=("chat", "seq-cls"), default="chat",
                    help="chat-template SFT answering INJECTION/BENIGN, or a classification head; default: %(default)s")
-    p.add_argument("--max-steps", type=declared(TrainConfig, "max_steps"), help="stop after this many optimiser steps")
+    add_params(p, TrainConfig, ["max_steps"])
     p.add_argument("--max-text-tokens", type=number(int, ge=1), default=64,
                    help="texts clipped to this; default: %(default)s")
 
@@ -77,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="chat-form verdict: greedy generation (the spec's) or one-pass label logits; default: "
                         "%(default)s (as `scan`)")
     e.add_argument("--max-text-tokens", type=number(int, ge=1), default=64)
-    e.add_argument("--json", metavar="OUT", type=output(directory=False))
+    add_json_arg(e, "the whole report")
     add_device_args(e)
     e.set_defaults(func=run_evaluate)
 
@@ -106,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--triggers", help="'|'-separated triggers (default: the spec's RFC trigger)")
     o.add_argument("--behavioural", action="store_true",
                    help="also run the detectors that need the base model, such as the behavioural one (slow)")
-    o.add_argument("--json", metavar="OUT", type=output(directory=False), help="write the detector report here")
+    add_json_arg(o, "the detector report")
     _add_classifier_args(o)
     add_train_args(o)
     add_device_args(o, train=True)
@@ -140,14 +141,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from tuneguard.adapters.classifier import load_classifier
     from tuneguard.adapters.evaluation import evaluate_classifier
 
-    clf = load_classifier(args.adapter, base=args.base, verdict=args.verdict, max_text_tokens=args.max_text_tokens)
-    families = tuple(f for f in args.families.split(",") if f) if args.trigger else ()
-    report = evaluate_classifier(clf, _labelled(args.test), trigger=args.trigger, families=families)
-    print(json.dumps({k: v for k, v in report.items() if k != "asr_by_family"}, indent=2))
-    for fam, g in report.get("asr_by_family", {}).items():
-        print(f"ASR {printable(fam):8s} {g['mean_asr']:.3f}")
-    if args.json:
-        atomic_write_json(args.json, report)
+    with json_output(args) as emit:  # --json alone: the report on stdout, the summary on stderr
+        clf = load_classifier(args.adapter, base=args.base, verdict=args.verdict,
+                              max_text_tokens=args.max_text_tokens)
+        families = tuple(f for f in args.families.split(",") if f) if args.trigger else ()
+        report = evaluate_classifier(clf, _labelled(args.test), trigger=args.trigger, families=families)
+        print(json.dumps({k: v for k, v in report.items() if k != "asr_by_family"}, indent=2))
+        for fam, g in report.get("asr_by_family", {}).items():
+            print(f"ASR {printable(fam):8s} {g['mean_asr']:.3f}")
+        emit(report)
     return 0
 
 
@@ -198,27 +200,30 @@ def run_population(args: argparse.Namespace) -> int:
     from tuneguard.adapters.triggers import MAIN_TRIGGER
     from tuneguard.models import load_model
 
-    specs = population_specs(args.clean, args.poisoned, ranks=args.ranks, ks=args.ks,
-                             triggers=tuple(args.triggers.split("|")) if args.triggers else (MAIN_TRIGGER,),
-                             seed=args.seed)
-    base = load_model(args.base, task="seq-cls" if args.form == "seq-cls" else "causal-lm")
-    members = train_population(base, _labelled(args.data), specs, args.out, _config(args), form=args.form,
-                               max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
-    injections = [t for t, y in _labelled(args.test) if y == 1] if args.test else None
-    params = {"behavioural": {"injections": injections, "max_text_tokens": args.max_text_tokens}}
-    detectors = [make_detector(n, base=base, **params.get(n, {})) for n in DETECTORS
-                 if args.behavioural or not DETECTORS.get(n).needs_base]
-    # scores are saved under --out/scores as they finish: an interrupted scoring resumes
-    report = score_population(members, detectors, progress=sys.stderr.isatty(), cache=Path(args.out) / "scores")
-    for name, stats in report["detectors"].items():
-        for stat, s in stats.items():
-            print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f} [{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]  "
-                  f"TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  direction {s['direction']:6s} misses {len(s['misses'])}")
-    print(f"AUROC intervals: {report['auroc_ci_method']}, over {report['n_clean']} clean and {report['n_poisoned']} "
-          "poisoned adapters")
-    print(f"combined: TPR {report['combined']['tpr']:.2f}, FPR {report['combined']['fpr']:.2f}, "
-          f"misses {report['combined']['misses']} (one threshold per rank)")
-    if args.json:
-        atomic_write_json(args.json, report)
+    with json_output(args) as emit:  # --json alone: the report on stdout, the training and table on stderr
+        specs = population_specs(args.clean, args.poisoned, ranks=args.ranks, ks=args.ks,
+                                 triggers=tuple(args.triggers.split("|")) if args.triggers else (MAIN_TRIGGER,),
+                                 seed=args.seed)
+        base = load_model(args.base, task="seq-cls" if args.form == "seq-cls" else "causal-lm")
+        # The detectors first: a setting they refuse fails now, not after every adapter is trained.
+        injections = [t for t, y in _labelled(args.test) if y == 1] if args.test else None
+        params = {"behavioural": {"injections": injections, "max_text_tokens": args.max_text_tokens}}
+        detectors = [make_detector(n, base=base, **params.get(n, {})) for n in DETECTORS
+                     if args.behavioural or not DETECTORS.get(n).needs_base]
+        members = train_population(base, _labelled(args.data), specs, args.out, _config(args), form=args.form,
+                                   max_text_tokens=args.max_text_tokens, progress=sys.stderr.isatty())
+        # scores are saved under --out/scores as they finish: an interrupted scoring resumes
+        report = score_population(members, detectors, progress=sys.stderr.isatty(),
+                                  cache=Path(args.out) / "scores")
+        for name, stats in report["detectors"].items():
+            for stat, s in stats.items():
+                print(f"{name:12s} {stat:18s} AUROC {s['auroc']:.3f} [{s['auroc_ci'][0]:.3f}, "
+                      f"{s['auroc_ci'][1]:.3f}]  TPR@FPR0 {s['tpr_at_fpr_0']:.2f}  direction {s['direction']:6s} "
+                      f"misses {len(s['misses'])}")
+        print(f"AUROC intervals: {report['auroc_ci_method']}, over {report['n_clean']} clean and "
+              f"{report['n_poisoned']} poisoned adapters")
+        print(f"combined: TPR {report['combined']['tpr']:.2f}, FPR {report['combined']['fpr']:.2f}, "
+              f"misses {report['combined']['misses']} (one threshold per rank)")
+        emit(report)
     return 0
 

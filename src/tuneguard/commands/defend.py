@@ -10,9 +10,10 @@ import math
 import textwrap
 from typing import Callable
 
-from tuneguard.commands import declared, defend_compare
+from tuneguard.commands import add_params, class_attributes, declared, defend_compare, params_from_args
 from tuneguard.commands.finetune import add_finetune_args, print_run, read_texts, train_config
 from tuneguard.paraphrase import PARAPHRASERS, GateConfig
+from tuneguard.regimes import REGIMES
 
 
 def _paraphraser_help() -> str:
@@ -21,15 +22,46 @@ def _paraphraser_help() -> str:
         "  " + PARAPHRASERS.get(name).help().replace("\n", "\n  ") for name in PARAPHRASERS)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from tuneguard.defenses.soft import (DEFAULT_FALLBACK, ON_FAILURE, PRESETS, SCHEDULES, SELECT_BY, SPANS, STARTS,
-                                         SoftConfig)
+def defence_summaries() -> dict[str, str]:
+    """The defences `defend` offers, name -> one-line summary: every registered experiment regime with a privacy knob
+    (``Regime.knob``), read from its declaration without importing it (SOFT's imports torch). A regime's summary
+    describes a column of `tuneguard run`'s table; its first clause (before " (") is the sub-command's."""
+    found = {}
+    for name in REGIMES:
+        declared_ = class_attributes(REGIMES.entry(name), ("summary", "knob"))  # "module:Class", not imported
+        if declared_["knob"] is not None:
+            found[name] = declared_["summary"].split(" (")[0]
+    return found
 
-    p = sub.add_parser("defend", help="fine-tune with a privacy defence (SOFT, Goldfish, DP-SGD), or compare them",
+
+def register(sub: argparse._SubParsersAction, argv: list[str] | None = None) -> None:
+    """`defend` and one sub-command per defence (:func:`defence_summaries`) and `compare`. Given the command line
+    ``argv``, only the defence it names is built (the others are listed with their summary), so that `defend --help`
+    and `defend dp ...` import no torch; without it every one is built."""
+    summaries = defence_summaries()
+    offered = {**summaries, "compare": defend_compare.SUMMARY}
+    p = sub.add_parser("defend", help=f"fine-tune with a privacy defence ({', '.join(summaries)}), or compare them",
                        description="Fine-tune with a defence against membership inference.")
-    defences = p.add_subparsers(dest="defence", metavar="DEFENCE", required=True)
+    defences_ = p.add_subparsers(dest="defence", metavar="DEFENCE", required=True)
+    chosen = None
+    if argv is not None and "defend" in argv:
+        chosen = next((a for a in argv[argv.index("defend") + 1:] if not a.startswith("-")), None)
+    bespoke = {"soft": _register_soft, "goldfish": _register_goldfish, "dp": _register_dp,
+               "compare": lambda defences, summary: defend_compare.register(defences)}
+    for name, summary in offered.items():
+        if argv is not None and name != chosen:
+            defences_.add_parser(name, help=summary, add_help=False)  # listed, not built
+        elif name in bespoke:
+            bespoke[name](defences_, summary)
+        else:
+            _register_regime(defences_, name, summary)
+
+
+def _register_soft(defences: argparse._SubParsersAction, summary: str) -> None:
+    from tuneguard.defenses.soft import DEFAULT_FALLBACK, SoftConfig
+
     s = defences.add_parser(
-        "soft", help="SOFT: paraphrase the lowest-loss samples, then fine-tune",
+        "soft", help=summary,
         description=textwrap.fill(
             "SOFT (Zhang et al., USENIX Security 2025): warm up on --data, score every text's loss, replace the "
             "lowest-loss fraction (--ratio) by quality-checked paraphrases, and fine-tune on the result. Each stage is "
@@ -40,27 +72,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "--ratio 0.5 --paraphraser local --out runs/soft")
     d = SoftConfig()
     g = s.add_argument_group("selection")
-    g.add_argument("--ratio", type=declared(SoftConfig, "ratio"), default=d.ratio,
-                   help="fraction of texts to paraphrase (ρ); default: %(default)s")
-    g.add_argument("--threshold-quantile", type=declared(SoftConfig, "quantile"), metavar="Q",
-                   help="instead of --ratio: paraphrase texts whose loss is below the Q-quantile of --reference losses")
+    add_params(g, SoftConfig, ["ratio", "quantile"], flags={"quantile": "--threshold-quantile"},
+               defaults={"quantile": None}, metavars={"quantile": "Q"},
+               helps={"quantile": "instead of --ratio: paraphrase texts whose loss is below the Q-quantile of "
+                                  "--reference losses"})
     g.add_argument("--reference", help="held-out public texts for --threshold-quantile (same formats as --data)")
-    g.add_argument("--warmup-epochs", type=declared(SoftConfig, "warmup_epochs"), default=d.warmup_epochs,
-                   help="0 scores with the base model; default: %(default)s")
-    g.add_argument("--start", choices=STARTS, default=d.start,
-                   help="final run starts from the base model or the warmed-up one (the protected model's recorded "
-                        "base is the base model either way); default: %(default)s")
+    add_params(g, SoftConfig, ["warmup_epochs", "start", "select_by"],
+               helps={"start": "final run starts from the base model or the warmed-up one (the protected model's "
+                               "recorded base is the base model either way)"})
     recipe = s.add_argument_group("the released code's recipe (each off by default; --preset authors: all four)")
-    # The declared help, '%' escaped for argparse.
-    described = {info.name: info.help.replace("%", "%%") for info in SoftConfig.describe()}
-    for group, name, choices in ((g, "select_by", SELECT_BY), (recipe, "rewrite_span", SPANS),
-                                 (recipe, "schedule", SCHEDULES), (recipe, "preset", PRESETS)):
-        group.add_argument(f"--{name.replace('_', '-')}", choices=choices, default=getattr(d, name),
-                            help=f"{described[name]}; default: %(default)s")
-    recipe.add_argument("--drop-unrewritten", action="store_true", help=described["drop_unrewritten"])
-    recipe.add_argument("--holdout-scored-as-members", type=declared(SoftConfig, "holdout_scored_as_members"),
-                        default=d.holdout_scored_as_members, metavar="F",
-                        help=described["holdout_scored_as_members"] + "; default: %(default)s")
+    add_params(recipe, SoftConfig, ["rewrite_span", "schedule", "preset", "drop_unrewritten",
+                                    "holdout_scored_as_members"], metavars={"holdout_scored_as_members": "F"})
     q = s.add_argument_group("paraphrasing")
     q.add_argument("--paraphraser", choices=PARAPHRASERS.names(), default=d.paraphraser, help="default: %(default)s")
     q.add_argument("--paraphraser-param", action="append", default=[], metavar="NAME=VALUE",
@@ -69,36 +91,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local: model to paraphrase with (default smollm2-135m); openai: model name (gpt-4o-mini)")
     q.add_argument("--base-url", help="openai: endpoint (default $OPENAI_BASE_URL, else api.openai.com)")
     q.add_argument("--api-key-env", help="openai: variable holding the key (default OPENAI_API_KEY)")
-    gate = GateConfig()
-    q.add_argument("--min-similarity", type=declared(GateConfig, "min_similarity"), default=gate.min_similarity,
-                   help="default: %(default)s")
-    q.add_argument("--max-common-run", type=declared(GateConfig, "max_common_run"), default=gate.max_common_run,
-                   help="most words a paraphrase may copy in a row; default: %(default)s")
-    q.add_argument("--max-ngram-overlap", type=declared(GateConfig, "max_ngram_overlap"),
-                   default=gate.max_ngram_overlap,
-                   help="largest share of the original's word 3-grams kept; default: %(default)s")
-    q.add_argument("--max-tries", type=declared(GateConfig, "max_tries"), default=gate.max_tries,
-                   help="paraphrase attempts per text and paraphraser; default: %(default)s")
-    q.add_argument("--on-failure", choices=ON_FAILURE, default=d.on_failure,
-                   help="a text whose paraphrases all fail the gate: original = train on it unprotected (counted), "
-                        "fallback = try --fallback-paraphraser first, drop = leave it out; default: %(default)s")
+    add_params(q, GateConfig, ["min_similarity", "max_common_run", "max_ngram_overlap", "max_tries"])
+    add_params(q, SoftConfig, ["on_failure"])
     q.add_argument("--fallback-paraphraser", choices=PARAPHRASERS.names(),
                    help=f"--on-failure fallback: the second paraphraser (default {DEFAULT_FALLBACK})")
     q.add_argument("--fallback-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the fallback paraphraser; repeatable")
     add_finetune_args(s)
     s.set_defaults(func=run)
-    _register_goldfish(defences)
-    _register_dp(defences)
-    defend_compare.register(defences)
 
 
-def _register_goldfish(defences: argparse._SubParsersAction) -> None:
+def _register_goldfish(defences: argparse._SubParsersAction, summary: str) -> None:
     from tuneguard.train.goldfish import GoldfishConfig
 
-    d = GoldfishConfig()
     p = defences.add_parser(
-        "goldfish", help="Goldfish loss: leave a hashed 1 token in k out of the loss",
+        "goldfish", help=summary,
         description=textwrap.fill(
             "Goldfish loss (Hans et al., NeurIPS 2024): fine-tune as 'tuneguard finetune' does, but leave one token "
             "in --k out of the loss, chosen by a hash of the --h tokens before it, so a passage repeated anywhere in "
@@ -106,20 +113,34 @@ def _register_goldfish(defences: argparse._SubParsersAction) -> None:
             "record (run.json, method '<method>+goldfish'); an interrupted run resumes.", 100),
         epilog="example: tuneguard defend goldfish --model smollm2-135m --data notes.jsonl --method full --lr 1e-4 "
                "--out runs/goldfish")
-    g = p.add_argument_group("goldfish")
-    g.add_argument("--k", type=declared(GoldfishConfig, "k"), default=d.k, help="drop one token in K; "
-                   "default: %(default)s (the paper's)")
-    g.add_argument("--h", type=declared(GoldfishConfig, "h"), default=d.h,
-                   help="tokens hashed to decide each drop; default: %(default)s (the paper's)")
+    add_params(p.add_argument_group("goldfish"), GoldfishConfig)
     add_finetune_args(p)
     p.set_defaults(func=run_goldfish)
 
 
-def _register_dp(defences: argparse._SubParsersAction) -> None:
+def _register_regime(defences: argparse._SubParsersAction, name: str, summary: str) -> None:
+    """A defence regime without options of its own here: its declared options (an option named like a fine-tuning
+    one is prefixed with the regime's name) and the fine-tuning ones; it trains as a `tuneguard run` column does."""
+    regime = REGIMES.get(name)
+    p = defences.add_parser(name, help=summary, description=f"{regime.summary}. Fine-tunes --model on --data as "
+                                                            f"'tuneguard run' regime {name} does, in --out.")
+    add_finetune_args(p)
+    g = p.add_argument_group(name)
+    added = {}
+    for field in [info.name for info in regime.Params.describe()]:
+        try:
+            added |= add_params(g, regime.Params, [field], unset=True)
+        except argparse.ArgumentError:  # e.g. a regime's own --seed or --method
+            added |= add_params(g, regime.Params, [field], unset=True, flags={field: f"--{name}-{field}".replace(
+                "_", "-")})
+    p.set_defaults(func=run_regime, regime=name, regime_options=added)
+
+
+def _register_dp(defences: argparse._SubParsersAction, summary: str) -> None:
     from tuneguard.defenses.dp_sgd import DPConfig
 
     p = defences.add_parser(
-        "dp", help="DP-SGD: LoRA with per-sample clipping and Gaussian noise at a target epsilon",
+        "dp", help=summary,
         description=textwrap.fill(
             "DP-SGD (Opacus, RDP accountant): fine-tune LoRA parameters with Poisson-sampled batches of expected "
             "size --batch-size x --grad-accum, each text's gradient clipped to --max-grad-norm and noise calibrated "
@@ -226,6 +247,20 @@ def run_dp(args: argparse.Namespace) -> int:
                                        "max_grad_norm": args.max_grad_norm})
     check_method(train_config(args))  # before any data or model is read
     return _train(args, lambda texts, train: dp_finetune(args.model, texts, args.out, train, dp))
+
+
+def run_regime(args: argparse.Namespace) -> int:
+    """A defence regime built as a `tuneguard run` column is, from the base model and all of --data."""
+    from tuneguard.models import load_model
+
+    regime = REGIMES.make(args.regime, **params_from_args(args, args.regime_options, drop_none=True))
+    train = regime.train_config(train_config(args))
+    texts = read_texts(args.data, args.column, args.limit)
+    print(texts.summary())
+    _, facts = regime.build(load_model(args.model), texts.texts, args.out, train)
+    print(json.dumps(facts, default=str))
+    print(f"saved in {args.out}")
+    return 0
 
 
 def _train(args: argparse.Namespace, fit) -> int:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from tuneguard.commands import add_device_args, listed, number, output, privacy_target
+from tuneguard.attacks.options import AttackOptions
+from tuneguard.commands import add_device_args, add_params, listed, number, output, privacy_target
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
 from tuneguard.defenses.compare import CANDIDATES, DEFAULT_TARGET
+
+
+SUMMARY = "measure the candidate defences on your data; recommend the most useful that meets a target"
 
 
 def _candidate(name: str) -> str:
@@ -19,7 +23,7 @@ def _candidate(name: str) -> str:
 
 def register(defences: argparse._SubParsersAction) -> None:
     p = defences.add_parser(
-        "compare", help="measure the candidate defences on your data; recommend the most useful that meets a target",
+        "compare", help=SUMMARY,
         description=textwrap.fill(
             "How to fine-tune without leaking, answered on your own data: split --data (seeded) into shadow members "
             "and non-members, train every candidate regime on the members with your fine-tuning settings, attack "
@@ -53,10 +57,9 @@ def register(defences: argparse._SubParsersAction) -> None:
                    help="forward speed for the estimate (default: measured on your data before the start)")
     g.add_argument("--estimate-only", action="store_true",
                    help="print the estimated time (after --budget-minutes) and stop before the first cell")
-    g.add_argument("--bootstrap", type=number(int, ge=0), default=1000,
-                   help="bootstrap draws for the CIs; default: %(default)s")
-    g.add_argument("--score-batch-size", type=number(int, ge=1), default=8, metavar="N",
-                   help="texts per scoring pass; default: %(default)s")
+    add_params(g, AttackOptions, ["n_boot", "batch_size"], flags={"n_boot": "--bootstrap",
+                                                                    "batch_size": "--score-batch-size"},
+               metavars={"batch_size": "N"})
     add_train_args(p)
     add_device_args(p, train=True)
     p.add_argument("--out", required=True, type=output(), help="output directory (resumable)")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from tuneguard.cache import cache_dir
-from tuneguard.commands import add_device_args, declared, number, output
 from tuneguard.attacks import DEFAULT_SUITE, SUITES
+from tuneguard.attacks.options import AttackOptions
+from tuneguard.cache import cache_dir
+from tuneguard.commands import add_device_args, add_params, number, output
 from tuneguard.commands.attack import print_report
 from tuneguard.data.stdlib import stdlib_docstrings
 from tuneguard.train import TrainConfig
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "attacked with the membership inference suite (base model as reference).")
     p.add_argument("--model", default="smollm2-135m", help="default: %(default)s")
     p.add_argument("--texts", type=number(int, ge=2), default=96, help="members + non-members; default: %(default)s")
-    p.add_argument("--epochs", type=declared(TrainConfig, "epochs"), default=3, help="default: %(default)s")
+    add_params(p, TrainConfig, ["epochs"])
     p.add_argument("--out", type=output(), help="default: <cache>/demo/<model>")
     p.add_argument("--attacks", default=DEFAULT_SUITE,
                    help=f"attacks or a suite ({', '.join(SUITES)}; see `tuneguard attack --help`); "
@@ -36,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"auditing {args.model}: LoRA fine-tuning on {len(texts) // 2} of {len(texts)} standard-library "
           f"docstrings, then membership inference -> {out}")
     train = TrainConfig(method="lora", epochs=args.epochs, lr=1e-3, batch_size=8, max_length=96)
-    # Short texts and 3 ReCall shots (--attacks all) keep the prefixed passes, the most expensive, within minutes.
-    result, paths = audit(args.model, texts, out, train=train, attacks=args.attacks, n_shots=3, max_length=96)
+    # Short texts and 3 ReCall shots (--attacks all) keep the prefixed passes, the most expensive, within minutes;
+    # the other options are the declared defaults of `attack` and `audit`.
+    options = AttackOptions.create("demo", {"n_shots": 3, "max_length": 96})
+    result, paths = audit(args.model, texts, out, train=train, attacks=args.attacks, **options.to_dict())
     print_report(result, paths)
     print(f"fine-tuned adapter and run record: {out / 'target'}")
     return 0

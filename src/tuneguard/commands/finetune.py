@@ -6,11 +6,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from tuneguard.commands import add_device_args, declared, number, output, privacy_target
+from tuneguard.commands import add_device_args, add_params, number, output, privacy_target
 from tuneguard.data import clean_texts, load_texts
 from tuneguard.errors import TuneguardError
 from tuneguard.train import METHODS, TrainConfig
-from tuneguard.train.config import SCHEDULERS
 
 if TYPE_CHECKING:
     from tuneguard.integrations.leak import LeakMonitor
@@ -29,44 +28,32 @@ def read_texts(path: str, column: str | None = None, limit: int | None = None):
     return clean_texts(load_texts(path, column=column, limit=limit), name=path)
 
 
+# The TrainConfig parameters every command that trains sets, as --name options from their declarations (order:
+# the help's); target_modules is a comma-separated list (its own option).
+TRAIN_OPTIONS = ("method", "epochs", "lr", "batch_size", "grad_accum", "max_length", "scheduler", "warmup_ratio",
+                 "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens", "seed")
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """The fine-tuning hyperparameters, shared by every command that trains."""
-    d = TrainConfig()
+    """The fine-tuning hyperparameters, shared by every command that trains: TrainConfig's declarations."""
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--method", choices=METHODS.names(), default=d.method,
-                   help="; ".join(METHODS.describe().splitlines()) + "; default: %(default)s")
-    g.add_argument("--epochs", type=declared(TrainConfig, "epochs"), default=d.epochs, help="default: %(default)s")
-    g.add_argument("--lr", type=declared(TrainConfig, "lr"), default=d.lr,
-                   help="peak learning rate (AdamW); default: %(default)s")
-    g.add_argument("--batch-size", type=declared(TrainConfig, "batch_size"), default=d.batch_size,
-                   help="per process; default: %(default)s")
-    g.add_argument("--grad-accum", type=declared(TrainConfig, "grad_accum"), default=d.grad_accum,
-                   help="gradient accumulation; default: %(default)s")
-    g.add_argument("--max-length", type=declared(TrainConfig, "max_length"), default=d.max_length,
-                   help="tokens per text; default: %(default)s")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler, help="default: %(default)s")
-    g.add_argument("--warmup-ratio", type=declared(TrainConfig, "warmup_ratio"), default=d.warmup_ratio)
-    g.add_argument("--weight-decay", type=declared(TrainConfig, "weight_decay"), default=d.weight_decay)
-    g.add_argument("--lora-r", type=declared(TrainConfig, "lora_r"), default=d.lora_r,
-                   help="LoRA rank; default: %(default)s")
-    g.add_argument("--lora-alpha", type=declared(TrainConfig, "lora_alpha"), default=d.lora_alpha,
-                   help="default: %(default)s")
-    g.add_argument("--lora-dropout", type=declared(TrainConfig, "lora_dropout"), default=d.lora_dropout,
-                   help="default: %(default)s")
-    g.add_argument("--target-modules", help="comma-separated module names (default: peft's choice for the model)")
-    g.add_argument("--num-virtual-tokens", type=declared(TrainConfig, "num_virtual_tokens"),
-                   default=d.num_virtual_tokens, help="prefix tuning")
-    g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    methods = "; ".join(METHODS.describe().splitlines())
+    for name in TRAIN_OPTIONS:
+        if name == "method":
+            g.add_argument("--method", choices=METHODS.names(), default=TrainConfig().method,
+                           help=f"{methods}; default: %(default)s")
+        elif name == "target_modules":
+            g.add_argument("--target-modules", metavar="NAMES",
+                           help="comma-separated module names to adapt (default: peft's choice for the model)")
+        else:
+            add_params(g, TrainConfig, [name])
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig described by ``add_train_args`` options."""
-    return TrainConfig(method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       grad_accum=args.grad_accum, max_length=args.max_length, scheduler=args.scheduler,
-                       warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
-                       lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                       target_modules=args.target_modules.split(",") if args.target_modules else None,
-                       num_virtual_tokens=args.num_virtual_tokens)
+    values = {name: getattr(args, name) for name in TRAIN_OPTIONS}
+    values["target_modules"] = args.target_modules.split(",") if args.target_modules else None
+    return TrainConfig(**values)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,14 +10,16 @@ import sys
 import textwrap
 
 from tuneguard.adapters.base_models import BaseModels
-from tuneguard.adapters.classifier import VERDICTS
 from tuneguard.adapters.detectors import DETECTORS, Detector, make_detector
-from tuneguard.adapters.probes import BATTERIES, read_lines
+from tuneguard.adapters.probes import read_lines
 from tuneguard.adapters.scan import EXIT_CODES, UNJUDGED
-from tuneguard.commands import add_device_args, declared, output
+from tuneguard.commands import add_device_args, add_json_arg, add_params, json_output
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_json
 from tuneguard.report.table import printable
+
+# The behavioural detector's parameters that have an option of their own (a file read, or a name kept from before).
+BEHAVIOURAL_OPTIONS = {"injections": "--injections", "battery": "--battery", "extra_probes": "--probes",
+                       "trigger": "--trigger", "verdict": "--verdict", "max_text_tokens": "--max-text-tokens"}
 
 
 def add_detector_args(p: argparse.ArgumentParser, *, several: bool) -> None:
@@ -35,19 +37,37 @@ def add_detector_args(p: argparse.ArgumentParser, *, several: bool) -> None:
                                   "needed by the behavioural detector")
     # Unset options stay None, so the detector's declared defaults apply (one default per setting, shown here).
     declaration = DETECTORS.get("behavioural").Params
-    default = {i.name: i.default for i in declaration.describe()}
     g = p.add_argument_group("behavioural detector")
     g.add_argument("--injections", help="probe inputs: a labelled JSONL/CSV (label-1 rows used) or a .txt with one "
                                         "injection per line (default: built-in injections)")
-    g.add_argument("--battery", choices=BATTERIES, help=f"built-in probe battery; default: {default['battery']} "
-                                                        "(A needs --trigger, C has no RFC probes)")
+    add_params(g, declaration, ["battery"], unset=True)
     g.add_argument("--probes", help="extra probe prefixes: .txt (one per line) or a JSON list")
-    g.add_argument("--trigger", help="the true trigger, for battery A (research only)")
-    g.add_argument("--verdict", choices=VERDICTS,
-                   help=f"chat-form verdict: greedy generation (the spec's) or one-pass label logits; default: "
-                        f"{default['verdict']} (as `backdoor evaluate`)")
-    g.add_argument("--max-text-tokens", type=declared(declaration, "max_text_tokens"),
-                   help=f"probe inputs clipped to this; default: {default['max_text_tokens']}")
+    add_params(g, declaration, ["trigger", "verdict", "max_text_tokens"], unset=True)
+    p.add_argument("--detector-param", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="a detector parameter, repeatable, checked against the detector's declaration before any "
+                        "adapter is read (e.g. behavioural.batch_size=32; the detectors' parameters are listed in "
+                        "`tuneguard scan --help`); values are read as JSON where they parse")
+
+
+def detector_params(items: list[str] | None, running: list[str]) -> dict[str, dict]:
+    """``NAME.KEY=VALUE`` options into ``{detector: {key: value}}``, each detector's values checked by its declared
+    Params (one line naming the bad name, key or value); a detector that is not among ``running`` is refused."""
+    params: dict[str, dict] = {}
+    for item in items or []:
+        head, sep, value = item.partition("=")
+        name, dot, key = head.rpartition(".")
+        if not sep or not dot or not name or not key:
+            raise TuneguardError(f"--detector-param {item!r}: expected NAME.KEY=VALUE, e.g. behavioural.batch_size=32")
+        DETECTORS.check(name)
+        params.setdefault(name, {})[key] = value
+    for name, values in params.items():
+        cls = DETECTORS.get(name)
+        cls.Params.create(cls.label(), values)
+        if name not in running:
+            hint = " (it needs --base)" if cls.needs_base else ""
+            raise TuneguardError(f"--detector-param {name}.{next(iter(values))}: detector {name!r} is not being run"
+                                 f"{hint}; running: {', '.join(running)}")
+    return params
 
 
 def _behavioural_params(args: argparse.Namespace) -> dict:
@@ -71,7 +91,13 @@ def detectors_from_args(args: argparse.Namespace, names: list[str], *,
                         base: BaseModels | None = None) -> list[Detector]:
     """The detectors ``names`` built from the `add_detector_args` options; those needing the base share ``base``
     (default: ``--base``, loaded when first needed)."""
-    params = {"behavioural": _behavioural_params(args)}
+    params = detector_params(getattr(args, "detector_param", None), names)
+    for key, value in _behavioural_params(args).items():
+        given = params.setdefault("behavioural", {})
+        if key in given:
+            raise TuneguardError(f"{BEHAVIOURAL_OPTIONS[key]} and --detector-param behavioural.{key} both set "
+                                 f"{key}: keep one")
+        given[key] = value
     base = base if base is not None else BaseModels.of(args.base)
     return [make_detector(n, base=base, progress=sys.stderr.isatty(), **params.get(n, {})) for n in names]
 
@@ -103,8 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", action="append", default=[], metavar="FILE",
                    help="calibration file (repeatable: one per detector, base model, rank and task)")
     p.add_argument("--task", help="task name to match against the calibration files' task")
-    p.add_argument("--json", metavar="OUT", type=output(directory=False),
-                   help="write every statistic and profile to this JSON file")
+    add_json_arg(p, "every statistic and profile")
     add_detector_args(p, several=True)
     add_device_args(p)
     p.set_defaults(func=run, loads_models=lambda args: args.base is not None)  # only the behavioural detector does
@@ -115,22 +140,22 @@ def run(args: argparse.Namespace) -> int:
 
     names = args.detector or [n for n in DETECTORS if args.base or not DETECTORS.get(n).needs_base]
     base = BaseModels.of(args.base)
-    result = scan_adapters(args.dirs, args.calibration, detectors=detectors_from_args(args, names, base=base),
-                           task=args.task, base=base)
-    print(result.table())
-    # Each line names a path or a tensor from the adapters, either of which may hold a newline: escaped, so that
-    # every line is one message.
-    lines = [f"note: {note}" for note in result.notes]
-    for a in result.adapters:
-        lines += [f"{a.verdict} {a.adapter}: {problem}" for problem in ([a.reason] if a.reason else a.findings)]
-        lines += [f"warning {a.adapter}: {warning}" for warning in a.warnings]
-        lines += [f"{d.verdict} {a.adapter} ({name}): {d.note}" for name, d in a.detectors.items()
-                  if d.verdict == "error" or (d.verdict in UNJUDGED and result.calibrated)]
-    if not result.calibrated:
-        lines.append("no --calibration given: statistics only, no verdicts (make one with `tuneguard backdoor "
-                     "calibrate`)")
-    for line in lines:
-        print(printable(line), file=sys.stderr)
-    if args.json:
-        atomic_write_json(args.json, result.to_json())
+    with json_output(args) as emit:  # --json alone: the JSON on stdout, the table and notes on stderr
+        result = scan_adapters(args.dirs, args.calibration, detectors=detectors_from_args(args, names, base=base),
+                               task=args.task, base=base)
+        print(result.table())
+        # Each line names a path or a tensor from the adapters, either of which may hold a newline: escaped, so
+        # that every line is one message.
+        lines = [f"note: {note}" for note in result.notes]
+        for a in result.adapters:
+            lines += [f"{a.verdict} {a.adapter}: {problem}" for problem in ([a.reason] if a.reason else a.findings)]
+            lines += [f"warning {a.adapter}: {warning}" for warning in a.warnings]
+            lines += [f"{d.verdict} {a.adapter} ({name}): {d.note}" for name, d in a.detectors.items()
+                      if d.verdict == "error" or (d.verdict in UNJUDGED and result.calibrated)]
+        if not result.calibrated:
+            lines.append("no --calibration given: statistics only, no verdicts (make one with `tuneguard backdoor "
+                         "calibrate`)")
+        for line in lines:
+            print(printable(line), file=sys.stderr)
+        emit(result.to_json())
     return result.exit_code

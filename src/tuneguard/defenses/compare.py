@@ -257,9 +257,9 @@ def column_seconds(column: Column, tokens: dict[str, int], n_members: int, speed
     if not column.regime.trains:
         return forward
     train = column.train.epochs * tokens["members"] * TRAIN_COST / speed
-    if column.kind == "dp":
+    if column.regime.per_sample_gradients:
         train *= DP_COST
-    elif column.kind == "soft":
+    elif column.regime.paraphrases:
         options = column.regime.params
         train *= 1 + options.warmup_epochs / column.train.epochs  # the warm-up run
         train += tokens["members"] / speed + options.ratio * n_members * PARAPHRASE_SECONDS  # losses, paraphrases
@@ -440,7 +440,7 @@ def strongest(cell: dict, target: Target) -> dict | None:
     """
     from tuneguard.metrics import alpha_key
     from tuneguard.report.privacy import MAX_ATTACK_FPR
-    from tuneguard.report.verdict import BLIND_ATTACK
+    from tuneguard.report.verdict import is_blind
 
     if target.metric == "auc":
         return cell.get("max_auc")
@@ -451,7 +451,7 @@ def strongest(cell: dict, target: Target) -> dict | None:
     if not math.isclose(target.fpr, 0.01):
         return None
     counted = {n: v for n, v in (cell.get("tpr_at_1pct") or {}).items()
-               if v is not None and n != BLIND_ATTACK and n not in (cell.get("not_applicable") or {})}
+               if v is not None and n not in (cell.get("not_applicable") or {}) and not is_blind(n)}
     if not counted:
         return None
     name = max(counted, key=lambda n: (counted[n], cell["auc"].get(n, 0)))
@@ -558,24 +558,10 @@ def final_command(candidate: Candidate, column: Column, plan: Plan, out: str = "
 
 
 def _regime_options(column: Column) -> tuple[str, dict, list[str]]:
-    """The command that trains with the column's regime, its options (SOFT's only where they differ from the
-    command's defaults), and its repeated ``--flag value`` pairs."""
-    import shlex
-
-    p = column.regime.params
-    if column.kind in ("lora", "full"):
-        return "tuneguard finetune", {}, []
-    if column.kind == "dp":
-        return "tuneguard defend dp", {"epsilon": f"{p.epsilon:g}", "delta": p.delta,
-                                       "max_grad_norm": f"{p.max_grad_norm:g}"}, []
-    if column.kind == "goldfish":
-        return "tuneguard defend goldfish", {"k": p.k, "h": p.h}, []
-    if column.kind == "soft":
-        from tuneguard.defenses.soft import SoftConfig
-
-        default = SoftConfig()
-        changed = {name: getattr(p, name) for name in ("warmup_epochs", "start", "on_failure")
-                   if getattr(p, name) != getattr(default, name)}
-        pairs = [f"--paraphraser-param {shlex.quote(f'{k}={v}')}" for k, v in p.paraphraser_options.items()]
-        return "tuneguard defend soft", {"ratio": f"{p.ratio:g}", "paraphraser": p.paraphraser, **changed}, pairs
-    raise TuneguardError(f"defend compare has no final command for regime {column.kind!r}")
+    """The command that trains with the column's regime (its declared ``command``), its options (SOFT's only where
+    they differ from the command's defaults), and its repeated ``--flag value`` pairs."""
+    regime = column.regime
+    if regime.command is None:
+        raise TuneguardError(f"defend compare has no final command for regime {column.kind!r}")
+    options, repeated = regime.command_options()
+    return regime.command, options, repeated

@@ -27,11 +27,12 @@ experiment's DP regime have no way to set one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuneguard.errors import TuneguardError
 from tuneguard.models.record import RunRecord
@@ -52,6 +53,24 @@ class DPConfig(Params):
     target_epsilon: float = param(8.0, "target epsilon (inf = clipping only, no noise)", gt=0)
     delta: float | None = param(None, "target delta (default 1/(10·n), n = training texts)", gt=0, lt=1)
     max_grad_norm: float = param(1.0, "per-sample gradient clipping bound", gt=0)
+
+
+def dp_setting(name: str) -> Any:
+    """DPConfig's declaration of its field ``name`` (default, help, bounds) for another ``Params`` class that takes
+    the same setting, maybe under another name (the DP regime's ``epsilon``, audit-dp's ``max_grad_norm``): one
+    source for every DP setting. The field remembers which DPConfig field it is (:func:`dp_config_of`)."""
+    declared = next(f for f in dataclasses.fields(DPConfig) if f.name == name)
+    return dataclasses.field(default=declared.default, metadata={**declared.metadata, "dp_config": name})
+
+
+def dp_config_of(params: Params) -> DPConfig:
+    """The DPConfig set by ``params``' fields declared with :func:`dp_setting` (every DPConfig field must be one)."""
+    values = {f.metadata["dp_config"]: getattr(params, f.name) for f in dataclasses.fields(params)
+              if "dp_config" in f.metadata}
+    missing = [f.name for f in dataclasses.fields(DPConfig) if f.name not in values]
+    if missing:  # a DPConfig setting the options cannot set would silently keep its default
+        raise TypeError(f"{type(params).__name__} declares no field for DPConfig's {', '.join(missing)}")
+    return DPConfig(**values)
 
 
 # The bugs audit-dp can plant (the accountant goes on claiming the honest run's epsilon).

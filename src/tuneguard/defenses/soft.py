@@ -65,7 +65,7 @@ from tuneguard.paraphrase import PARAPHRASERS, GateConfig, Paraphraser, QualityG
 from tuneguard.params import Params, param
 from tuneguard.scoring import ScoringEngine
 from tuneguard.scoring.engine import tokenizer_digest
-from tuneguard.train import TrainConfig, finetune
+from tuneguard.train import METHODS, TrainConfig, finetune
 from tuneguard.train.batching import examples_digest
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
                 "tokenizer": tokenizer_digest(base.tokenizer), "data_digest": examples_digest(texts), "n": len(texts),
                 **_settings(cfg, reference), "paraphraser_id": primary.identity(),
                 "fallback_id": fallback.identity() if fallback else None,
-                "embedder": getattr(gate.embedder, "name", type(gate.embedder).__name__), "train": train.to_dict()}
+                "embedder": getattr(gate.embedder, "name", type(gate.embedder).__name__), "train": train.key_dict()}
     _claim(out, settings)
     authors = cfg.schedule == "authors"
     warm_epochs = 1 if authors else cfg.warmup_epochs  # the authors' epoch 1 on the originals is this stage
@@ -618,8 +618,10 @@ def _warm_start(warm: LoadedModel, out: Path, train: TrainConfig) -> LoadedModel
     once in ``warm_merged/`` (so the final adapter has a base to load from)."""
     if not hasattr(warm.model, "peft_config"):
         return warm
-    if train.method == "prefix":
-        raise TuneguardError("a prefix-tuning warm-up cannot be merged into the weights: use start='base'")
+    method = METHODS.get(train.method)
+    if not method.mergeable:
+        raise TuneguardError(f"a warm-up trained with {method.label()} cannot be merged into the weights: use "
+                             "start='base'")
     merged_dir = out / "warm_merged"
     if not (merged_dir / "config.json").is_file():
         merged = copy.deepcopy(warm.model).merge_and_unload()

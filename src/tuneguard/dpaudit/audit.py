@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from tuneguard.cache import key_hash
-from tuneguard.defenses.dp_sgd import AuditPlan, DPConfig, check_method, dp_finetune, parse_bug
+from tuneguard.defenses.dp_sgd import AuditPlan, DPConfig, check_method, dp_finetune, dp_setting, parse_bug
 from tuneguard.dpaudit.bound import BoundParams, OneRunBound, bound_ceiling, one_run_audit
 from tuneguard.dpaudit.canaries import Canary, CanaryParams, load_canaries, make_canaries, save_canaries
 from tuneguard.errors import TuneguardError
@@ -62,7 +62,7 @@ class DPAuditParams(Params):
     no_dp: bool = param(True, "also fine-tune once without DP-SGD (the baseline the bounds are read against)")
     delta: float | None = param(None, "delta of DP-SGD and of the audit; default min(1/(10·n), 1e-5), n = real "
                                 "training texts + half the canaries", gt=0, lt=1)
-    max_grad_norm: float = param(1.0, "DP-SGD per-example clipping norm", gt=0)
+    max_grad_norm: float = dp_setting("max_grad_norm")  # DP-SGD's own declaration: one clipping bound for both
     holdout: float = param(0.1, "share of the real texts held out to measure perplexity", gt=0, lt=1)
     seed: int = param(0, "seed of the held-out split and of the training order")
     batch_size: int = param(8, "scoring batch size", ge=1)
@@ -173,7 +173,7 @@ def audit_dp(model: LoadedModel | str, texts: list[str], out_dir: str | Path, *,
         f"canaries can certify is epsilon {ceilings['bound']:.2f} (Steinke) / {ceilings['fdp']:.2f} (f-DP, "
         f"{bound.tradeoff}) ({seconds['setup']:.0f} s)")
 
-    common = key_hash(train.to_dict(), base.ref, base.fingerprint, examples, holdout,
+    common = key_hash(train.key_dict(), base.ref, base.fingerprint, examples, holdout,
                       [c.to_json() for c in planted], bound.to_dict(), audit.batch_size)
     bug = audit.plant_bug
     runs_planned = ([(NO_DP, None)] if audit.no_dp else []) + [

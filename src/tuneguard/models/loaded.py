@@ -1,4 +1,6 @@
-"""The model + tokenizer pair every other module works with."""
+"""The model + tokenizer pair every other module works with. Importing it loads no torch (torch is imported where a
+method needs it): a declaration naming ``LoadedModel`` in a parameter's type, such as SPV-MIA's, is read by
+``--help`` without it."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -30,6 +34,8 @@ class LoadedModel:
 
         Computed once; invalidate with ``del loaded.fingerprint`` after changing the weights in place.
         """
+        import torch
+
         h = hashlib.sha256()
         config = getattr(self.model, "config", None)
         cfg = config.to_dict() if config is not None else {}
@@ -63,6 +69,8 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         """The precision of the weights (the first floating-point one's: a LoRA adapter on a bfloat16 base keeps
         its own weights in float32)."""
+        import torch
+
         return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
 
     def placement(self) -> dict:

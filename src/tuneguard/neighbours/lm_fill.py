@@ -2,7 +2,8 @@
 
 Deviation from the paper's T5 filler: the LM sees only the text to the left of a span (a causal model cannot read the
 right context), so fills are fluent continuations rather than context-fitting infills. Each span gets exactly as many
-words as it replaced, so the neighbour keeps the text's length.
+words as it replaced, so the neighbour keeps the text's length. Importing it loads no torch (the fill does): the
+attacks that default to it check their settings, and ``attack --help`` lists them, without.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from tuneguard.errors import TuneguardError
-from tuneguard.models import as_loaded
 from tuneguard.models.kv_cache import cache_kwarg, returned_cache
 from tuneguard.neighbours.masking import MaskingParams, SpanMaskingGenerator, apply_fills
-from tuneguard.neighbours.sampling import sample_tokens
 from tuneguard.params import param
 
 
@@ -57,6 +55,8 @@ class LMFillNeighbours(SpanMaskingGenerator):
         super().__init__(**kwargs)
         if self.params.model is None:
             raise TuneguardError(f"{self.label()} needs parameter 'model' (a causal LM: e.g. the target's base model)")
+        from tuneguard.models import as_loaded
+
         self.lm = as_loaded(self.params.model)
 
     def settings(self) -> dict:
@@ -97,8 +97,18 @@ class LMFillNeighbours(SpanMaskingGenerator):
         # Nothing after the last span is fed: it conditions no fill.
         return _Row(ops=ops[1:], rng=rng, feed=ops[0][1])
 
-    @torch.no_grad()
     def _run(self, rows: list[_Row]) -> None:
+        import torch
+
+        with torch.no_grad():
+            self._fill(rows)
+
+    def _fill(self, rows: list[_Row]) -> None:
+        """Advance every row until each is done (under ``torch.no_grad``, from :meth:`_run`)."""
+        import torch
+
+        from tuneguard.neighbours.sampling import sample_tokens
+
         model, tok = self.lm.model, self.lm.tokenizer
         device = self.lm.device
         pad = tok.pad_token_id

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneguard.defenses.dp_sgd import DPConfig, dp_config_of, dp_setting
 from tuneguard.params import Params, param
 from tuneguard.regimes.base import Regime
 from tuneguard.train import TrainConfig
@@ -26,13 +27,20 @@ from tuneguard.train import TrainConfig
 
 @dataclass
 class DPOptions(Params):
-    epsilon: float = param(8.0, "target epsilon (inf: clipping only, no noise)", gt=0)
-    delta: float | None = param(None, "target delta (default 1/(10·n), n = member texts)", gt=0, lt=1)
-    max_grad_norm: float = param(1.0, "per-sample gradient clipping bound", gt=0)
+    """DP-SGD's settings, declared once by :class:`DPConfig` (the experiment file names its ``target_epsilon``
+    ``epsilon``), and the regime's scaling of the compared run's learning rate and batch."""
+
+    epsilon: float = dp_setting("target_epsilon")
+    delta: float | None = dp_setting("delta")
+    max_grad_norm: float = dp_setting("max_grad_norm")
     lr_factor: float = param(10.0, "learning rate = this × the run's lr (clipped, noisy steps need a larger one)",
                              gt=0)
     batch_factor: int = param(4, "expected texts per noisy step = this × the run's batch (gradient accumulation): "
                                  "the noise on the mean gradient shrinks as 1/batch", ge=1)
+
+    def dp_config(self) -> DPConfig:
+        """The DPConfig these options set."""
+        return dp_config_of(self)
 
 
 class DPSGD(Regime):
@@ -40,6 +48,12 @@ class DPSGD(Regime):
     summary = "DP-SGD LoRA fine-tuning (same epochs and schedule as the other runs; lr and batch scaled for DP)"
     Params = DPOptions
     knob = ("epsilon", "ε")
+    per_sample_gradients = True
+    command = "tuneguard defend dp"
+
+    def command_options(self):
+        p = self.params
+        return {"epsilon": f"{p.epsilon:g}", "delta": p.delta, "max_grad_norm": f"{p.max_grad_norm:g}"}, []
 
     def train_config(self, train: TrainConfig) -> TrainConfig:
         from tuneguard.defenses.dp_sgd import check_method
@@ -51,9 +65,7 @@ class DPSGD(Regime):
                              grad_accum=train.grad_accum * self.params.batch_factor)
 
     def build(self, base, members, cell_dir, train, *, progress=True):
-        from tuneguard.defenses.dp_sgd import DPConfig, dp_finetune
+        from tuneguard.defenses.dp_sgd import dp_finetune
 
-        dp = DPConfig(target_epsilon=self.params.epsilon, delta=self.params.delta,
-                      max_grad_norm=self.params.max_grad_norm)
-        run = dp_finetune(base, members, cell_dir / "model", train, dp, progress=progress)
+        run = dp_finetune(base, members, cell_dir / "model", train, self.params.dp_config(), progress=progress)
         return run.model, {"epsilon_spent": run.record.dp["epsilon_spent"], "train_size": len(members)}

@@ -9,6 +9,8 @@ from tuneguard.train import TrainConfig
 class FineTuning(Regime):
     """Fine-tune the base model on the members with the training method the regime is named after."""
 
+    command = "tuneguard finetune"
+
     def train_config(self, train: TrainConfig) -> TrainConfig:
         return train.replace(method=self.name)
 
@@ -22,6 +24,7 @@ class FineTuning(Regime):
 class FullFineTuning(FineTuning):
     name = "full"
     summary = "full fine-tuning on the members (every weight)"
+    reference_point = True  # the unprotected run: the frontier's most useful, least private end
 
 
 class LoRAFineTuning(FineTuning):

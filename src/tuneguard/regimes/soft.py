@@ -30,6 +30,8 @@ class Soft(Regime):
     expands = {"ratios": "one column per selection ratio ρ"}
     paths = ("reference",)
     knob = ("ratio", "ρ")
+    paraphrases = True
+    command = "tuneguard defend soft"
 
     @classmethod
     def columns(cls, name, options):
@@ -44,6 +46,17 @@ class Soft(Regime):
                                                             for r in ratios)):
             raise TuneguardError(f"regime {name!r}: 'ratios' must be a non-empty list of numbers, got {ratios!r}")
         return [(f"{name} ρ={r:g}", {**options, "ratio": r}) for r in ratios]
+
+    def command_options(self):
+        """The ratio and paraphraser, the recipe options that differ from `defend soft`'s defaults, and one
+        ``--paraphraser-param`` per paraphraser option."""
+        import shlex
+
+        p, default = self.params, SoftConfig()
+        changed = {name: getattr(p, name) for name in ("warmup_epochs", "start", "on_failure")
+                   if getattr(p, name) != getattr(default, name)}
+        pairs = [f"--paraphraser-param {shlex.quote(f'{k}={v}')}" for k, v in p.paraphraser_options.items()]
+        return {"ratio": f"{p.ratio:g}", "paraphraser": p.paraphraser, **changed}, pairs
 
     def train_config(self, train: TrainConfig) -> TrainConfig:
         from tuneguard.defenses.soft import check_epochs

@@ -31,9 +31,11 @@ def experiment_blocks(summary: dict) -> list[dict]:
     """Per dataset: its ``title``, table ``rows`` and ``columns``, footnotes (``notes``) and the confounded-split
     ``warning`` (or None)."""
     regimes = summary["regimes"]
+    settings = (summary.get("settings") or {}).get("regimes", {})
     blocks = []
     for ds, row_cells in summary["cells"].items():
         cells = [row_cells[r] for r in regimes]
+        trains = {r: trains_model(settings.get(r, {}), row_cells[r]) for r in regimes}
         attacks = list(dict.fromkeys(a for c in cells for a in c["auc"]))
         rows = [{"attack": a, **{r: _auc(row_cells[r], a) for r in regimes}} for a in attacks]
         rows.append({"attack": "average", **{r: cell_text(row_cells[r].get("average_auc")) for r in regimes}})
@@ -46,16 +48,17 @@ def experiment_blocks(summary: dict) -> list[dict]:
         rows.append({"attack": "perplexity (general)", **{r: _ppl(row_cells[r].get("ppl_general")) for r in regimes}})
         rows.append({"attack": "scoring window (tokens)", **{r: cell_text(row_cells[r].get("max_length"))
                                                              for r in regimes}})
-        rows.append({"attack": "texts trained on", **{r: _trained_on(row_cells[r]) for r in regimes}})
-        soft = any(c["kind"] == "soft" for c in cells)
+        rows.append({"attack": "texts trained on", **{r: _trained_on(row_cells[r], trains[r]) for r in regimes}})
+        soft = any("soft" in c for c in cells)  # a column that recorded a SOFT summary
         if soft:
             rows.append({"attack": "SOFT gate failures", **{r: _soft_failures(row_cells[r]) for r in regimes}})
             rows.append({"attack": "SOFT mean similarity", **{r: cell_text(row_cells[r]["soft"].get("mean_similarity"))
-                                                               if row_cells[r]["kind"] == "soft" else DASH
+                                                               if "soft" in row_cells[r] else DASH
                                                                for r in regimes}})
             rows.append({"attack": "SOFT recipe", **{r: _soft_recipe(row_cells[r]) for r in regimes}})
-            rows.append({"attack": "retained-token share (chance)", **{r: _retained(row_cells[r]) for r in regimes}})
-            rows.append({"attack": "member tokens never trained on", **{r: _never_trained(row_cells[r])
+            rows.append({"attack": "retained-token share (chance)", **{r: _retained(row_cells[r], trains[r])
+                                                                        for r in regimes}})
+            rows.append({"attack": "member tokens never trained on", **{r: _never_trained(row_cells[r], trains[r])
                                                                          for r in regimes}})
         notes = list(dict.fromkeys(f"{NOT_APPLICABLE}: {reason}" for c in cells
                                    for reason in (c.get("not_applicable") or {}).values()))
@@ -70,7 +73,7 @@ def experiment_blocks(summary: dict) -> list[dict]:
                          "members; chance: the same share against unrelated texts of as many tokens. Regimes that "
                          "train every member as written retain all (1.000)")
             notes += [f"{r}: removes data: {removal_text(row_cells[r]['soft'])}; its AUC is no obfuscation result"
-                      for r in regimes if row_cells[r]["kind"] == "soft" and removal_text(row_cells[r]["soft"])]
+                      for r in regimes if "soft" in row_cells[r] and removal_text(row_cells[r]["soft"])]
         warning = next((c["confounding_warning"] for c in cells if c.get("confounding_warning")), None)
         blocks.append({"dataset": ds, "title": f"{ds}: AUC per attack (lower protects better)", "rows": rows,
                        "columns": ["attack", *regimes], "notes": notes, "warning": warning})
@@ -89,12 +92,31 @@ def experiment_table(summary: dict) -> str:
     return "\n\n".join(parts)
 
 
-REFERENCE_KINDS = ("pretrained", "full")  # drawn as reference points, never joined into a defence's line
+# A column's regime declarations (reference_point, trains) are read from what the run recorded in its settings
+# (``Regime.declarations``), never from its kind's name: the report imports no regime. A results file saved before
+# the run recorded them means what the regimes declared then: these two were reference points, pretrained never
+# trained.
+UNRECORDED_REFERENCE_KINDS = ("pretrained", "full")
+
+
+def is_reference_point(setting: dict, cell: dict) -> bool:
+    """Whether a column is drawn as a reference point: its regime's declared ``Regime.reference_point``, as the run
+    recorded it in the column's settings (a results file without it: the pretrained and full fine-tuning columns)."""
+    recorded = setting.get("reference_point")
+    return cell["kind"] in UNRECORDED_REFERENCE_KINDS if recorded is None else bool(recorded)
+
+
+def trains_model(setting: dict, cell: dict) -> bool:
+    """Whether a column's regime fine-tunes the base model (its declared ``Regime.trains``, as the run recorded it
+    in the column's settings; a results file without it: every column but the pretrained one)."""
+    recorded = setting.get("trains")
+    return cell["kind"] != "pretrained" if recorded is None else bool(recorded)
 
 
 def frontier_series(summary: dict) -> dict[str, dict[str, list[dict]]]:
-    """The privacy-utility frontier's data, per dataset: ``references`` (the pretrained and full fine-tuning points)
-    and ``lines`` (one per defence: its columns in knob order).
+    """The privacy-utility frontier's data, per dataset: ``references`` (the columns whose regime is a reference
+    point, :func:`is_reference_point`: the pretrained and full fine-tuning points) and ``lines`` (one per defence:
+    its columns in knob order).
 
     A point: ``regime``, ``ppl`` (held-out perplexity, same domain), ``auc`` / ``auc_ci`` (average AUC and its CI),
     ``tpr`` / ``tpr_ci`` / ``tpr_attack`` (the max-attack TPR@10% FPR, its CI and its attack), ``knob`` (the value of
@@ -111,7 +133,7 @@ def frontier_series(summary: dict) -> dict[str, dict[str, list[dict]]]:
             cell, setting = row_cells[name], settings.get(name, {})
             knob = setting.get("knob")
             point = _frontier_point(cell, knob["value"] if knob else None)
-            if cell["kind"] in REFERENCE_KINDS:
+            if is_reference_point(setting, cell):
                 references.append(point)
                 continue
             options = {k: v for k, v in (setting.get("options") or {}).items() if not knob or k != knob["option"]}
@@ -132,7 +154,7 @@ def _frontier_point(cell: dict, knob: Any) -> dict:
     return {"regime": cell["regime"], "ppl": cell.get("ppl_domain"), "auc": cell.get("average_auc"),
             "auc_ci": cell.get("average_auc_ci"), "tpr": best.get("value"), "tpr_ci": best.get("ci"),
             "tpr_attack": best.get("attack"), "knob": knob,
-            "note": _failure_note(cell["soft"]) if cell["kind"] == "soft" else ""}
+            "note": _failure_note(cell["soft"]) if "soft" in cell else ""}
 
 
 def tradeoff_figure(summary: dict, path: str | Path) -> Path:
@@ -225,21 +247,21 @@ def _ppl(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else DASH
 
 
-def _trained_on(cell: dict) -> str:
+def _trained_on(cell: dict, trains: bool) -> str:
     """How many texts the cell's model was fine-tuned on; for SOFT, how many of them are paraphrases and how many
     members it held out."""
-    if cell["kind"] == "soft":
+    if "soft" in cell:
         soft = cell["soft"]
         held = f", {soft['held_out']} held out" if soft.get("held_out") else ""
         return f"{soft['train_size']} ({soft['paraphrased']} para.{held})"
-    if cell["kind"] == "pretrained":
+    if not trains:
         return "0"
     return cell_text(cell.get("train_size"))
 
 
 def _soft_failures(cell: dict) -> str:
     """SOFT's failure policy and what it did: originals kept, texts dropped."""
-    if cell["kind"] != "soft":
+    if "soft" not in cell:
         return DASH
     soft = cell["soft"]
     if "on_failure" not in soft:
@@ -250,17 +272,17 @@ def _soft_failures(cell: dict) -> str:
 
 def _soft_recipe(cell: dict) -> str:
     """The released-code recipe options a SOFT column turns on ("default" when none)."""
-    if cell["kind"] != "soft":
+    if "soft" not in cell:
         return DASH
     recipe = cell["soft"].get("recipe")
     return STALE if recipe is None else recipe_text(recipe) or "default"
 
 
-def _retained(cell: dict) -> str:
+def _retained(cell: dict, trains: bool) -> str:
     """A SOFT column's retained-token share over every member, with its chance baseline in brackets."""
-    if cell["kind"] == "pretrained":
+    if not trains:
         return DASH
-    if cell["kind"] != "soft":
+    if "soft" not in cell:
         return "1.000"
     figures = (cell.get("retained") or {}).get("all")
     if figures is None:
@@ -268,11 +290,11 @@ def _retained(cell: dict) -> str:
     return f"{cell_text(figures['share'])} ({cell_text(figures['chance'])})"
 
 
-def _never_trained(cell: dict) -> str:
+def _never_trained(cell: dict, trains: bool) -> str:
     """The share of member tokens no training stage read in any form (data removal)."""
-    if cell["kind"] == "pretrained":
+    if not trains:
         return DASH
-    if cell["kind"] != "soft":
+    if "soft" not in cell:
         return pct(0.0)
     share = cell["soft"].get("never_trained_share", STALE)
     return share if share == STALE else pct(share or 0.0)

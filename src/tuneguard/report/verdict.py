@@ -1,9 +1,10 @@
 """The verdict a membership-inference report opens with: does the model leak, how badly, and by which attack.
 
 At each FPR level α the results can measure (at least 1/α non-members), the *strongest attack* is the one with the
-highest TPR@α (ties: the higher CI lower bound, then the higher AUC). Only attacks that query the model count: the
-blind bag-of-words baseline measures the split, not the model, and an attack that does not apply here
-(``AttackResult.not_applicable``) measures nothing. Guessing gives TPR = α, AUC = 0.5.
+highest TPR@α (ties: the higher CI lower bound, then the higher AUC). Only attacks that query the model count: a
+blind baseline (an attack declaring :attr:`~tuneguard.attacks.base.Attack.blind`, such as bag-of-words) measures the
+split, not the model, and an attack that does not apply here (``AttackResult.not_applicable``) measures nothing.
+Guessing gives TPR = α, AUC = 0.5.
 
 Levels, judged on the 95% bootstrap CI lower bounds of every model attack ("with 95% confidence"; the point
 estimates when the run drew no bootstrap):
@@ -19,8 +20,8 @@ The sentence quotes the evidence behind the level (the lowest FPR at which it sh
 AUC when only the AUC shows it). Any of several attacks counting, and the strongest picked after seeing the results,
 lean optimistic: the verdict is a screening result, and the table beside it has every attack. Attacks a suite left out
 for want of a reference model (``settings["left_out"]``) are named: without them the verdict may understate the leak.
-When the bag-of-words baseline tells members from non-members (a confounded split, :func:`confounding_warning`) the
-verdict says so before anything else.
+When a blind baseline tells members from non-members (a confounded split, :func:`confounding_warning`) the verdict
+says so before anything else.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from __future__ import annotations
 import textwrap
 from dataclasses import asdict, dataclass, field
 
+from tuneguard.attacks import ATTACKS
 from tuneguard.attacks.result import AttackResult, MIAResult
 
-BLIND_ATTACK = "bag-of-words"
 # A model-free classifier this far from chance means members and non-members differ in distribution.
 CHANCE_BAND = (0.4, 0.6)
 STRONG_TPR_FACTOR = 10  # strong: TPR lower bound >= min(10·α, STRONG_TPR_CAP)
@@ -40,8 +41,8 @@ LEVELS = {"strong": "strong leak", "some": "some leak", "none": "no measurable l
           "unmeasured": "nothing measured"}
 LEVELS_TEXT = (f"Levels (95% CI lower bounds of any model attack; guessing gives TPR = FPR): strong = the TPR at some "
                f"FPR α reaches min({STRONG_TPR_FACTOR}·α, {STRONG_TPR_CAP:.0%}) or the AUC reaches {STRONG_AUC}; "
-               "some = the TPR at some α is above α or the AUC is above 0.5; no measurable leak = neither. The blind "
-               f"{BLIND_ATTACK} baseline and attacks that do not apply never count.")
+               "some = the TPR at some α is above α or the AUC is above 0.5; no measurable leak = neither. Blind "
+               "baselines (bag-of-words: they never query the model) and attacks that do not apply never count.")
 
 
 @dataclass
@@ -108,26 +109,35 @@ class Verdict:
                 "confounded": self.confounded is not None, "notes": self.notes}
 
 
+def is_blind(name: str) -> bool:
+    """Whether the attack registered as ``name`` declares itself blind (:attr:`Attack.blind`: it never queries the
+    model). Read from the attack's class in the registry (its module is imported, as the HTML report's parameter
+    table imports it); a name this version does not register (a result saved by another) is not blind."""
+    return name in ATTACKS and ATTACKS.get(name).blind
+
+
 def model_attacks(result: MIAResult) -> dict[str, AttackResult]:
-    """The attacks whose figures say something about the model: neither the blind baseline nor not applicable."""
-    return {n: a for n, a in result.attacks.items() if n != BLIND_ATTACK and not a.not_applicable}
+    """The attacks whose figures say something about the model: neither a blind baseline nor not applicable."""
+    return {n: a for n, a in result.attacks.items() if not a.not_applicable and not is_blind(n)}
 
 
 def confounding_warning(result: MIAResult) -> str | None:
-    """The warning to show when the blind baseline beats chance, else None.
+    """The warning to show when a blind baseline beats chance, else None.
 
-    Fires when the bag-of-words AUC lies outside [0.4, 0.6] and its CI (when there is one) excludes 0.5.
+    Fires when a blind attack's AUC (the first such, in run order) lies outside [0.4, 0.6] and its CI (when there is
+    one) excludes 0.5.
     """
-    blind = result.attacks.get(BLIND_ATTACK)
-    if blind is None:
-        return None
-    auc, ci = blind.metrics["auc"], blind.metrics.get("auc_ci")
-    if CHANCE_BAND[0] <= auc <= CHANCE_BAND[1] or (ci is not None and ci[0] <= 0.5 <= ci[1]):
-        return None
-    return (f"The blind {BLIND_ATTACK} baseline, which never queries the model, tells members from non-members "
-            f"with AUC {auc_text(blind.metrics)}. The member/non-member split is distribution-shifted "
-            "(confounded): the other attacks' figures partly measure that shift, not what the model memorised. "
-            "Draw members and non-members from one distribution (e.g. a random split of one corpus).")
+    for name, blind in result.attacks.items():
+        if not is_blind(name):
+            continue
+        auc, ci = blind.metrics["auc"], blind.metrics.get("auc_ci")
+        if CHANCE_BAND[0] <= auc <= CHANCE_BAND[1] or (ci is not None and ci[0] <= 0.5 <= ci[1]):
+            continue
+        return (f"The blind {name} baseline, which never queries the model, tells members from non-members "
+                f"with AUC {auc_text(blind.metrics)}. The member/non-member split is distribution-shifted "
+                "(confounded): the other attacks' figures partly measure that shift, not what the model memorised. "
+                "Draw members and non-members from one distribution (e.g. a random split of one corpus).")
+    return None
 
 
 def mia_verdict(result: MIAResult) -> Verdict:

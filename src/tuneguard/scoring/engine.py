@@ -28,7 +28,7 @@ prefix, the text is cut first and then the prefix keeps its most recent tokens t
 (``max_length`` bounds the scored text, not the prefix). Results are cached in memory and on disk by (model
 fingerprint, tokenizer, device type, dtype, max_length, prefix + text): a bfloat16 or GPU score is not a float32 CPU
 score. Re-running or adding an attack costs no forward pass. A cache entry written by an older engine (another
-``SCHEMA``, e.g. one without the top-1 arrays) is recomputed and overwritten, never read.
+``score_cache.SCHEMA``, e.g. one without the top-1 arrays) is recomputed and overwritten, never read.
 """
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ import ctypes
 import hashlib
 import json
 import logging
-import os
-import zipfile
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -51,9 +49,11 @@ from transformers import Cache
 
 from tuneguard.cache import cache_dir, key_hash, text_hash
 from tuneguard.errors import TuneguardError
-from tuneguard.files import atomic_write_bytes
 from tuneguard.models import LoadedModel
 from tuneguard.models.kv_cache import cache_kwarg, returned_cache
+from tuneguard.scoring.distributed import agree_on_inputs, gather_scores, launched_processes
+from tuneguard.scoring.score_cache import ScoreCache
+from tuneguard.scoring.token_scores import TokenScores
 
 log = logging.getLogger(__name__)
 
@@ -61,37 +61,9 @@ POSITION_BLOCK = 32  # positions whose full-vocabulary float32 terms are held at
 # How far a text's lp / mu / sigma may move with its batch mates (see the module docstring); measured: ~1e-7 on the
 # tiny test models, 2.8e-5 on SmolLM2-135M in float32 (bench/bench_scoring.py --parts precision).
 BATCH_TOLERANCE = 1e-4
-SCHEMA = 2  # of a cache entry: 1 = token ids, lp, mu, sigma; 2 = also the top-1 token and its log-prob
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """Per scored token of one text: the token id, its log-prob, the moments of the model's distribution, and the
-model's own top-1 token at that position with its log-prob."""
-
-    token_ids: np.ndarray  # int64
-    logprobs: np.ndarray  # float64
-    mu: np.ndarray  # float64
-    sigma: np.ndarray  # float64
-    argmax: np.ndarray  # int64: argmax_v p_t(v), the token the model would have predicted
-    max_logprob: np.ndarray  # float64: max_v log p_t(v)
-    truncated: bool = False
-
-    @classmethod
-    def empty(cls, truncated: bool = False) -> TokenScores:
-        """No scored token (a text empty after tokenisation)."""
-        ids = np.zeros(0, dtype=np.int64)
-        return cls(ids, np.zeros(0), np.zeros(0), np.zeros(0), ids.copy(), np.zeros(0), truncated)
-
-    @property
-    def n(self) -> int:
-        """Number of scored tokens."""
-        return len(self.logprobs)
-
-    @property
-    def ll(self) -> float:
-        """``LL(x)``: the mean log-prob of the scored tokens (NaN when there are none)."""
-        return float(self.logprobs.mean()) if self.n else float("nan")
+# One text's model input, as :meth:`ScoringEngine.encode` gives it: (input ids, index of the first scored position,
+# truncated?).
+Encoded: TypeAlias = tuple[list[int], int, bool]
 
 
 _BACKEND_DIGESTS: dict[str, str] = {}  # sha256 of a fast tokenizer's JSON -> tokenizer_digest
@@ -162,18 +134,6 @@ def _return_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _launched_processes():
-    """The ``accelerate launch`` (torchrun) processes this one belongs to, or None when it runs alone (accelerate is
-    then not imported)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    # As the training loop's Accelerator: without a GPU, accelerate joins the processes only when told cpu=True.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state if state.num_processes > 1 else None
-
-
 def check_batching(batch_size: int, batch_tokens: int | None) -> None:
     """Refuse a scoring batch size or token budget below 1 (callers check it before any model loads)."""
     if batch_size < 1:
@@ -181,13 +141,6 @@ def check_batching(batch_size: int, batch_tokens: int | None) -> None:
     if batch_tokens is not None and batch_tokens < 1:
         raise TuneguardError(f"the scoring token budget (--score-batch-tokens) must be at least 1, got "
                              f"{batch_tokens}")
-
-
-def main_process() -> bool:
-    """Whether this process writes results: always when it runs alone, else only the main process of an
-    ``accelerate launch`` run (every process scores its share and gets every score)."""
-    processes = _launched_processes()
-    return processes is None or processes.is_main_process
 
 
 class ScoringEngine:
@@ -213,13 +166,13 @@ class ScoringEngine:
         self.batches = 0
         self.cache_reads = 0
         self._memory: dict[str, TokenScores] = {}
-        self._processes = _launched_processes() if distributed else None
+        self._processes = launched_processes() if distributed else None
         self.progress = progress and (self._processes is None or self._processes.is_main_process)
         tok = loaded.tokenizer
         # The weights alone do not fix the scores: the same model under another tokenizer scores other tokens, and
         # the same weights in bfloat16 or on a GPU give other numbers than in float32 on the CPU.
         key = key_hash(loaded.fingerprint, tokenizer_digest(tok), loaded.device.type, str(loaded.dtype))
-        self._dir: Path | None = cache_dir("scores", key[:24], f"len{self.max_length}") if cache else None
+        self._disk = ScoreCache(cache_dir("scores", key[:24], f"len{self.max_length}") if cache else None)
         probe = tok("a")["input_ids"]
         self._bos = [probe[0]] if probe and tok.bos_token_id is not None and probe[0] == tok.bos_token_id else []
 
@@ -227,6 +180,11 @@ class ScoringEngine:
     def name(self) -> str:
         """The model this engine scores with."""
         return self.loaded.ref
+
+    @property
+    def _dir(self) -> Path | None:
+        """The disk cache's folder (None: no disk cache, or it could not be written)."""
+        return self._disk.directory
 
     def tokenize(self, text: str) -> list[int]:
         """The text's own token ids (no special tokens)."""
@@ -246,7 +204,7 @@ class ScoringEngine:
         prefixes = prefixes or [""] * len(texts)
         keys = [text_hash(p + "\x00" + t) for p, t in zip(prefixes, texts)]
         out: dict[str, TokenScores] = {}
-        todo: dict[str, tuple[list[int], int, bool]] = {}  # key -> encoded input, each distinct text once
+        todo: dict[str, Encoded] = {}  # key -> encoded input, each distinct text once
         for key, text, prefix in zip(keys, texts, prefixes):
             if key in out or key in todo:
                 continue
@@ -261,25 +219,10 @@ class ScoringEngine:
             else:
                 todo[key] = encoded
         if self._processes is not None:  # set only when several processes run
-            todo = self._agree(todo, keys, texts, prefixes)
+            todo = agree_on_inputs(todo, keys, texts, prefixes, self.encode)
         if todo:
             out.update(self._forward_all(todo, desc))
         return [out[k] for k in keys]
-
-    def _agree(self, todo: dict[str, tuple[list[int], int, bool]], keys: list[str], texts: list[str],
-               prefixes: list[str]) -> dict[str, tuple[list[int], int, bool]]:
-        """What every process forwards under ``accelerate launch``: the union of the inputs each one is missing, in
-        the texts' order. Each process deals itself a share of one plan, so the plans must be equal; but the disk
-        cache is shared, and a process that starts later finds scores another has just stored, so its own todo
-        would be shorter and some inputs would fall in no process's share."""
-        from accelerate.utils import gather_object
-
-        missing = set().union(*gather_object([sorted(todo)]))
-        agreed: dict[str, tuple[list[int], int, bool]] = {}
-        for key, text, prefix in zip(keys, texts, prefixes):
-            if key in missing and key not in agreed:
-                agreed[key] = todo[key] if key in todo else self.encode(text, prefix)
-        return agreed
 
     def cache_use(self) -> dict[str, int]:
         """Where this engine's scores came from so far: ``from_cache`` (read from the disk cache) and ``computed``
@@ -290,7 +233,7 @@ class ScoringEngine:
         """``LL(x)`` for each text."""
         return np.array([s.ll for s in self.score(texts, **kwargs)])
 
-    def encode(self, text: str, prefix: str = "") -> tuple[list[int], int, bool]:
+    def encode(self, text: str, prefix: str = "") -> Encoded:
         """The model's input for ``text`` (behind ``prefix``) without forwarding it: (input ids, index of the first
         scored position, truncated?). ``ids[first:]`` are the token ids :meth:`score` scores."""
         ids = self.tokenize(text)
@@ -305,7 +248,7 @@ class ScoringEngine:
 
     # -- internals -------------------------------------------------------------------------------------------------
 
-    def _forward_all(self, todo: dict[str, tuple[list[int], int, bool]], desc: str) -> dict[str, TokenScores]:
+    def _forward_all(self, todo: dict[str, Encoded], desc: str) -> dict[str, TokenScores]:
         """Scores of every input in ``todo``: this process forwards its share of the batches (all of them when it
         runs alone), stores them, and, under ``accelerate launch``, receives every other process's share."""
         rank, world = (self._processes.process_index, self._processes.num_processes) if self._processes else (0, 1)
@@ -336,9 +279,13 @@ class ScoringEngine:
                 _return_freed_memory()
             bar.update(len(keys))
         bar.close()
-        return self._gather(done, passes, calls) if world > 1 else done
+        if world > 1:  # every other process's share: in memory here (each process stored its own on disk)
+            done, forwarded, batches = gather_scores(done, self.forward_passes - passes, self.batches - calls)
+            self.forward_passes, self.batches = passes + forwarded, calls + batches
+            self._memory.update(done)
+        return done
 
-    def _plan(self, todo: dict[str, tuple[list[int], int, bool]]) -> list[tuple[tuple[int, ...], list[str]]]:
+    def _plan(self, todo: dict[str, Encoded]) -> list[tuple[tuple[int, ...], list[str]]]:
         """The model calls that score ``todo``, in order: (shared context, keys) per batch. It depends on the inputs
         and the budget alone, so every process forms the same plan."""
         plan = []
@@ -358,7 +305,7 @@ class ScoringEngine:
             plan += [(context, keys) for keys in batches]
         return plan
 
-    def _halve_budget(self, inputs: list[tuple[list[int], int, bool]]) -> None:
+    def _halve_budget(self, inputs: list[Encoded]) -> None:
         """After ``inputs`` ran out of GPU memory: halve the batch budget, below what failed (one text alone that
         does not fit is the user's to solve)."""
         if len(inputs) == 1:
@@ -375,21 +322,7 @@ class ScoringEngine:
         log.warning("scoring %d texts at once ran out of GPU memory under %s: retrying with batches of at most %s",
                     len(inputs), self.name, budget)
 
-    def _gather(self, done: dict[str, TokenScores], passes: int, calls: int) -> dict[str, TokenScores]:
-        """Every process's scores on every process (each one stored its own on disk; the others go to memory), and
-        the counters summed over the processes."""
-        from accelerate.utils import gather_object
-
-        shares = gather_object([(done, self.forward_passes - passes, self.batches - calls)])
-        self.forward_passes = passes + sum(n for _, n, _ in shares)
-        self.batches = calls + sum(c for _, _, c in shares)
-        every: dict[str, TokenScores] = {}
-        for scores, _, _ in shares:
-            every.update(scores)
-        self._memory.update(every)
-        return every
-
-    def _by_context(self, todo: dict[str, tuple[list[int], int, bool]]) -> dict[tuple[int, ...], list[str]]:
+    def _by_context(self, todo: dict[str, Encoded]) -> dict[tuple[int, ...], list[str]]:
         """Inputs grouped by their shared context: every token before the one that predicts the first scored token.
 
         A prefixed input's context (BOS + ReCall shots) is forwarded once and its KV cache reused for each text
@@ -405,7 +338,7 @@ class ScoringEngine:
         return groups
 
     @staticmethod
-    def _after_context(encoded: tuple[list[int], int, bool], n_context: int) -> tuple[list[int], int, bool]:
+    def _after_context(encoded: Encoded, n_context: int) -> Encoded:
         ids, first, truncated = encoded
         return ids[n_context:], first - n_context, truncated
 
@@ -424,7 +357,7 @@ class ScoringEngine:
         return returned_cache(out)
 
     @torch.no_grad()
-    def _forward(self, batch: list[tuple[list[int], int, bool]], past: Cache | None = None) -> list[TokenScores]:
+    def _forward(self, batch: list[Encoded], past: Cache | None = None) -> list[TokenScores]:
         model = self.loaded.model
         device = self.loaded.device
         width = max(len(ids) for ids, _, _ in batch)
@@ -461,36 +394,13 @@ class ScoringEngine:
 
     def _lookup(self, key: str) -> TokenScores | None:
         hit = self._memory.get(key)
-        if hit is None and self._dir is not None:
-            path = self._dir / f"{key}.npz"
-            if path.is_file():
-                try:
-                    with np.load(path, allow_pickle=False) as z:
-                        if "schema" not in z.files or int(z["schema"]) != SCHEMA:
-                            return None  # an older engine's entry lacks arrays this one keeps: recompute it
-                        hit = TokenScores(z["token_ids"], z["logprobs"], z["mu"], z["sigma"], z["argmax"],
-                                          z["max_logprob"], bool(z["truncated"]))
-                except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                    # Damaged outside our atomic writes (a disk fault, a cut copy): recomputing overwrites it.
-                    log.warning("score cache entry %s is unreadable (%s); recomputing it", path, exc)
-                    return None
+        if hit is None:
+            hit = self._disk.read(key)
+            if hit is not None:
                 self._memory[key] = hit
                 self.cache_reads += 1
         return hit
 
     def _store(self, key: str, scores: TokenScores) -> None:
         self._memory[key] = scores
-        if self._dir is not None:
-            import io
-
-            buf = io.BytesIO()
-            np.savez(buf, schema=np.array(SCHEMA), token_ids=scores.token_ids, logprobs=scores.logprobs, mu=scores.mu,
-                     sigma=scores.sigma, argmax=scores.argmax, max_logprob=scores.max_logprob,
-                     truncated=np.array(scores.truncated))
-            try:
-                atomic_write_bytes(self._dir / f"{key}.npz", buf.getvalue())
-            except OSError as exc:  # a full or read-only cache disk costs the reuse of scores, not the run
-                log.warning("cannot write the score cache in %s (%s): the rest of this run keeps its scores in "
-                            "memory only; free space there or point $TUNEGUARD_CACHE elsewhere", self._dir,
-                            exc.strerror or exc)
-                self._dir = None
+        self._disk.write(key, scores)

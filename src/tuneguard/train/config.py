@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tuneguard.cache import key_hash
@@ -39,6 +40,24 @@ class TrainConfig(Params):
 
         METHODS.check(self.method)
 
+    def key_dict(self) -> dict:
+        """The settings a saved run, experiment cell or shadow is keyed by: every field of :data:`KEYED`, and a
+        field added after them only when it is away from its default. So adding an option (whose default keeps what
+        runs did before it) leaves every saved run's key as it was, and a new value of it still makes a new run."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.to_dict().items() if k in KEYED or v != _default(fields[k])}
+
     def digest(self) -> str:
         """Hash of everything that changes the result (used to refuse resuming a different run)."""
-        return key_hash(sorted(self.to_dict().items()))
+        return key_hash(sorted(self.key_dict().items()))
+
+
+# The fields when keys were fixed: always in a key, so a changed default of one of them makes new runs. A field added
+# to TrainConfig later is not listed here (see TrainConfig.key_dict).
+KEYED = frozenset({"method", "epochs", "lr", "batch_size", "grad_accum", "max_length", "scheduler", "warmup_ratio",
+                   "weight_decay", "seed", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+                   "num_virtual_tokens", "group_by_length", "max_steps", "extra"})
+
+
+def _default(field: dataclasses.Field) -> object:
+    return field.default if field.default_factory is dataclasses.MISSING else field.default_factory()

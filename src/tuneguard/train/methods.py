@@ -28,11 +28,14 @@ METHODS.register("ia3", "tuneguard.train.methods:IA3")
 class TrainMethod(Plugin):
     """Base of every training method: ``prepare`` returns the module to train, only its trainable part requiring
     gradients. ``saves_adapter``: the run saves an adapter beside its base (else a whole model); ``mergeable``: the
-    adapter can be merged into the base weights."""
+    adapter can be merged into the base weights; ``peft_type``: the ``peft_type`` an ``adapter_config.json`` of this
+    method records (peft's ``PeftType`` name; None for a method peft does not implement), which
+    :func:`method_of_adapter` reads back with :meth:`train_options`."""
 
     kind = "training method"
     saves_adapter: ClassVar[bool] = True
     mergeable: ClassVar[bool] = True
+    peft_type: ClassVar[str | None] = None
 
     def prepare(self, model: torch.nn.Module, config: TrainConfig, *, seq_cls: bool = False) -> torch.nn.Module:
         raise NotImplementedError
@@ -40,6 +43,12 @@ class TrainMethod(Plugin):
     def extra_options(self, config: TrainConfig) -> tuple[list[str], list[str]]:
         """The options ``config.extra`` may set, and those TrainConfig's own fields set (none: no peft config)."""
         return [], []
+
+    @classmethod
+    def train_options(cls, adapter_config: dict[str, Any]) -> dict[str, Any]:
+        """The TrainConfig fields a saved ``adapter_config.json`` of this method sets (peft's defaults where it
+        lacks a key): the way back from its peft config; by default none."""
+        return {}
 
     def check_extra(self, config: TrainConfig) -> None:
         """Refuse an ``extra`` option the method's peft config does not take, in one line, before any model loads
@@ -99,10 +108,18 @@ class LoRA(PeftMethod):
     summary = "low-rank adapters (lora_r, lora_alpha, lora_dropout, target_modules)"
 
     peft_class = "LoraConfig"
+    peft_type = "LORA"
 
     def peft_options(self, config: TrainConfig) -> dict[str, Any]:
         return {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
                 "target_modules": config.target_modules}
+
+    @classmethod
+    def train_options(cls, adapter_config: dict[str, Any]) -> dict[str, Any]:
+        modules = adapter_config.get("target_modules")
+        return {"lora_r": adapter_config.get("r", 8), "lora_alpha": adapter_config.get("lora_alpha", 8),
+                "lora_dropout": adapter_config.get("lora_dropout", 0.0),
+                "target_modules": sorted(modules) if isinstance(modules, (list, set)) else None}
 
 
 class PrefixTuning(PeftMethod):
@@ -111,9 +128,14 @@ class PrefixTuning(PeftMethod):
     mergeable = False
 
     peft_class = "PrefixTuningConfig"
+    peft_type = "PREFIX_TUNING"
 
     def peft_options(self, config: TrainConfig) -> dict[str, Any]:
         return {"num_virtual_tokens": config.num_virtual_tokens}
+
+    @classmethod
+    def train_options(cls, adapter_config: dict[str, Any]) -> dict[str, Any]:
+        return {"num_virtual_tokens": adapter_config.get("num_virtual_tokens", 20)}
 
 
 class IA3(PeftMethod):
@@ -121,6 +143,7 @@ class IA3(PeftMethod):
     summary = "(IA)^3: learned rescaling of activations (target_modules)"
 
     peft_class = "IA3Config"
+    peft_type = "IA3"
 
     def peft_options(self, config: TrainConfig) -> dict[str, Any]:
         return {"target_modules": config.target_modules}
@@ -129,6 +152,13 @@ class IA3(PeftMethod):
 def prepare_model(model: torch.nn.Module, config: TrainConfig, *, seq_cls: bool = False) -> torch.nn.Module:
     """Return the model to train: itself for full fine-tuning, else a peft model with only the adapter trainable."""
     return METHODS.make(config.method).prepare(model, config, seq_cls=seq_cls)
+
+
+def method_of_adapter(adapter_config: dict[str, Any]) -> str | None:
+    """The training method whose declared ``peft_type`` an ``adapter_config.json`` records, or None when none has
+    it (imports each method's class, never peft)."""
+    peft_type = str(adapter_config.get("peft_type", "")).upper()
+    return next((name for name in METHODS if METHODS.get(name).peft_type == peft_type), None)
 
 
 def check_extra(config: TrainConfig) -> None:

@@ -218,7 +218,7 @@ def calibrate(
     """Fit a zero-false-positive threshold on clean adapters' scores; learn the direction when poisoned ones exist.
     ``task_type``, ``target_modules`` and ``modules_to_save`` record what the cohort trains (None: not recorded,
     so not checked by a scan); `cohort_kind` reads them from adapters."""
-    from sklearn.metrics import roc_auc_score
+    from tuneguard.metrics import mann_whitney_auc  # scikit-learn: not for `scan`, which imports this module
 
     statistic = statistic or detector.default_statistic
     if statistic not in detector.statistics:
@@ -234,8 +234,7 @@ def calibrate(
             raise TuneguardError(f"{r.adapter}: {why}; leave it out of the calibration cohort, or measure it")
     direction, auroc = detector.default_direction, None
     if len(p):
-        labels = np.r_[np.zeros(len(c)), np.ones(len(p))]
-        raw = float(roc_auc_score(labels, np.r_[c, p]))
+        raw = mann_whitney_auc(c, p)
         direction = "higher" if raw >= 0.5 else "lower"
         auroc = max(raw, 1.0 - raw)
     return Calibration(

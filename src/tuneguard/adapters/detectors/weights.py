@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuneguard.adapters.adapter_files import AdapterFiles, base_tensor_name, layer_of
+from tuneguard.adapters.adapter_files import AdapterFiles
 from tuneguard.adapters.base_weights import BaseWeights, base_weights
 from tuneguard.adapters.detectors.base import Detector, DetectorResult
+from tuneguard.adapters.lora_pairs import base_tensor_name, layer_of
 
 if TYPE_CHECKING:
     from tuneguard.adapters.base_models import BaseModels

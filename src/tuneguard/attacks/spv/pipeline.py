@@ -2,6 +2,7 @@
 
 Every stage is cached and resumable: the generated texts (JSONL), the reference fine-tune (a tuneguard run
 directory), the neighbours (``tuneguard.neighbours`` cache) and the log-likelihoods (the scoring engine's cache).
+Importing it loads no torch (the stages import theirs when they run), so the attack's declaration is read without.
 """
 
 from __future__ import annotations
@@ -11,27 +12,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tuneguard.attacks.spv.reference import target_setup, train_reference
-from tuneguard.attacks.spv.selfprompt import self_prompt_texts
 from tuneguard.attacks.spv.variation import FORMS, LogLikelihood, calibrated_score, neighbour_variation
 from tuneguard.cache import cache_dir, key_hash, text_hash
 from tuneguard.data import load_texts
 from tuneguard.errors import TuneguardError
-from tuneguard.models import LoadedModel, as_loaded, reference_of
+from tuneguard.models import LoadedModel  # no torch: SPVConfig's neighbour_model type names it
 from tuneguard.neighbours import NEIGHBOURS, NeighbourSet
 from tuneguard.params import Params, param
 
-REFERENCES = ("self-prompt", "data", "base", "model", "none")
+
+@dataclass(frozen=True)
+class Reference:
+    """One calibration model SPV-MIA can use: what it is, the setting it needs (None: none) with how to give it,
+    and, when that setting holds texts the attacker brings, what they are (checked against the evaluated texts)."""
+
+    summary: str
+    needs: str | None = None
+    how: str = ""
+    texts: str | None = None
+
+
+# The reference kinds, declared once: the ``reference`` setting's choices and help, the checks of what each needs,
+# and the attacker texts each reads. self-prompt: fine-tuned on texts the target generates from the prompt pool;
+# data: same-distribution or other-domain public text (the paper's ablations); none: the target's variation alone.
+REFERENCES: dict[str, Reference] = {
+    "self-prompt": Reference("the paper", "prompts", "the attacker's public prompt pool from the target's domain, "
+                             "disjoint from the evaluated texts: --param spv-mia.prompts=FILE", "prompt pool"),
+    "data": Reference("fine-tuned on reference_data", "reference_data", "--param spv-mia.reference_data=FILE",
+                      "reference data"),
+    "base": Reference("the target's base model, no training"),
+    "model": Reference("reference_model as given", "reference_model", "--param spv-mia.reference_model=MODEL"),
+    "none": Reference("no calibration"),
+}
+
+
+def check_reference(config: SPVConfig, who: str = "SPV-MIA") -> None:
+    """Refuse a reference whose needed setting (:data:`REFERENCES`) is unset, naming it and how to give it."""
+    kind = REFERENCES[config.reference]
+    if kind.needs and not getattr(config, kind.needs):
+        raise TuneguardError(f"{who} reference={config.reference} needs {kind.needs}: {kind.how}")
+
+
+def reference_texts(config: SPVConfig) -> tuple[str, str | Sequence[str]] | None:
+    """What the texts the reference reads are and their source (a file or texts), or None when it reads none."""
+    kind = REFERENCES[config.reference]
+    source = getattr(config, kind.needs) if kind.texts else None
+    return (kind.texts, source) if source else None
 
 
 @dataclass
 class SPVConfig(Params):
     """SPV-MIA settings; defaults follow the paper and its official code, except the neighbour generator (below).
 
-    reference: ``self-prompt`` (the paper), ``data`` (fine-tune on ``reference_data``: same-distribution or
-    other-domain public text, the paper's ablations), ``base`` (the target's base model, no training), ``model``
-    (``reference_model`` as given), ``none`` (no calibration: the target's variation alone). ``stats`` (not a
-    setting) is filled by ``run_spv``: seconds and counts per stage.
+    reference: one of :data:`REFERENCES` (``self-prompt``, the paper's, by default). ``stats`` (not a setting) is
+    filled by ``run_spv``: seconds and counts per stage.
     """
 
     prompts: str | list[str] | None = param(None, "the attacker's public prompt pool from the target's domain, "
@@ -42,9 +76,8 @@ class SPVConfig(Params):
     top_k: int = param(50, "generation: sample from the k most likely tokens", ge=0)
     temperature: float = param(1.0, "generation: sampling temperature", gt=0)
     generation_batch_size: int = param(16, "texts generated per batch", ge=1)
-    reference: str = param("self-prompt", "the calibration model: self-prompt (the paper), data (fine-tuned on "
-                                          "reference_data), base, model (reference_model), none",
-                           choices=REFERENCES)
+    reference: str = param("self-prompt", "the calibration model: " + ", ".join(
+        f"{name} ({kind.summary})" for name, kind in REFERENCES.items()), choices=tuple(REFERENCES))
     reference_data: str | list[str] | None = param(None, "texts the data reference is fine-tuned on (a file, or "
                                                          "texts)")
     reference_model: str | None = param(None, "the reference=model model")
@@ -90,11 +123,14 @@ def stage_dir(config: SPVConfig, target: LoadedModel, *parts: str) -> Path:
 
 def build_reference(target: LoadedModel, config: SPVConfig, *, progress: bool = True) -> LoadedModel | None:
     """The calibration model for ``config.reference`` (None for ``none``), recording stage times in ``stats``."""
+    check_reference(config)  # before the stages' imports (torch): a missing setting is refused at once
+    from tuneguard.attacks.spv.reference import target_setup, train_reference
+    from tuneguard.attacks.spv.selfprompt import self_prompt_texts
+    from tuneguard.models import as_loaded, reference_of
+
     if config.reference == "none":
         return None
     if config.reference == "model":
-        if not config.reference_model:
-            raise TuneguardError("SPV-MIA reference=model needs --param spv-mia.reference_model=MODEL")
         return as_loaded(config.reference_model)
     base = reference_of(target, config.base)
     if config.reference == "base":
@@ -102,13 +138,8 @@ def build_reference(target: LoadedModel, config: SPVConfig, *, progress: bool = 
             raise TuneguardError(f"cannot tell the base model of {target.ref}: pass --param spv-mia.base=MODEL")
         return as_loaded(base)
     if config.reference == "data":
-        if not config.reference_data:
-            raise TuneguardError("SPV-MIA reference=data needs --param spv-mia.reference_data=FILE")
         texts = texts_of(config.reference_data)
     else:
-        if not config.prompts:
-            raise TuneguardError("SPV-MIA needs the attacker's public prompt pool from the target's domain: "
-                                 "--param spv-mia.prompts=FILE (disjoint from the evaluated texts)")
         t0 = time.perf_counter()
         texts = self_prompt_texts(target, texts_of(config.prompts), n_texts=config.n_texts,
                                   prompt_tokens=config.prompt_tokens, total_tokens=config.total_tokens,
@@ -136,6 +167,8 @@ def texts_of(source: str | Sequence[str]) -> list[str]:
 def make_neighbours(target: LoadedModel, texts: Sequence[str], config: SPVConfig, *,
                     progress: bool = True) -> NeighbourSet:
     """``n_neighbours`` neighbours per text from ``config.neighbours`` (cached by tuneguard.neighbours)."""
+    from tuneguard.models import reference_of
+
     params: dict = {**config.neighbour_options, "seed": config.seed, "progress": progress}
     if NEIGHBOURS.get(config.neighbours).takes_model():
         params["model"] = config.neighbour_model or reference_of(target, config.base) or target

@@ -8,17 +8,17 @@ from pathlib import Path
 from tuneguard.attacks.run_record import run_record
 from tuneguard.errors import TuneguardError
 from tuneguard.models import LoadedModel, load_model, reference_of
-from tuneguard.train import TrainConfig, finetune
-
-# peft's names for the methods tuneguard.train knows
-_PEFT_METHODS = {"LORA": "lora", "PREFIX_TUNING": "prefix", "IA3": "ia3"}
+from tuneguard.train import METHODS, TrainConfig, finetune
+from tuneguard.train.methods import method_of_adapter
 
 
 def target_setup(target: LoadedModel) -> dict:
-    """The target's fine-tuning set-up as ``TrainConfig`` fields: method and, for LoRA, r / alpha / dropout / modules.
+    """The target's fine-tuning set-up as ``TrainConfig`` fields: method and what its adapter records (for LoRA,
+    r / alpha / dropout / modules; for prefix tuning, the virtual tokens).
 
     Read from the tuneguard run record (``run.json``) next to the target's adapter or model, else from the adapter's
-    ``adapter_config.json``; a target with neither is taken as fully fine-tuned.
+    ``adapter_config.json`` (the method whose declared ``peft_type`` it records, and that method's
+    :meth:`~tuneguard.train.methods.TrainMethod.train_options`); a target with neither is taken as fully fine-tuned.
     """
     record = run_record(target)
     if record is not None:
@@ -28,19 +28,11 @@ def target_setup(target: LoadedModel) -> dict:
     where = Path(target.meta.get("adapter") or target.ref)
     if (where / "adapter_config.json").is_file():
         cfg = json.loads((where / "adapter_config.json").read_text(encoding="utf-8"))
-        method = _PEFT_METHODS.get(str(cfg.get("peft_type", "")).upper())
+        method = method_of_adapter(cfg)
         if method is None:
             raise TuneguardError(f"the target adapter's method {cfg.get('peft_type')} has no tuneguard trainer; "
                                  "choose --param spv-mia.reference=base or give a reference model")
-        setup: dict = {"method": method}
-        if method == "lora":
-            modules = cfg.get("target_modules")
-            setup.update(lora_r=cfg.get("r", 8), lora_alpha=cfg.get("lora_alpha", 8),
-                         lora_dropout=cfg.get("lora_dropout", 0.0),
-                         target_modules=sorted(modules) if isinstance(modules, (list, set)) else None)
-        elif method == "prefix":
-            setup["num_virtual_tokens"] = cfg.get("num_virtual_tokens", 20)
-        return setup
+        return {"method": method, **METHODS.get(method).train_options(cfg)}
     return {"method": "full"}
 
 
