@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import FakeEngine, context, run, sentences, ts
-from test_scoring import with_bos
+from helpers import FakeEngine, context, run, sentences, ts, with_bos
 
 from tuneguard.attacks import ALL_ATTACKS, ATTACKS, resolve_attacks, run_attacks
 from tuneguard.attacks.ez_mia import EDGE_HIGH, ez_score
@@ -57,10 +56,31 @@ def test_ez_mia_edge_cases(d, wrong):
     assert ez_score(d, wrong, "paper") == (EDGE_HIGH, True)
 
 
+def test_ez_mia_paper_edge_is_only_no_error_or_no_negative_difference():
+    # One error position where the target fell below its base: the code's edge case (|E| < 2), but in the paper's
+    # appendix an ordinary text (P = 0, N = 1): score 0, not the strongest member evidence.
+    d, wrong = np.array([0.3, -1.0, 0.2]), np.array([False, True, False])
+    assert ez_score(d, wrong, "paper") == (0.0, False)
+    assert ez_score(d, wrong, "code") == (0.0, True)
+
+
+def test_ez_mia_a_tie_with_the_top_token_is_not_an_error():
+    # bf16 logits tie often: the argmax may name another token while the true token has the top log-prob. An error
+    # is a true-token log-prob below the position's max, so the tie at position 2 is correct whatever argmax says.
+    ids = [4, 5, 6, 7, 8]
+    lp = np.array([-1.0, -2.0, -1.0, -0.5, -1.0])
+    tied = ts(lp, ids=ids, argmax=np.where(WRONG, 0, ids), max_lp=np.where(WRONG, lp + 0.5, lp))
+    tied.max_logprob[2] = lp[2]
+    reference = ts(lp - D, ids=ids)
+    # errors 0, 1, 4: d = 0.5, -1, 3 -> P = 3.5, N = 1 (with position 2 counted as an error it would be 5.5).
+    assert ATTACKS.get("ez-mia").score(tied, reference, "paper") == (3.5, False)
+
+
 def test_ez_mia_attack_uses_the_targets_top1_and_counts_edge_cases():
     ids = [4, 5, 6, 7, 8]
-    # The target's top-1 is wrong where WRONG says so (another token than the true one).
-    target = {"a": ts([-1.0, -2.0, -1.0, -0.5, -1.0], ids=ids, argmax=np.where(WRONG, 0, ids)),
+    lp = np.array([-1.0, -2.0, -1.0, -0.5, -1.0])
+    # The target's top-1 is wrong where WRONG says so: another token, with a higher log-prob than the true one.
+    target = {"a": ts(lp, ids=ids, argmax=np.where(WRONG, 0, ids), max_lp=np.where(WRONG, lp + 0.5, lp)),
               "b": ts([-1.0, -1.0], ids=[1, 2])}  # top-1 right everywhere: no error position
     reference = {"a": ts(np.array([-1.0, -2.0, -1.0, -0.5, -1.0]) - D, ids=ids), "b": ts([-2.0, -2.0], ids=[1, 2])}
     out = run("ez-mia", pair_context(target, reference, ["a", "b"]))

@@ -1,11 +1,14 @@
 """EZ-MIA (Ilić, Stanojević, Cvejoski 2026, arXiv 2601.12104): the target's error positions against its base.
 
 Where the fine-tuned target still gets the top-1 token wrong, a member's true token was nevertheless pushed up
-relative to the reference. With ``d_j = lpT_j - lpR_j`` and ``E = {j : argmaxT_j != x_j}`` (the target's errors),
-``P = Σ_{j∈E, d_j>0} d_j``, ``N = Σ_{j∈E, d_j<0} -d_j``, the score is ``P / N``. Edge cases (|E| < 2, N = 0):
-``edge="code"`` (default, the authors' code, JetBrains-Research/ez-mia @ aa0b6b7, which also drops the first scored
-position) scores them 0, the least member-like; ``edge="paper"`` keeps every position and scores them as the
-strongest member evidence. The scores are heavy-tailed: fine for a ROC, never to be averaged.
+relative to the reference. With ``d_j = lpT_j - lpR_j`` and ``E = {j : lpT_j < max_v log pT_j(v)}`` (the target's
+errors: a position where the true token ties with the top one counts as correct, so E does not depend on how an
+argmax breaks ties, which bf16 logits make common), ``P = Σ_{j∈E, d_j>0} d_j``, ``N = Σ_{j∈E, d_j<0} -d_j``, the
+score is ``P / N``. Edge cases: ``edge="code"`` (default, the authors' code, JetBrains-Research/ez-mia @ aa0b6b7,
+which also drops the first scored position) scores |E| < 2 or N = 0 as 0, the least member-like; ``edge="paper"``
+(the paper's appendix) keeps every position and scores only |E| = 0 or N = 0 as the strongest member evidence: one
+error position with d < 0 is an ordinary score of 0. The scores are heavy-tailed: fine for a ROC, never to be
+averaged.
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ def ez_score(d: np.ndarray, wrong: np.ndarray, edge: str = "code") -> tuple[floa
         d, wrong = d[1:], wrong[1:]
     errors = d[wrong]
     negative = -errors[errors < 0].sum()
-    if len(errors) < 2 or negative == 0:
-        return (0.0 if edge == "code" else EDGE_HIGH), True
+    if edge == "code" and (len(errors) < 2 or negative == 0):
+        return 0.0, True
+    if edge == "paper" and negative == 0:  # no error position at all, or none where the target fell below its base
+        return EDGE_HIGH, True
     return float(errors[errors > 0].sum() / negative), False
 
 
 @dataclass
 class EZMIAParams(Params):
-    edge: str = param("code", "texts with fewer than 2 error positions or no negative difference: code: score 0 "
-                              "and drop the first scored position (the authors' code); paper: strongest member "
-                              "evidence, every position kept", choices=EDGE)
+    edge: str = param("code", "edge cases: code: fewer than 2 error positions or no negative difference score 0, "
+                              "the first scored position dropped (the authors' code); paper: no error position or no "
+                              "negative difference is the strongest member evidence, every position kept (the "
+                              "paper's appendix)", choices=EDGE)
 
 
 class EZMIAAttack(Attack):
@@ -59,16 +65,18 @@ class EZMIAAttack(Attack):
         results = [self.score(t, r, edge) for t, r in ctx.token_pairs(self.label())]
         scores = np.array([s for s, _ in results])
         n_edge = sum(e for _, e in results)
-        scored_as = "scored 0 (the authors' code)" if edge == "code" else "scored as the strongest member evidence"
-        note = (f"{n_edge} of {len(scores)} texts are edge cases (fewer than 2 error positions, or no negative "
-                f"difference), {scored_as}")
+        if edge == "code":
+            what = "fewer than 2 error positions, or no negative difference), scored 0 (the authors' code)"
+        else:
+            what = "no error position, or no negative difference), scored as the strongest member evidence"
+        note = f"{n_edge} of {len(scores)} texts are edge cases ({what}"
         return AttackOutput(scores=scores, raw=scores, raw_name="P / N over the target's error positions",
                             note=note, extra={"edge_cases": n_edge})
 
     @staticmethod
     def score(target: TokenScores, reference: TokenScores, edge: str = "code") -> tuple[float, bool]:
         """One text's (score, edge case?) from its target and reference token scores."""
-        return ez_score(target.logprobs - reference.logprobs, target.argmax != target.token_ids, edge)
+        return ez_score(target.logprobs - reference.logprobs, target.logprobs < target.max_logprob, edge)
 
     @classmethod
     def ensemble_columns(cls, ctx: AttackContext, out: AttackOutput) -> dict[str, np.ndarray]:

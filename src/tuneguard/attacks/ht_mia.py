@@ -40,8 +40,8 @@ def ht_score(target: TokenScores, reference: TokenScores, k: float, by: str = "l
 
 @dataclass
 class HTMIAParams(Params):
-    k: float = param(0.2, "fraction of the scored positions that are hard (the paper sweeps 0.1, 0.2, 0.3)", gt=0,
-                     le=1)
+    k: float = param(0.2, "fraction of the scored positions that are hard (tuneguard's sweep: 0.1, 0.2, 0.3; the "
+                          "paper publishes no code)", gt=0, le=1)
     by: str = param("logprob", "hard = lowest target log-prob of the true token (logprob) or lowest target max "
                                "log-prob (confidence)", choices=BY)
     statistic: str = param("mean", "mean: mean of lpT - lpR over the hard positions; fraction: share of them where "
