@@ -3,6 +3,7 @@ members, the preset), selection by gain, the retained-token share, their report,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,9 @@ def test_second_half_rewrite_keeps_or_drops_the_first_half(base, tmp_path, drop)
     assert read_json(tmp_path / "run" / "soft.json")["settings"]["drop_unrewritten"] is drop
 
 
-def test_authors_schedule_selects_by_theta0_trains_epoch1_on_originals_then_the_rewrites(base, tmp_path):
+def test_authors_schedule_rewrites_every_member_and_replaces_the_selected_from_epoch1(base, tmp_path):
+    # The released finetune.py (select_epoch_data): before epoch 1 the lowest-loss ρ share under θ0 is swapped for
+    # its rewrite, the others stay as written; from epoch 2 every member is trained as its rewrite.
     cfg = config(ratio=0.3, schedule="authors")
     result = run_soft(base, TEXTS, tmp_path / "run", train=TRAIN2, config=cfg, progress=False)
     run = tmp_path / "run"
@@ -121,14 +124,20 @@ def test_authors_schedule_selects_by_theta0_trains_epoch1_on_originals_then_the_
     assert losses["losses"] == pytest.approx(theta0)
     selected = read_json(run / "selection.json")["selected"]
     assert selected == sorted(sorted(range(10), key=lambda i: theta0[i])[:3])
+    rows = read_jsonl(run / "paraphrases.jsonl")
+    assert sorted(r["index"] for r in rows) == list(range(10))  # every member rewritten
+    assert {r["index"] for r in rows if r["epoch1_replaced"]} == set(selected)
     epoch1 = read_json(run / "warmup" / "run.json")
-    assert epoch1["epochs_done"] == 1 and epoch1["data_digest"] == examples_digest(TEXTS)  # every original, once
+    first = [reverse(t) if i in selected else t for i, t in enumerate(TEXTS)]
+    assert epoch1["epochs_done"] == 1 and epoch1["data_digest"] == examples_digest(first)
     final = read_json(run / "final" / "run.json")
     assert final["config"]["epochs"] == 1 and final["data_digest"] == examples_digest(result.train_texts)
     assert final["base_ref"] == base.ref and final["start_ref"] == str(run / "warmup")  # continued from epoch 1
-    assert result.train_texts == [reverse(t) if i in selected else t for i, t in enumerate(TEXTS)]
-    assert result.summary["originals_trained_first"] and result.summary["warmup_epochs"] is None
-    assert "authors' schedule (epoch 1 on the originals)" in summary_line(result.summary)
+    assert result.train_texts == [reverse(t) for t in TEXTS]
+    summary = result.summary
+    assert summary["selected"] == 3 and summary["paraphrased"] == 10 and summary["epoch1_originals"] == 7
+    assert not summary["originals_trained_first"] and summary["warmup_epochs"] is None
+    assert "authors' schedule (every member rewritten; epoch 1 with the selected replaced)" in summary_line(summary)
     with pytest.raises(TuneguardError, match="needs epochs >= 2"):
         run_soft(base, TEXTS, tmp_path / "other", train=TRAIN, config=cfg, progress=False)
 
@@ -294,3 +303,22 @@ def test_the_ablation_runs_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     assert cells["soft-holdout ρ=1"]["held_out_members"] and cells["soft ρ=1"]["soft"]["never_trained_share"] == 0
     table = (tmp_path / "out" / "table1.txt").read_text()
     assert "retained-token share (chance)" in table and "soft-authors ρ=1: removes data" in table
+
+
+def test_the_authors_schedule_is_versioned_so_runs_of_its_first_reading_are_redone(base, tmp_path):
+    # Under the first reading epoch 1 trained every original: a run or experiment cell saved then carries no version,
+    # so its soft.json is refused and its cell key differs; every other SOFT run keeps its key.
+    from tuneguard.defenses.soft import AUTHORS_SCHEDULE_VERSION
+    from tuneguard.regimes import REGIMES
+
+    soft = {"paraphraser": ReverseParaphraser(), "embedder": BagEmbedder()}
+    assert REGIMES.make("soft", schedule="authors", **soft).versions() == {"schedule": AUTHORS_SCHEDULE_VERSION}
+    assert REGIMES.make("soft", **soft).versions() == {} and REGIMES.make("full").versions() == {}
+    run = tmp_path / "run"
+    run_soft(base, TEXTS, run, train=TRAIN2, config=config(ratio=0.3, schedule="authors"), progress=False)
+    saved = read_json(run / "soft.json")
+    assert saved["settings"]["schedule_version"] == AUTHORS_SCHEDULE_VERSION
+    del saved["settings"]["schedule_version"]  # as the first reading wrote it
+    (run / "soft.json").write_text(json.dumps(saved))
+    with pytest.raises(TuneguardError, match=r"other settings \(schedule_version\)"):
+        run_soft(base, TEXTS, run, train=TRAIN2, config=config(ratio=0.3, schedule="authors"), progress=False)

@@ -25,9 +25,11 @@ off by default; ``preset="authors"`` turns them all on:
   its tokens, at a token boundary (which can fall inside a word, as the released code's token split does), and only
   the second half is rewritten; with ``drop_unrewritten`` the text is trained as that rewritten half alone, so its
   first half never reaches the final run;
-- ``schedule="authors"``: the selection is made by θ0's losses (the model being trained, at the start of epoch 1);
-  epoch 1 trains on every member as written (the ``warmup/`` run, 1 epoch); epochs 2 to E train on D', continuing
-  from the epoch-1 weights (``final/``, E - 1 epochs, recorded with θ0 as its base). One difference stays: the
+- ``schedule="authors"``: as the released ``finetune.py``'s ``select_epoch_data`` does, every member is rewritten;
+  the selection is made by θ0's losses (the model being trained, at the start of epoch 1); epoch 1 trains the
+  selected members as their replacements and the others as written (the ``warmup/`` run, 1 epoch); epochs 2 to E
+  train every member as its replacement, continuing from the epoch-1 weights (``final/``, E - 1 epochs, recorded with
+  θ0 as its base). So ρ decides epoch 1 only, and at ρ 1 no original is ever trained. One difference stays: the
   released script keeps one optimizer and one learning-rate schedule across the swap, while here the AdamW moments
   and the schedule restart at epoch 2 (the swap itself is taken to work as intended: whether it does in the released
   script, whose dataloader is built once, is in doubt);
@@ -78,6 +80,9 @@ SPANS = ("all", "second-half")
 SCHEDULES = ("warmup", "authors")
 PRESETS = ("none", "authors")
 # What preset="authors" sets (each option still at its default); the local paraphraser also gets ban="every-word".
+# 2: every member rewritten, epoch 1 with the selected replaced (the released code's select_epoch_data). Runs and
+# experiment cells of the first reading (1: epoch 1 on every original) carry no version and are redone, not reused.
+AUTHORS_SCHEDULE_VERSION = 2
 AUTHORS = {"rewrite_span": "second-half", "drop_unrewritten": True, "schedule": "authors",
            "holdout_scored_as_members": 0.1}
 CATEGORIES = ("unselected", "paraphrased", "failed", "dropped", "held_out")  # what became of a member
@@ -112,9 +117,10 @@ class SoftConfig(Params):
     drop_unrewritten: bool = param(False, "with rewrite_span='second-half': train a selected text as its rewritten "
                                           "second half alone (its first half never reaches the final run: data "
                                           "removal, not obfuscation)")
-    schedule: str = param("warmup", "warmup: warm up, score, select, train θ0 (or θ_warm) on D'; authors: select by "
-                                    "θ0's losses, train epoch 1 on the originals and epochs 2.. on D' (the released "
-                                    "code's schedule; needs epochs >= 2)", choices=SCHEDULES)
+    schedule: str = param("warmup", "warmup: warm up, score, select, train θ0 (or θ_warm) on D'; authors: rewrite "
+                                    "every member, select by θ0's losses, train epoch 1 with the selected replaced "
+                                    "and epochs 2.. with every member replaced (the released code's schedule; needs "
+                                    "epochs >= 2)", choices=SCHEDULES)
     holdout_scored_as_members: float = param(0.0, "fraction of the members left out of training altogether, yet "
                                                   "scored as members (the released code's evaluation: data removal)",
                                              ge=0, lt=1)
@@ -156,8 +162,9 @@ class SoftConfig(Params):
             raise TuneguardError("SOFT drop_unrewritten needs rewrite_span='second-half' (with 'all' nothing is left "
                                  "unrewritten): set it, or drop drop_unrewritten")
         if self.schedule == "authors" and (self.warmup_epochs != 1 or self.start != "base"):
-            raise TuneguardError("SOFT schedule='authors' fixes the warm-up (selection by θ0's losses, epoch 1 on the "
-                                 "originals, then D'): leave warmup_epochs and start unset")
+            raise TuneguardError("SOFT schedule='authors' fixes the warm-up (selection by θ0's losses, epoch 1 with "
+                                 "the selected replaced, then every member replaced): leave warmup_epochs and start "
+                                 "unset")
         if self.select_by == "gain" and (self.mode != "ratio" or self.warmup_epochs == 0
                                          or self.schedule == "authors"):
             raise TuneguardError("SOFT select_by='gain' compares θ0 with θ_warm: it needs mode='ratio', "
@@ -285,16 +292,17 @@ def member_shares(texts: Sequence[str], records: Sequence[dict], held_out: Seque
                   cfg: SoftConfig) -> list[dict]:
     """Per member (:func:`.retained.retained_shares` against what the final run trained on in its place): its
     ``category`` (:data:`CATEGORIES`) and ``never_trained``, the tokens of its window no training stage read in any
-    form: all of a held-out member's, and, unless the originals were trained first (the authors' schedule or a warm
-    start), all of a dropped member's and a dropped first half's. (Counted by position: a token of a dropped first
-    half is never trained on even when the same token occurs in the rewrite, where the share counts it retained.)"""
+    form: all of a held-out member's, and, unless its original was trained first (by a warm start's warm-up, or in
+    the authors' epoch 1 when it was not selected), all of a dropped member's and a dropped first half's. (Counted by
+    position: a token of a dropped first half is never trained on even when the same token occurs in the rewrite,
+    where the share counts it retained.)"""
     by_index = {r["index"]: r for r in records}
     categories, trained_as = in_place(texts, records, held_out)
     rows = retained_shares(texts, trained_as, tokenizer, max_length,
                            pool=[t for t, c in zip(texts, categories) if c != "held_out"])
-    originals_first = cfg.schedule == "authors" or cfg.start == "warm"
     for i, (row, category) in enumerate(zip(rows, categories)):
         row["category"] = category
+        originals_first = cfg.start == "warm" or not by_index.get(i, {}).get("epoch1_replaced", True)
         if category == "held_out" or (category == "dropped" and not originals_first):
             row["never_trained"] = row["tokens"]
         elif category != "unselected" and cfg.drop_unrewritten and not originals_first:
@@ -353,16 +361,15 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
                 "embedder": getattr(gate.embedder, "name", type(gate.embedder).__name__), "train": train.key_dict()}
     _claim(out, settings)
     authors = cfg.schedule == "authors"
-    warm_epochs = 1 if authors else cfg.warmup_epochs  # the authors' epoch 1 on the originals is this stage
 
     warm_cache: list[LoadedModel] = []
 
     def warm() -> LoadedModel:  # 1. warm-up, run (or loaded) only by the stages that need θ_warm
         if not warm_cache:
-            if warm_epochs == 0:
+            if cfg.warmup_epochs == 0:
                 warm_cache.append(base)
             else:
-                warm_cfg = train.replace(epochs=warm_epochs)
+                warm_cfg = train.replace(epochs=cfg.warmup_epochs)
                 warm_cache.append(finetune(base, members, out / "warmup", warm_cfg, progress=progress).model)
         return warm_cache[0]
 
@@ -397,20 +404,26 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
     selection = read_json(selection_path)
     selected = selection["selected"]
 
-    # 4. obfuscation through the quality gate (of each selected text's second half only, with rewrite_span)
+    # 4. obfuscation through the quality gate (of each selected text's second half only, with rewrite_span); the
+    # authors' schedule rewrites every member (epochs 2 to E train them all replaced), the selected ones first
     para_path = out / "paraphrases.jsonl"
+    chosen = set(selected)
+    rewrite = selected + [i for i in trained if i not in chosen] if authors else selected
     if not para_path.is_file():
         start = time.perf_counter()
-        halves = {i: second_half(texts[i], base.tokenizer, train.max_length) for i in selected} \
+        halves = {i: second_half(texts[i], base.tokenizer, train.max_length) for i in rewrite} \
             if cfg.rewrite_span == "second-half" else {}
-        rows = _obfuscate(texts, selected, halves, losses, gains, primary, fallback, gate, cfg)
+        rows = _obfuscate(texts, rewrite, halves, losses, gains, primary, fallback, gate, cfg)
+        if authors:
+            for row in rows:
+                row["epoch1_replaced"] = row["index"] in chosen
         shares = member_shares(texts, rows, held_out, base.tokenizer, train.max_length, cfg)
-        for row, share in zip(rows, (shares[i] for i in selected), strict=True):
+        for row, share in zip(rows, (shares[i] for i in rewrite), strict=True):
             row.update(tokens=share["tokens"], retained_share=share["share"], chance_share=share["chance"],
                        never_trained_tokens=share["never_trained"])
         atomic_write_jsonl(para_path, rows)
         atomic_write_json(out / "paraphrase_time.json", {"seconds": round(time.perf_counter() - start, 3),
-                                                        "texts": len(selected)})
+                                                        "texts": len(rewrite)})
     records = read_jsonl(para_path)
 
     # 5. final fine-tuning on D'
@@ -418,8 +431,11 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
     if not d_prime:
         raise TuneguardError("every text was selected and every paraphrase failed the quality gate: nothing left to "
                              "train on; loosen the gate or use on_failure='original'")
-    if authors:  # epochs 2 to E: continue from epoch 1's weights
-        final = _final_from_warm(warm, base, d_prime, out, train.replace(epochs=train.epochs - 1), progress)
+    if authors:  # epoch 1: the selected replaced, the rest as written; epochs 2 to E: every member replaced
+        epoch1 = training_set(texts, [r for r in records if r["epoch1_replaced"]], held_out)
+        first = finetune(base, epoch1, out / "warmup", train.replace(epochs=1), progress=progress).model
+        final = _final_from_warm(lambda: first, base, d_prime, out, train.replace(epochs=train.epochs - 1),
+                                 progress)
     elif cfg.start == "base":
         final = finetune(base, d_prime, out / "final", train, progress=progress).model
     else:
@@ -441,10 +457,11 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
 
 
 def check_epochs(cfg: SoftConfig, train: TrainConfig) -> None:
-    """Refuse the authors' schedule with fewer than 2 epochs (epoch 1 is on the originals, the rest on D')."""
+    """Refuse the authors' schedule with fewer than 2 epochs (epoch 1 with the selected replaced, the rest with
+    every member replaced)."""
     if cfg.schedule == "authors" and train.epochs < 2:
-        raise TuneguardError(f"SOFT schedule='authors' trains epoch 1 on the originals and the others on D': it needs "
-                             f"epochs >= 2 (got {train.epochs})")
+        raise TuneguardError(f"SOFT schedule='authors' trains epoch 1 with the selected members replaced and the "
+                             f"others with every member replaced: it needs epochs >= 2 (got {train.epochs})")
 
 
 def _spread(values: list, trained: list[int], n: int) -> list:
@@ -500,6 +517,7 @@ def _recipe(cfg: SoftConfig) -> dict:
     """The released-code recipe options and the selection criterion, as recorded in soft.json."""
     return {"preset": cfg.preset, "select_by": cfg.select_by, "rewrite_span": cfg.rewrite_span,
             "drop_unrewritten": cfg.drop_unrewritten, "schedule": cfg.schedule,
+            "schedule_version": AUTHORS_SCHEDULE_VERSION if cfg.schedule == "authors" else None,
             "holdout_scored_as_members": cfg.holdout_scored_as_members}
 
 
@@ -554,7 +572,7 @@ def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dic
     retained["all"] = everyone = pooled(shares)
     held_out = selection["held_out"]
     return {"ratio": settings["ratio"], "mode": cfg.mode, "quantile": settings["quantile"],
-            "threshold": selection["threshold"], "n": selection["n"], "selected": len(records),
+            "threshold": selection["threshold"], "n": selection["n"], "selected": len(selection["selected"]),
             "paraphrased": outcomes["paraphrased"], "originals_kept": outcomes["original"],
             "dropped": outcomes["dropped"], "on_failure": cfg.on_failure,
             "failed": sum(r["status"] != "ok" or "first_try" in r for r in records),
@@ -566,7 +584,8 @@ def _summary(cfg: SoftConfig, settings: dict, selection: dict, records: list[dic
             "paraphrases_per_second": round(timing["texts"] / timing["seconds"], 4)
             if timing and timing["seconds"] > 0 else None,
             "recipe": {**_recipe(cfg), "ban": getattr(primary.params, "ban", None)},
-            "originals_trained_first": cfg.schedule == "authors" or cfg.start == "warm",
+            "originals_trained_first": cfg.start == "warm",
+            "epoch1_originals": sum(not r["epoch1_replaced"] for r in records) if cfg.schedule == "authors" else None,
             "held_out": len(held_out), "held_out_members": held_out, "retained": retained,
             "retained_share": everyone["share"], "chance_share": everyone["chance"],
             "never_trained_share": everyone["never_trained"]}

@@ -14,7 +14,7 @@ def recipe_text(recipe: dict) -> str:
     if recipe.get("rewrite_span") == "second-half":
         parts.append("second half rewritten" + (", first dropped" if recipe.get("drop_unrewritten") else ""))
     if recipe.get("schedule") == "authors":
-        parts.append("authors' schedule (epoch 1 on the originals)")
+        parts.append("authors' schedule (every member rewritten; epoch 1 with the selected replaced)")
     if recipe.get("holdout_scored_as_members"):
         parts.append(f"{recipe['holdout_scored_as_members']:.0%} of members held out, scored as members")
     return ", ".join(parts)

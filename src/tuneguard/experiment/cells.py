@@ -38,8 +38,10 @@ def cell_key_parts(exp: Experiment, column: Column, base, members: list[str], no
     """Everything that decides a cell, by part (the log names the parts that changed)."""
     from tuneguard.scoring.engine import tokenizer_digest
 
+    versions = column.regime.versions()  # only where a regime names one: every other key stays as it was
     return {"schema": CELL_SCHEMA, "base": base.fingerprint, "tokenizer": tokenizer_digest(base.tokenizer),
-            "members": key_hash(*members), "regime": [column.kind, plain(column.regime.params)],
+            "members": key_hash(*members),
+            "regime": [column.kind, plain(column.regime.params), *([versions] if versions else [])],
             "train": column.train.key_dict() if column.regime.trains else None,
             "nonmembers": key_hash(*nonmembers), "general": key_hash(*general), "attacks": exp.suite.to_dict(),
             "corpus": key_hash(*corpus) if corpus else None, "window": window, "seed": exp.seed,

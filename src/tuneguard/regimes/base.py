@@ -59,6 +59,12 @@ class Regime(Plugin):
         and any ``--flag value`` pairs it repeats; by default none."""
         return {}, []
 
+    def versions(self) -> dict[str, int]:
+        """Versions of how this column's options build its model, part of its cell key: a regime whose algorithm
+        changed for some options names them here, so cells made before the change are rebuilt, not reused (by
+        default none, and the key is what it always was)."""
+        return {}
+
     def train_config(self, train: TrainConfig) -> TrainConfig:
         """The TrainConfig this regime trains with, from the experiment's (by default unchanged)."""
         return train

@@ -58,6 +58,11 @@ class Soft(Regime):
         pairs = [f"--paraphraser-param {shlex.quote(f'{k}={v}')}" for k, v in p.paraphraser_options.items()]
         return {"ratio": f"{p.ratio:g}", "paraphraser": p.paraphraser, **changed}, pairs
 
+    def versions(self):
+        from tuneguard.defenses.soft import AUTHORS_SCHEDULE_VERSION
+
+        return {"schedule": AUTHORS_SCHEDULE_VERSION} if self.params.schedule == "authors" else {}
+
     def train_config(self, train: TrainConfig) -> TrainConfig:
         from tuneguard.defenses.soft import check_epochs
 
