@@ -433,9 +433,9 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
                              "train on; loosen the gate or use on_failure='original'")
     if authors:  # epoch 1: the selected replaced, the rest as written; epochs 2 to E: every member replaced
         epoch1 = training_set(texts, [r for r in records if r["epoch1_replaced"]], held_out)
-        first = finetune(base, epoch1, out / "warmup", train.replace(epochs=1), progress=progress).model
-        final = _final_from_warm(lambda: first, base, d_prime, out, train.replace(epochs=train.epochs - 1),
-                                 progress)
+        final = _final_from_warm(
+            lambda: finetune(base, epoch1, out / "warmup", train.replace(epochs=1), progress=progress).model,
+            base, d_prime, out, train.replace(epochs=train.epochs - 1), progress)
     elif cfg.start == "base":
         final = finetune(base, d_prime, out / "final", train, progress=progress).model
     else:
