@@ -330,9 +330,9 @@ def run_soft(model: LoadedModel | str, texts: Sequence[str], out_dir: str | Path
     """Run SOFT on ``texts`` (the private set D) and return the protected model (saved in ``out_dir/final``).
 
     The warm-up uses ``train`` with ``config.warmup_epochs`` epochs; the final run uses ``train`` unchanged, from θ0
-    or θ_warm (the authors' schedule: 1 epoch on the originals, then ``train.epochs - 1`` on D'). Either way the
-    protected model's recorded base is θ0, the pretrained model (θ_warm trained on every member, so it is no
-    reference for an attack). Each selected text ends up paraphrased, kept as the original (counted in the summary)
+    or θ_warm (the authors' schedule: 1 epoch with the selected members replaced, then ``train.epochs - 1`` with
+    every member replaced). Either way the protected model's recorded base is θ0, the pretrained model (θ_warm
+    trained on the members, so it is no reference for an attack). Each selected text ends up paraphrased, kept as the original (counted in the summary)
     or dropped, as ``config.on_failure`` says; ``paraphrases.jsonl`` shows which. Members held out
     (``holdout_scored_as_members``) reach no stage; ``SoftResult.held_out`` names them.
     """
@@ -613,7 +613,8 @@ def _final_from_warm(warm: Callable[[], LoadedModel], base: LoadedModel, d_prime
                      train: TrainConfig, progress: bool) -> LoadedModel:
     """θ_warm fine-tuned on D', saved in ``final/`` as a full model whose run record names θ0 as its base.
 
-    The base an attack compares with must be the pretrained θ0: θ_warm trained on every member. An adapter trained on
+    The base an attack compares with must be the pretrained θ0: θ_warm (or the authors' epoch-1 model) trained on
+    the members. An adapter trained on
     θ_warm would load onto θ_warm only, so it is merged into it first (the record's ``start_ref`` names θ_warm).
     """
     final_dir = out / "final"
