@@ -247,7 +247,9 @@ def test_spv_reads_an_adapters_method_from_the_declared_peft_types(monkeypatch, 
         "method": "toy-method", "num_virtual_tokens": 7}
     assert target_setup(adapter_target(tmp_path, {"peft_type": "LORA", "r": 4, "lora_alpha": 16,
                                                   "target_modules": ["q", "c"]})) == {
-        "method": "lora", "lora_r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["c", "q"]}
+        "method": "lora", "lora_r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["c", "q"],
+        "lora_layers": None}
+    assert target_setup(adapter_target(tmp_path, {"peft_type": "LORA", "layers_to_transform": 3}))["lora_layers"] == [3]
     assert target_setup(adapter_target(tmp_path, {"peft_type": "PREFIX_TUNING"})) == {
         "method": "prefix", "num_virtual_tokens": 20}
     with pytest.raises(TuneguardError, match="method LOHA has no tuneguard trainer"):

@@ -67,11 +67,13 @@ def test_an_unmeasurable_target_is_refused_before_any_training(tmp_path, capsys,
 
 def test_the_default_candidates_start_from_the_users_settings():
     train = TrainConfig(epochs=4, lr=1e-3, lora_r=16, lora_alpha=32, lora_dropout=0.05)
-    chosen, notes = candidates(train)
+    chosen, notes = candidates(train, n_layers=30)
     assert [c.name for c in chosen] == list(CANDIDATES) and notes == []
     by = {c.name: c for c in chosen}
     assert by["fewer-epochs"].train == {"epochs": 2}
     assert by["lower-rank"].train == {"lora_r": 4, "lora_alpha": 8}  # the update's scale alpha/r is kept
+    assert by["layer-exclusion"].train == {"lora_layers": list(range(15))}  # the 15 nearest the output excluded
+    assert by["layer-exclusion"].what == "LoRA on layers 0-14 of 30 (the top 15 excluded)"
     assert by["soft"].options["method"] == "lora" and by["soft"].options["ratio"] == 1.0
     columns = {c.name: c for c in columns_of(chosen, train)}
     assert list(columns)[0] == "pretrained"
@@ -83,6 +85,15 @@ def test_the_default_candidates_start_from_the_users_settings():
                                                                           "1 epoch"]
     with pytest.raises(TuneguardError, match="compares LoRA and full fine-tuning regimes, not prefix"):
         candidates(TrainConfig(method="prefix"))
+    # Layer exclusion needs the model's depth, and is not offered to a run that already picks its layers.
+    assert candidates(train, ["layer-exclusion"])[1] == ["layer-exclusion left out: the model's layer count is "
+                                                         "unknown"]
+    assert candidates(TrainConfig(lora_layers=[0, 1]), ["layer-exclusion"], 30)[1] == [
+        "layer-exclusion left out: it already adapts chosen layers (--lora-layers)"]
+    assert candidates(TrainConfig(method="full"), ["layer-exclusion"], 30)[1] == [
+        "layer-exclusion left out: not LoRA"]
+    with pytest.raises(TuneguardError, match="defend compare has no candidate 'dropuot' .*did you mean 'dropout'"):
+        candidates(train, ["dropuot"])
 
 
 # --- the selection rule ----------------------------------------------------------------------------------------------
@@ -151,7 +162,7 @@ def test_the_budget_drops_the_most_expensive_candidates_first_never_the_plain_ru
 
 def test_every_final_command_is_one_the_cli_accepts_with_the_cells_training_settings():
     train = TrainConfig(epochs=3, lr=1e-3, max_length=96, seed=1)
-    chosen, _ = candidates(train)
+    chosen, _ = candidates(train, n_layers=30)
     plan = SimpleNamespace(base=SimpleNamespace(ref="smollm2-135m"),
                            source={"data": "my notes.jsonl", "column": "body"})
     parser = build_parser()
@@ -168,6 +179,8 @@ def test_every_final_command_is_one_the_cli_accepts_with_the_cells_training_sett
             assert (args.ratio, args.paraphraser, args.paraphraser_param) == (1.0, "local", ["ban_ngram=4"])
         if candidate.kind == "goldfish":
             assert (args.k, args.h, args.method) == (4, 13, "full")
+        assert args.lora_layers == column.train.lora_layers  # None but for layer exclusion
+    assert "--lora-layers 0-14 " in final_command(chosen[4], columns_of(chosen, train)[5], plan)
     assert final_command(chosen[0], columns_of(chosen, train)[1], plan).startswith(
         "tuneguard finetune --model smollm2-135m --data 'my notes.jsonl' --column body --method lora --epochs 3")
 
@@ -219,3 +232,15 @@ def test_eval_texts_the_regimes_train_on_are_refused_before_any_model_loads(tmp_
     with pytest.raises(TuneguardError, match="^2 of the 3 --eval texts are in the data compared on"):
         plan_compare("no-such-model", TEXTS, tmp_path / "out", target=parse_target("auc<=0.6"),
                      eval_texts=[TEXTS[0], " " + TEXTS[5], "a text of its own"])
+
+
+def test_the_plan_excludes_the_upper_half_of_the_models_own_layers_and_refuses_a_typo_before_loading(tmp_path):
+    from tuneguard.defenses.compare import plan_compare
+
+    plan = plan_compare("tiny-llama", TEXTS, tmp_path / "out", target=parse_target("auc<=0.6"),
+                        names=["layer-exclusion"], tokens_per_second=100.0)
+    column = next(c for c in plan.columns if c.name == "layer-exclusion")
+    assert column.train.lora_layers == [0] and plan.candidates["layer-exclusion"].what.endswith("of 2 (the top 1 "
+                                                                                                 "excluded)")
+    with pytest.raises(TuneguardError, match="has no candidate 'dropuot'"):
+        plan_compare("no-such-model", TEXTS, tmp_path / "out", target=parse_target("auc<=0.6"), names=["dropuot"])

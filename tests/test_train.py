@@ -251,3 +251,37 @@ def test_finetune_help_lists_the_registered_methods():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["finetune"]
     text = sub.format_help()
     assert all(f"{name}:" in text for name in METHODS.names())
+
+
+def test_lora_layers_adapt_only_those_layers_and_are_read_back_from_the_adapter(tmp_path):
+    from tuneguard.train import METHODS
+
+    run = finetune("tiny-llama", TEXTS[:4], tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_length=16,
+                                                                         lora_layers=[1]), progress=False)
+    trained = [n for n, p in run.model.model.named_parameters() if p.requires_grad]
+    assert trained and all(".layers.1." in n for n in trained)
+    saved = json.loads((tmp_path / "r" / "adapter_config.json").read_text())
+    assert saved["layers_to_transform"] == [1] and METHODS.get("lora").train_options(saved)["lora_layers"] == [1]
+    with pytest.raises(TuneguardError, match=r"LoRA layers up to 2 were asked for, and LlamaForCausalLM has 2 "
+                                             r"\(0-1\): choose indices below 2"):
+        finetune("tiny-llama", TEXTS[:4], tmp_path / "bad", TrainConfig(epochs=1, lora_layers=[0, 2]),
+                 progress=False)
+
+
+@pytest.mark.parametrize("text, layers", [("0-3,20", [0, 1, 2, 3, 20]), ("5", [5]), (" 2, 0 ,1", [0, 1, 2])])
+def test_lora_layers_on_the_command_line_and_back(text, layers):
+    from tuneguard.commands.finetune import layer_list
+    from tuneguard.train.config import layers_text
+
+    assert layer_list(text) == layers and layer_list(layers_text(layers)) == layers
+    assert layers_text([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "-2", "1.5", "0-"])
+def test_bad_lora_layers_are_refused_with_the_form(text):
+    import argparse
+
+    from tuneguard.commands.finetune import layer_list
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected layer indices like 0,1,2 or 0-14"):
+        layer_list(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import TYPE_CHECKING
 
 from tuneguard.commands import add_device_args, add_params, number, output, privacy_target
@@ -29,9 +30,22 @@ def read_texts(path: str, column: str | None = None, limit: int | None = None):
 
 
 # The TrainConfig parameters every command that trains sets, as --name options from their declarations (order:
-# the help's); target_modules is a comma-separated list (its own option).
+# the help's); target_modules and lora_layers are comma-separated lists (their own options).
 TRAIN_OPTIONS = ("method", "epochs", "lr", "batch_size", "grad_accum", "max_length", "scheduler", "warmup_ratio",
-                 "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens", "seed")
+                 "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "lora_layers",
+                 "num_virtual_tokens", "seed")
+
+
+def layer_list(text: str) -> list[int]:
+    """An argparse ``type``: layer indices as ``0,1,2`` or ranges ``0-14`` (inclusive), or both (``0-3,20``)."""
+    layers: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+        if last < first:
+            raise argparse.ArgumentTypeError(f"expected layer indices like 0,1,2 or 0-14, got {text!r}")
+        layers.update(range(first, last + 1))
+    return sorted(layers)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +59,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         elif name == "target_modules":
             g.add_argument("--target-modules", metavar="NAMES",
                            help="comma-separated module names to adapt (default: peft's choice for the model)")
+        elif name == "lora_layers":
+            declared = next(info.help for info in TrainConfig.describe() if info.name == name)
+            g.add_argument("--lora-layers", metavar="LAYERS", type=layer_list,
+                           help=f"{declared}, written 0,1,2 or as ranges 0-14")
         else:
             add_params(g, TrainConfig, [name])
 

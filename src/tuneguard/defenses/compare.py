@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from tuneguard.errors import TuneguardError
+from tuneguard.params import check_names
 from tuneguard.train import TrainConfig
+from tuneguard.train.config import layers_text
 
 if TYPE_CHECKING:
     from tuneguard.data import Split
@@ -121,8 +123,8 @@ def suggested_target(n_nonmembers: int) -> str:
 STRONGEST_SUITE = ("ratio", "ez-mia", "wbc", "ensemble")
 SUITE_PARAMS = {"ensemble": {"features": "extended"}}  # the default "soft" features would see ratio alone
 DP_EPSILONS = (8.0, 4.0, 1.0)
-CANDIDATES = ("plain", "fewer-epochs", "lower-rank", "dropout", *(f"dp-eps{e:g}" for e in DP_EPSILONS), "soft",
-              "goldfish")
+CANDIDATES = ("plain", "fewer-epochs", "lower-rank", "dropout", "layer-exclusion",
+              *(f"dp-eps{e:g}" for e in DP_EPSILONS), "soft", "goldfish")
 REFERENCE = "pretrained"  # the base model itself: the utility the fine-tuning starts from, never a candidate
 SHADOW = "shadow"  # the experiment dataset the shadow split makes (its cells live in OUT/shadow/<candidate>)
 DROPOUT = 0.1
@@ -141,13 +143,17 @@ class Candidate:
     train: dict
 
 
-def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES) -> tuple[list[Candidate], list[str]]:
-    """The candidates of ``names`` for a user who fine-tunes with ``train``, and a note for each one left out (one
-    that would train exactly as the plain run does, or that does not apply to its method).
+def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES,
+               n_layers: int | None = None) -> tuple[list[Candidate], list[str]]:
+    """The candidates of ``names`` for a user who fine-tunes with ``train`` a model of ``n_layers`` decoder layers,
+    and a note for each one left out (one that would train exactly as the plain run does, or that does not apply to
+    its method or, without ``n_layers``, to an unknown depth).
 
     ``plain`` (the user's settings) is always among them: the others' share of the perplexity gap is measured
     against it. Defaults: LoRA with half the epochs, a quarter of the rank (alpha scaled alike, so the update's scale
-    alpha/r is kept), dropout 0.1; DP-SGD LoRA at ε 8, 4, 1 (the DP regime scales lr and batch for DP); SOFT at its
+    alpha/r is kept), dropout 0.1, only the lower half of the layers adapted (LoRA-Leak, 2025, found dropout and
+    excluding layers the only defences that kept utility; which layers it excluded was not available here, so this
+    excludes the half nearest the output, as a choice the comparison measures); DP-SGD LoRA at ε 8, 4, 1 (the DP regime scales lr and batch for DP); SOFT at its
     best measured setting (ρ 1, the local anti-copy paraphraser; bench/frontier_mini.toml) protecting the user's
     method; Goldfish (the regime fine-tunes every weight; at the user's lr, capped at full fine-tuning's default).
     """
@@ -165,7 +171,7 @@ def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES) -> tuple[l
         "fewer-epochs", method, f"{run}, {epochs} epoch{'s' * (epochs > 1)} instead of {train.epochs}", {},
         {"epochs": epochs})
     if not lora:
-        menu["lower-rank"] = menu["dropout"] = "not LoRA"
+        menu["lower-rank"] = menu["dropout"] = menu["layer-exclusion"] = "not LoRA"
     else:
         alpha = max(1, round(train.lora_alpha * rank / train.lora_r))
         menu["lower-rank"] = f"the rank is already {train.lora_r}" if rank == train.lora_r else Candidate(
@@ -174,6 +180,7 @@ def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES) -> tuple[l
         menu["dropout"] = f"its dropout is already {train.lora_dropout:g}" if train.lora_dropout >= DROPOUT \
             else Candidate("dropout", "lora", f"LoRA dropout {DROPOUT:g} instead of {train.lora_dropout:g}", {},
                            {"lora_dropout": DROPOUT})
+        menu["layer-exclusion"] = _layer_exclusion(train, n_layers)
     for e in DP_EPSILONS:  # DP-SGD trains LoRA whatever the plain run's method
         menu[f"dp-eps{e:g}"] = Candidate(f"dp-eps{e:g}", "dp", f"DP-SGD LoRA at ε {e:g}", {"epsilon": e},
                                          {} if lora else {"method": "lora"})
@@ -181,13 +188,27 @@ def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES) -> tuple[l
                              {**SOFT_BEST, "method": method}, {})
     menu["goldfish"] = Candidate("goldfish", "goldfish", "Goldfish loss (full fine-tuning, k 4, h 13)",
                                  {"k": 4, "h": 13}, {} if full_lr == train.lr else {"lr": full_lr})
-    unknown = [n for n in names if n not in menu]
-    if unknown:
-        raise TuneguardError(f"unknown candidate {unknown[0]!r}: choose from {', '.join(CANDIDATES)}")
+    check_candidates(names)
     picked = ["plain", *(n for n in dict.fromkeys(names) if n != "plain")]
     chosen = [menu[n] for n in picked if isinstance(menu[n], Candidate)]
     notes = [f"{n} left out: {menu[n]}" for n in picked if isinstance(menu[n], str)]
     return chosen, notes
+
+
+def check_candidates(names: Sequence[str]) -> None:
+    """Refuse a name that is not a candidate, with the closest one."""
+    check_names(names, CANDIDATES, "defend compare", "candidate")
+
+
+def _layer_exclusion(train: TrainConfig, n_layers: int | None) -> Candidate | str:
+    """LoRA on the lower half of ``n_layers`` layers (the half nearest the output excluded), or why not."""
+    if train.lora_layers:
+        return "it already adapts chosen layers (--lora-layers)"
+    if not n_layers or n_layers < 2:
+        return "the model's layer count is unknown" if not n_layers else "the model has one layer"
+    keep = n_layers // 2
+    return Candidate("layer-exclusion", "lora", f"LoRA on layers 0-{keep - 1} of {n_layers} (the top "
+                                                f"{n_layers - keep} excluded)", {}, {"lora_layers": list(range(keep))})
 
 
 def columns_of(chosen: list[Candidate], train: TrainConfig) -> list[Column]:
@@ -307,9 +328,8 @@ def plan_compare(model: str | LoadedModel, texts: list[str], out_dir: str | Path
     from tuneguard.models.device import current_settings
 
     train = train or TrainConfig(seed=seed)
-    chosen, notes = candidates(train, names)
+    check_candidates(names)
     check_measurable(target, len(texts), member_fraction)
-    columns = columns_of(chosen, train)  # every regime option checked here, before any model loads
     suite = AttackSuite.create("defend compare", {"attacks": list(STRONGEST_SUITE), "params": SUITE_PARAMS,
                                                   "n_boot": n_boot, "batch_size": batch_size})
     out_dir = Path(out_dir)
@@ -320,6 +340,8 @@ def plan_compare(model: str | LoadedModel, texts: list[str], out_dir: str | Path
     utility_name = "eval" if eval_texts else "shadow"
     general = eval_texts or stdlib_docstrings(16, seed=seed + 1)
     base = as_loaded(model)
+    chosen, notes = candidates(train, names, getattr(base.model.config, "num_hidden_layers", None))
+    columns = columns_of(chosen, train)
     dataset = Dataset(name=SHADOW, path=data, members=len(split.members), nonmembers=len(split.nonmembers))
     exp = Experiment(name="defend compare", model=base.ref, out=out_dir, datasets=[dataset], regimes=columns,
                      train=train, suite=suite, general_texts=len(general), seed=seed, device=current_settings())
@@ -552,6 +574,8 @@ def final_command(candidate: Candidate, column: Column, plan: Plan, out: str = "
               if getattr(train, name) != getattr(defaults, name)}
     if train.target_modules:
         flags["target_modules"] = ",".join(train.target_modules)
+    if train.lora_layers:
+        flags["lora_layers"] = layers_text(train.lora_layers)
     line = command_line(head, model=plan.base.ref, data=plan.source["data"], column=plan.source["column"], **options,
                         **flags, out=out)
     return " ".join([line, *repeated])

@@ -29,6 +29,8 @@ class TrainConfig(Params):
     lora_alpha: int = param(32, "LoRA alpha (the update is scaled by alpha / r)", gt=0)
     lora_dropout: float = param(0.05, "LoRA dropout", ge=0, lt=1)
     target_modules: list[str] | None = param(None, "modules to adapt (default: peft's choice for the model)")
+    lora_layers: list[int] | None = param(None, "LoRA: the decoder layers adapted, by index from 0 (default: every "
+                                                "layer; peft's layers_to_transform)", ge=0)
     num_virtual_tokens: int = param(20, "prefix tuning: virtual tokens", ge=1)
     group_by_length: bool = param(True, "batch texts of similar length together (less padding)")
     max_steps: int | None = param(None, "stop after this many optimizer steps", ge=1)
@@ -57,6 +59,17 @@ class TrainConfig(Params):
 KEYED = frozenset({"method", "epochs", "lr", "batch_size", "grad_accum", "max_length", "scheduler", "warmup_ratio",
                    "weight_decay", "seed", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
                    "num_virtual_tokens", "group_by_length", "max_steps", "extra"})
+
+
+def layers_text(layers: list[int]) -> str:
+    """``layers`` as ``--lora-layers`` reads them, runs written as ranges (``[0, 1, 2, 5]`` -> ``0-2,5``)."""
+    runs: list[list[int]] = []
+    for i in sorted(layers):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def _default(field: dataclasses.Field) -> object:

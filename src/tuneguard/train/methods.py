@@ -105,21 +105,29 @@ class PeftMethod(TrainMethod):
 
 class LoRA(PeftMethod):
     name = "lora"
-    summary = "low-rank adapters (lora_r, lora_alpha, lora_dropout, target_modules)"
+    summary = "low-rank adapters (lora_r, lora_alpha, lora_dropout, target_modules, lora_layers)"
 
     peft_class = "LoraConfig"
     peft_type = "LORA"
 
     def peft_options(self, config: TrainConfig) -> dict[str, Any]:
         return {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-                "target_modules": config.target_modules}
+                "target_modules": config.target_modules, "layers_to_transform": config.lora_layers}
+
+    def prepare(self, model: torch.nn.Module, config: TrainConfig, *, seq_cls: bool = False) -> torch.nn.Module:
+        n = getattr(model.config, "num_hidden_layers", None)
+        if config.lora_layers and n is not None and max(config.lora_layers) >= n:
+            raise TuneguardError(f"LoRA layers up to {max(config.lora_layers)} were asked for, and "
+                                 f"{type(model).__name__} has {n} (0-{n - 1}): choose indices below {n}")
+        return super().prepare(model, config, seq_cls=seq_cls)
 
     @classmethod
     def train_options(cls, adapter_config: dict[str, Any]) -> dict[str, Any]:
-        modules = adapter_config.get("target_modules")
+        modules, layers = adapter_config.get("target_modules"), adapter_config.get("layers_to_transform")
         return {"lora_r": adapter_config.get("r", 8), "lora_alpha": adapter_config.get("lora_alpha", 8),
                 "lora_dropout": adapter_config.get("lora_dropout", 0.0),
-                "target_modules": sorted(modules) if isinstance(modules, (list, set)) else None}
+                "target_modules": sorted(modules) if isinstance(modules, (list, set)) else None,
+                "lora_layers": [layers] if isinstance(layers, int) else sorted(layers) if layers else None}
 
 
 class PrefixTuning(PeftMethod):

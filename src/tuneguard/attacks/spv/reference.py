@@ -14,7 +14,7 @@ from tuneguard.train.methods import method_of_adapter
 
 def target_setup(target: LoadedModel) -> dict:
     """The target's fine-tuning set-up as ``TrainConfig`` fields: method and what its adapter records (for LoRA,
-    r / alpha / dropout / modules; for prefix tuning, the virtual tokens).
+    r / alpha / dropout / modules / layers; for prefix tuning, the virtual tokens).
 
     Read from the tuneguard run record (``run.json``) next to the target's adapter or model, else from the adapter's
     ``adapter_config.json`` (the method whose declared ``peft_type`` it records, and that method's
@@ -23,7 +23,8 @@ def target_setup(target: LoadedModel) -> dict:
     record = run_record(target)
     if record is not None:
         config = record.config
-        keys = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens")
+        keys = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "lora_layers",
+                "num_virtual_tokens")
         return {k: config[k] for k in keys if k in config}
     where = Path(target.meta.get("adapter") or target.ref)
     if (where / "adapter_config.json").is_file():
