@@ -312,7 +312,7 @@ class Plan:
 def plan_compare(model: str | LoadedModel, texts: list[str], out_dir: str | Path, *, target: Target,
                  train: TrainConfig | None = None, names: Sequence[str] = CANDIDATES, member_fraction: float = 0.5,
                  seed: int = 0, eval_texts: list[str] | None = None, budget_minutes: float | None = None,
-                 tokens_per_second: float | None = None, n_boot: int = 1000, batch_size: int = 8,
+                 tokens_per_second: float | None = None, n_boot: int | None = None, batch_size: int | None = None,
                  data: str = "DATA", column: str | None = None) -> Plan:
     """Check everything, split, load the base model and estimate the time; nothing is trained.
 
@@ -331,7 +331,8 @@ def plan_compare(model: str | LoadedModel, texts: list[str], out_dir: str | Path
     check_candidates(names)
     check_measurable(target, len(texts), member_fraction)
     suite = AttackSuite.create("defend compare", {"attacks": list(STRONGEST_SUITE), "params": SUITE_PARAMS,
-                                                  "n_boot": n_boot, "batch_size": batch_size})
+                                                  **({} if n_boot is None else {"n_boot": n_boot}),
+                                                  **({} if batch_size is None else {"batch_size": batch_size})})
     out_dir = Path(out_dir)
     if eval_texts and (overlap := len({t.strip() for t in eval_texts} & {t.strip() for t in texts})):
         raise TuneguardError(f"{overlap} of the {len(eval_texts)} --eval texts are in the data compared on: the "

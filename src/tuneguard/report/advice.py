@@ -98,7 +98,7 @@ def _measured_steps(comparison: dict, base: str) -> list[Step]:
         steps = [Step(f"Fine-tune with {row['what']}: {shadow} it was the most useful of the {len(rows)} regimes "
                       f"compared whose strongest attack met your target {target.text}: {measured_text(row, target)}. "
                       "Train the final model on all the data:", comparison.get("command"))]
-        if row["kind"] == "dp":
+        if "epsilon" in row.get("options", {}):  # a regime that claims an epsilon: audit the claim
             steps.append(Step("Check the epsilon the final DP-SGD run delivers empirically (a lower bound from "
                               "canaries):", command_line("tuneguard audit-dp", model=base,
                                                          data=comparison.get("data") or "TRAINING_DATA",
