@@ -153,9 +153,9 @@ def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES,
     against it. Defaults: LoRA with half the epochs, a quarter of the rank (alpha scaled alike, so the update's scale
     alpha/r is kept), dropout 0.1, only the lower half of the layers adapted (LoRA-Leak, 2025, found dropout and
     excluding layers the only defences that kept utility; which layers it excluded was not available here, so this
-    excludes the half nearest the output, as a choice the comparison measures); DP-SGD LoRA at ε 8, 4, 1 (the DP regime scales lr and batch for DP); SOFT at its
-    best measured setting (ρ 1, the local anti-copy paraphraser; bench/frontier_mini.toml) protecting the user's
-    method; Goldfish (the regime fine-tunes every weight; at the user's lr, capped at full fine-tuning's default).
+    excludes the half nearest the output, as a choice the comparison measures); DP-SGD LoRA at ε 8, 4, 1 (the DP
+    regime scales lr and batch for DP); SOFT at its best measured setting (ρ 1, the local anti-copy paraphraser;
+    bench/frontier_mini.toml) protecting the user's method; Goldfish (the regime fine-tunes every weight; at the user's lr, capped at full fine-tuning's default).
     """
     method = train.method
     if method not in ("lora", "full"):
