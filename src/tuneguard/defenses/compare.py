@@ -155,7 +155,8 @@ def candidates(train: TrainConfig, names: Sequence[str] = CANDIDATES,
     excluding layers the only defences that kept utility; which layers it excluded was not available here, so this
     excludes the half nearest the output, as a choice the comparison measures); DP-SGD LoRA at ε 8, 4, 1 (the DP
     regime scales lr and batch for DP); SOFT at its best measured setting (ρ 1, the local anti-copy paraphraser;
-    bench/frontier_mini.toml) protecting the user's method; Goldfish (the regime fine-tunes every weight; at the user's lr, capped at full fine-tuning's default).
+    bench/frontier_mini.toml) protecting the user's method; Goldfish (the regime fine-tunes every weight; at the
+    user's lr, capped at full fine-tuning's default).
     """
     method = train.method
     if method not in ("lora", "full"):
