@@ -36,8 +36,8 @@ def register(defences: argparse._SubParsersAction) -> None:
                "(LoRA dropout 0.1), layer-exclusion (LoRA on the lower half of the layers), dp-eps8 / dp-eps4 / "
                "dp-eps1 (DP-SGD LoRA), soft (rho 1, local anti-copy paraphraser), goldfish (full fine-tuning, "
                "k 4).\nChoosing among regimes on your private data is itself a use of that data: DP-SGD's "
-               "epsilon does not cover the selection.\n\nexample: tuneguard defend compare --model smollm2-135m --data notes.jsonl --epochs 3 --lr 1e-3 --max-length 96 "
-               "--target 'tpr@1%<=0.05' --out runs/compare",
+               "epsilon does not cover the selection.\n\nexample: tuneguard defend compare --model smollm2-135m "
+               "--data notes.jsonl --epochs 3 --lr 1e-3 --max-length 96 --target 'tpr@1%<=0.05' --out runs/compare",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="embedded name (tuneguard models), model dir, .gguf or hub id")
     add_data_args(p)
