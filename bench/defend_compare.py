@@ -14,6 +14,7 @@ bench/results/defend_compare_pubmed.json, .md and .png (the comparison, its repo
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     comparison = read_json(out / "compare.json")
     plot = shutil.copyfile(out / "frontier.png", results.with_suffix(".png"))
     atomic_write_json(results.with_suffix(".json"), comparison)
-    atomic_write_text(results.with_suffix(".md"), compare_markdown(comparison, plot.name))
+    title, _, rest = compare_markdown(comparison, plot.name).partition("\n")
+    command = shlex.join(["python", "bench/defend_compare.py", *(sys.argv[1:] if argv is None else argv)])
+    atomic_write_text(results.with_suffix(".md"), f"{title}\n\nCommand: `{command}`\n{rest}")
     print(f"results: {results.with_suffix('.json')}, {results.with_suffix('.md')}, {plot}")
     return 0
 
