@@ -244,8 +244,8 @@ def check_measurable(target: Target, n_texts: int, member_fraction: float) -> in
 # The cost model of the estimate, in forward-pass tokens: assumptions (the forward speed itself is measured unless
 # given). One check (SmolLM2-135M, 32 PubMed texts of 96 tokens, 2 busy CPU cores): forward 42-65 tokens/s, LoRA
 # training 22, DP-SGD 15, i.e. 2-3 forward tokens per training token and DP 1.5x LoRA. bench/results/
-# defend_compare_pubmed (256 members, 3 epochs, 2 quiet cores): LoRA trained in 5.9 min, estimated 7.7 with its
-# scoring (took about 7.4); DP-SGD in 6.1-6.4 min, 1.05x LoRA at its 4x batch, estimated 13.9 at the 2x assumed then.
+# defend_compare_pubmed (256 members, 3 epochs, 2 quiet cores): LoRA trained in 5.9 min, DP-SGD in 6.1-6.4 min at
+# its 4x batch (1.05x LoRA); the whole run was estimated at 1.3 h with DP at 2x and took 57.7 min.
 TRAIN_COST = 3.0  # a training token costs about three forward tokens: the backward pass costs about two
 DP_COST = 1.25  # Opacus' per-sample gradients and clipping: 1.05-1.5x LoRA measured, rounded up
 PARAPHRASE_SECONDS = 12.0  # one local paraphrase: 10-14 s measured on 2 CPU cores (bench/frontier_mini.toml)
