@@ -37,6 +37,15 @@ def test_directory_of_text_files(tmp_path):
     assert load_texts(tmp_path) == ["second", "print('first')"]
 
 
+def test_a_directory_of_data_files_names_the_file_to_pass(tmp_path, records):
+    (tmp_path / "pubmed").mkdir()
+    (tmp_path / "pubmed" / "LICENSE").write_text("CC BY")
+    (tmp_path / "pubmed" / "abstracts.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    with pytest.raises(TuneguardError, match=r"holds no text files but holds the data file .*abstracts.jsonl: pass "
+                                             r"that file itself, not its directory$"):
+        load_texts(tmp_path / "pubmed")
+
+
 def test_hub_datasets_source_is_wired(monkeypatch):
     import datasets
 

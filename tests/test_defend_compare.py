@@ -180,7 +180,9 @@ def test_every_final_command_is_one_the_cli_accepts_with_the_cells_training_sett
         if candidate.kind == "goldfish":
             assert (args.k, args.h, args.method) == (4, 13, "full")
         assert args.lora_layers == column.train.lora_layers  # None but for layer exclusion
-    assert "--lora-layers 0-14 " in final_command(chosen[4], columns_of(chosen, train)[5], plan)
+    commands = {c.name: final_command(c, column, plan) for c, column in zip(chosen, columns_of(chosen, train)[1:])}
+    assert "--lora-layers 0-14 " in commands["layer-exclusion"]
+    assert all("--lora-layers" not in command for name, command in commands.items() if name != "layer-exclusion")
     assert final_command(chosen[0], columns_of(chosen, train)[1], plan).startswith(
         "tuneguard finetune --model smollm2-135m --data 'my notes.jsonl' --column body --method lora --epochs 3")
 

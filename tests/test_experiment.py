@@ -8,7 +8,7 @@ import pytest
 
 from helpers import write_jsonl
 from tuneguard.errors import TuneguardError
-from tuneguard.experiment import draw_texts, load_experiment, run_experiment
+from tuneguard.experiment import draw_texts, load_experiment, run_experiment, select_regimes
 from tuneguard.models import tiny_model
 from tuneguard.scoring import ScoringEngine
 from tuneguard.scoring.perplexity import perplexity
@@ -140,6 +140,44 @@ def test_cells_are_reused_only_while_everything_that_decided_them_is_unchanged(t
     rerun(text.replace("n_boot = 50", "n_boot = 60").replace("lr = 0.01", "lr = 0.02"))
     assert "saved by an older tuneguard (cell schema 1)" in caplog.text
     assert json.loads(cell_path.read_text())["schema"] == 2
+
+
+def test_a_slice_runs_only_its_columns_and_the_full_run_reuses_them(tmp_path):
+    exp = experiment(tmp_path)
+    assert [c.name for c in select_regimes(exp, "dp, pre*").regimes] == ["pretrained", "dp"]  # the file's order
+    sliced = run_experiment(select_regimes(exp, "lora"), progress=False)
+    assert sliced["regimes"] == ["lora"] and list(sliced["cells"]["A"]) == ["lora"]
+    lora_cell = tmp_path / "out" / "A" / "lora" / "cell.json"
+    stamp = lora_cell.stat().st_mtime_ns
+    assert not (tmp_path / "out" / "A" / "dp").exists()
+    # Another slice leaves the unselected cells alone, even one whose training has since changed.
+    (tmp_path / "exp.toml").write_text(EXPERIMENT.replace("lora = {}", "lora = { train = { lr = 0.02 } }"))
+    run_experiment(select_regimes(load_experiment(tmp_path / "exp.toml"), "pretrained"), progress=False)
+    assert lora_cell.stat().st_mtime_ns == stamp
+    # The full run reuses the slices' cells and trains only the rest.
+    (tmp_path / "exp.toml").write_text(EXPERIMENT)
+    full = run_experiment(load_experiment(tmp_path / "exp.toml"), progress=False)
+    assert list(full["cells"]["A"]) == ["pretrained", "lora", "dp"] and lora_cell.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("patterns, message", [
+    ("lroa", r"tiny: no regime column matches 'lroa' \(columns: pretrained, lora, dp\); did you mean 'lora'\?"),
+    ("lora,dp-*", r"no regime column matches 'dp-\*'"),
+    (" , ", r"tiny: no regime column was selected: name some"),
+])
+def test_a_slice_that_selects_nothing_is_refused(tmp_path, patterns, message):
+    with pytest.raises(TuneguardError, match=message):
+        select_regimes(experiment(tmp_path), patterns)
+
+
+def test_run_takes_a_slice_on_the_command_line(tmp_path, capsys):
+    from tuneguard.cli import main
+
+    experiment(tmp_path)
+    assert main(["run", str(tmp_path / "exp.toml"), "--regimes", "lroa"]) == 2
+    assert "did you mean 'lora'?" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "exp.toml"), "--regimes", "pretrained"]) == 0
+    assert [p.parent.name for p in (tmp_path / "out").rglob("cell.json")] == ["pretrained"]
 
 
 def test_soft_ratios_become_columns(tmp_path):

@@ -29,16 +29,24 @@ def register(sub: argparse._SubParsersAction) -> None:
             "window and measures held-out perplexity; finished cells are saved and reused while everything that "
             "decided them is unchanged. Writes the SOFT paper's Table 1 layout (table1.txt), the trade-off curve "
             "(tradeoff.png) and report.html. The file is checked in full before any model loads.", 100),
-        epilog=f"{regimes_help()}\n\nexample: tuneguard run bench/table1_mini.toml",
+        epilog=f"{regimes_help()}\n\nexamples:\n  tuneguard run bench/table1_mini.toml\n"
+               "  tuneguard run bench/dp_sweep.toml --regimes 'pretrained,lora,dp-e8-*-ep3'  # a slice",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", type=Path, help="experiment TOML file (see bench/table1_mini.toml)")
+    p.add_argument("--regimes", metavar="NAMES",
+                   help="run only these regime columns: comma-separated names or shell patterns, e.g. "
+                        "'pretrained,lora,dp-e8-*' (the table holds them alone; the others' saved cells are kept, "
+                        "untouched, for the full run)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuneguard.experiment import load_experiment, run_experiment
+    from tuneguard.experiment import load_experiment, run_experiment, select_regimes
 
-    summary = run_experiment(load_experiment(args.experiment))
+    exp = load_experiment(args.experiment)
+    if args.regimes is not None:
+        exp = select_regimes(exp, args.regimes)
+    summary = run_experiment(exp)
     print(summary["paths"]["table"].read_text())
     print(f"report: {summary['paths']['html']}\ntrade-off plot: {summary['paths']['plot']}")
     return 0

@@ -139,6 +139,11 @@ def _file_rows(path: Path) -> list[dict[str, Any]]:
 def _dir_rows(path: Path) -> list[dict[str, Any]]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
     if not files:
+        tables = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+        if tables:  # a dataset's folder: its records are in a table file, which is read as one
+            raise TuneguardError(f"directory {path} holds no text files but holds the data file {tables[0]}"
+                                 f"{f' (and {len(tables) - 1} more)' if len(tables) > 1 else ''}: pass that file "
+                                 "itself, not its directory")
         raise TuneguardError(f"directory {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
     return [{"text": _read_text(p), "path": str(p.relative_to(path))} for p in files]
 

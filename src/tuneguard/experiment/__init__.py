@@ -10,12 +10,12 @@ non-members. Output (in the experiment's ``out`` directory, rendered by ``tunegu
 """
 
 from tuneguard.experiment.cells import cell_key_parts, cell_path
-from tuneguard.experiment.loader import load_experiment
+from tuneguard.experiment.loader import load_experiment, select_regimes
 from tuneguard.experiment.runner import run_cell, run_experiment, settings_of
 from tuneguard.experiment.schema import AttackSuite, Column, Dataset, Experiment
 from tuneguard.experiment.texts import draw_texts
 
 __all__ = [
     "AttackSuite", "Column", "Dataset", "Experiment", "cell_key_parts", "cell_path", "draw_texts", "load_experiment",
-    "run_cell", "run_experiment", "settings_of",
+    "run_cell", "run_experiment", "select_regimes", "settings_of",
 ]

@@ -3,9 +3,10 @@ unknown key or a bad value fails in milliseconds with one line naming the file, 
 
 from __future__ import annotations
 
+import fnmatch
 import tomllib
 import typing
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tuneguard.experiment.schema import AttackSuite, Column, Dataset, Experiment
 from tuneguard.experiment.texts import corpus_texts, dataset_texts
 from tuneguard.files import check_output
 from tuneguard.models.device import DeviceSettings, resolve_settings
-from tuneguard.params import Params, check_names
+from tuneguard.params import Params, check_names, suggestion
 from tuneguard.paths import safe_component
 from tuneguard.regimes import REGIMES
 from tuneguard.train import TrainConfig
@@ -66,6 +67,23 @@ def load_experiment(path: str | Path) -> Experiment:
     return Experiment(name=top.name or path.stem, model=top.model, out=out, datasets=datasets, regimes=columns,
                       train=train, suite=suite, general_texts=top.general_texts, seed=top.seed,
                       device=_device(path, top))
+
+
+def select_regimes(exp: Experiment, patterns: str | list[str]) -> Experiment:
+    """``exp`` with only the regime columns named by ``patterns`` (comma-separated names or shell-style globs such as
+    ``dp-e8-*``), in the file's order: a slice of a large experiment that keeps its cells, so the full run reuses
+    them. Every pattern must match a column."""
+    if isinstance(patterns, str):
+        patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+    names = [c.name for c in exp.regimes]
+    if not patterns:
+        raise TuneguardError(f"{exp.name}: no regime column was selected: name some, or patterns such as 'lora,dp-*' "
+                             f"(columns: {', '.join(names)})")
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise TuneguardError(f"{exp.name}: no regime column matches {pattern!r} (columns: {', '.join(names)})"
+                                 f"{suggestion(pattern, names)}")
+    return replace(exp, regimes=[c for c in exp.regimes if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)])
 
 
 def _check_folders(path: Path, what: str, names: list[str]) -> None:
