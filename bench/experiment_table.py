@@ -74,8 +74,8 @@ def markdown(rows: list[dict], command: str, gap_to: str | None) -> str:
             retained = "-" if r["retained_share"] is None else \
                 f"{r['retained_share']:.3f} ({r['retained_chance']:.3f})"
             out.append(f"| {r['column']} | {r['average_auc']:.3f}{_ci(r['average_auc_ci'])} | {_leader(r['max_auc'])} "
-                       f"| {_leader(r['max_tpr_at_1pct'])} | {_leader(r['max_tpr_at_10pct'])} | {r['ppl']:.2f} | {_num(r['gap_closed'], '.0%')} | "
-                       f"{retained} | {_num(r['never_trained_share'], '.1%')} | "
+                       f"| {_leader(r['max_tpr_at_1pct'])} | {_leader(r['max_tpr_at_10pct'])} | {r['ppl']:.2f} | "
+                       f"{_num(r['gap_closed'], '.0%')} | {retained} | {_num(r['never_trained_share'], '.1%')} | "
                        f"{_num(r['originals_kept'], 'd')} |\n")
     return "".join(out)
 
