@@ -71,7 +71,8 @@ def test_bag_of_words_is_blind_by_its_declaration_not_its_name(monkeypatch):
 
 
 def test_defend_compare_never_picks_an_attack_declaring_blind(monkeypatch):
-    from tuneguard.defenses.compare import Target, strongest
+    from tuneguard.defenses.compare import strongest
+    from tuneguard.privacy_target import Target
 
     register(monkeypatch, ATTACKS, "toy-blind", ToyBlindAttack)
     cell = {"auc": {"ratio": 0.7, "toy-blind": 0.99}, "tpr_at_1pct": {"ratio": 0.2, "toy-blind": 0.9}}

@@ -10,10 +10,11 @@ import pytest
 
 from helpers import write_jsonl
 from tuneguard.cli import build_parser, main
-from tuneguard.defenses.compare import (CANDIDATES, Target, _fit_budget, candidates, check_measurable, columns_of,
-                                        final_command, parse_target, select, strongest)
+from tuneguard.defenses.compare import (CANDIDATES, _fit_budget, candidates, check_measurable, columns_of,
+                                        final_command, select, strongest)
 from tuneguard.errors import TuneguardError
 from tuneguard.files import read_json
+from tuneguard.privacy_target import Target, parse_target
 from tuneguard.train import TrainConfig
 
 TEXTS = [f"patient {i} was seen on day {i % 7} with a cough and fever {i * 13 % 97}, then sent home to rest"

@@ -213,8 +213,8 @@ def listed(item: Callable[[str], Any]) -> Callable[[str], tuple]:
 
 def privacy_target(text: str):
     """An argparse ``type``: a privacy target (``tpr@1%<=0.05``, ``auc<=0.6``;
-    :func:`tuneguard.defenses.compare.parse_target`), refused while the command line is parsed."""
-    from tuneguard.defenses.compare import parse_target
+    :func:`tuneguard.privacy_target.parse_target`), refused while the command line is parsed."""
+    from tuneguard.privacy_target import parse_target
 
     try:
         return parse_target(text)

@@ -9,7 +9,8 @@ import textwrap
 from tuneguard.attacks.options import AttackOptions
 from tuneguard.commands import add_device_args, add_params, listed, number, output, privacy_target
 from tuneguard.commands.finetune import add_data_args, add_train_args, read_texts, train_config
-from tuneguard.defenses.compare import CANDIDATES, DEFAULT_TARGET
+from tuneguard.defenses.compare import CANDIDATES
+from tuneguard.privacy_target import DEFAULT_TARGET
 
 
 SUMMARY = "measure the candidate defences on your data; recommend the most useful that meets a target"

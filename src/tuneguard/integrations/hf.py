@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
-    from tuneguard.defenses.compare import Target
+    from tuneguard.privacy_target import Target
     from tuneguard.models import LoadedModel
 
 log = logging.getLogger(__name__)

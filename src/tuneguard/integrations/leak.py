@@ -37,7 +37,7 @@ from tuneguard.attacks import make_attacks
 from tuneguard.attacks.base import AttackContext
 from tuneguard.cache import key_hash
 from tuneguard.data import make_split
-from tuneguard.defenses.compare import Target, parse_target
+from tuneguard.privacy_target import Target, parse_target
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, check_output, read_json
 from tuneguard.metrics import alpha_key, evaluate

@@ -62,7 +62,7 @@ def next_steps(result: MIAResult, verdict: Verdict, comparison: dict | None = No
 
 def _compare_step(result: MIAResult, base: str, files: dict, tuned: dict) -> Step:
     """Measure before choosing: `defend compare` on the training data with this run's fine-tuning settings."""
-    from tuneguard.defenses.compare import suggested_target
+    from tuneguard.privacy_target import suggested_target
 
     settings = result.settings
     config = tuned.get("config") or {}
@@ -85,7 +85,7 @@ def _compare_step(result: MIAResult, base: str, files: dict, tuned: dict) -> Ste
 def _measured_steps(comparison: dict, base: str) -> list[Step]:
     """The regime a comparison chose, with its measured leak and utility; or, when none met the target, the
     closest and what that leaves."""
-    from tuneguard.defenses.compare import Target
+    from tuneguard.privacy_target import Target
     from tuneguard.report.compare import measured_text
 
     target = Target.from_json(comparison["target"])

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tuneguard.defenses.compare import Target
-from tuneguard.report.verdict import pct
+from tuneguard.privacy_target import Target, pct
 
 
 def duration(seconds: float | None) -> str | None:
@@ -191,12 +190,13 @@ def frontier_figure(comparison: dict):
 def estimate_text(plan) -> str:
     """The estimate printed before the first cell starts (a :class:`tuneguard.defenses.compare.Plan`'s): per
     regime, the total, what it rests on, and the candidates left out or dropped."""
-    from tuneguard.defenses.compare import DP_COST, PARAPHRASE_SECONDS, TRAIN_COST
-
     est = plan.estimate
+    saved = est.to_json()
+    assumed = saved["assumed"]
     lines = [f"Estimated time: {duration(est.total)} for {len(plan.columns)} regimes ({len(est.done)} finished and "
-             f"reused; {_speed(est.to_json())}); assumed: a training token costs {TRAIN_COST:g} forward tokens, a "
-             f"DP-SGD step {DP_COST:g}x a LoRA step, a local paraphrase {PARAPHRASE_SECONDS:g} s."]
+             f"reused; {_speed(saved)}); assumed: a training token costs {assumed['train_cost']:g} forward tokens, a "
+             f"DP-SGD step {assumed['dp_cost']:g}x a LoRA step, a local paraphrase "
+             f"{assumed['paraphrase_seconds']:g} s."]
     lines += [f"  {name}: {duration(seconds)}" for name, seconds in est.seconds.items()]
     lines += [f"  {note}" for note in plan.notes]
     if plan.dropped:

@@ -17,11 +17,11 @@ from typing import Any
 
 from tuneguard.defenses.soft_text import recipe_text, removal_text
 from tuneguard.files import atomic_write_text
+from tuneguard.privacy_target import pct
 from tuneguard.report.figures import save_figure
 from tuneguard.report.html import html_page, html_table, img_tag
 from tuneguard.report.privacy import MAX_ATTACK_FPR as MAX_FPR
 from tuneguard.report.table import DASH, cell_text, format_table
-from tuneguard.report.verdict import pct
 
 NOT_APPLICABLE = "n/a"
 STALE = "stale (re-run)"

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from tuneguard.attacks import ATTACKS
 from tuneguard.attacks.result import AttackResult, MIAResult
+from tuneguard.privacy_target import pct
 
 # A model-free classifier this far from chance means members and non-members differ in distribution.
 CHANCE_BAND = (0.4, 0.6)
@@ -179,12 +180,6 @@ def mia_verdict(result: MIAResult) -> Verdict:
                      "against a fine-tuned model, so this verdict may understate the leak.")
     sentence = _sentence(level, shown, best_auc if level == "none" else surest_auc, n_mem, n_non)
     return Verdict(level, LEVELS[level], sentence, strongest, best_auc, confounded, notes)
-
-
-def pct(x: float) -> str:
-    """A share as a percentage: whole numbers from 10% up or when exact, else one decimal (0.1%, 5.6%)."""
-    v = 100 * x
-    return f"{v:.0f}%" if v >= 10 or v == round(v) else f"{v:.1f}%"
 
 
 def auc_text(metrics: dict) -> str:
