@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -288,7 +289,7 @@ def markdown(report: dict, args) -> str:
              f"Reference: the base model. {args.shots} non-member and {args.shots} member texts are ReCall shots, "
              "not evaluated. Forward passes: those the attack added in its cell (0 where an earlier attack or cell "
              "already scored the text: the score cache); seconds: the attack's own.",
-             f"Command: `python bench/leak_bench.py {' '.join(sys.argv[1:])}`", ""]
+             f"Command: `{shlex.join(['python', 'bench/leak_bench.py', *sys.argv[1:]])}`", ""]
     for kind, target in report["targets"].items():
         cfg = target["train"]["config"]
         lines += [f"## {kind} target ({cfg['epochs']} epochs, lr {cfg['lr']}"
