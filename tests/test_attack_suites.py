@@ -91,6 +91,10 @@ def test_a_new_two_pass_attack_joins_fast_by_its_declaration(monkeypatch):
     assert resolve_attacks("all") == ALL  # `all` is a fixed list
     # Without a reference it is left out with the others that need one.
     assert set(resolve_suite("fast", reference=False).left_out) == REFERENCE_ATTACKS | {"toy-two-pass"}
+    # The leak monitor's checks may run it too: they take fast's attacks but those fit on labels.
+    from tuneguard.integrations.leak import live_attacks
+
+    assert live_attacks() == (*FAST[:-2], "toy-two-pass")  # not bag-of-words, not the ensemble
 
 
 def test_an_attack_declaring_another_pass_stays_out_of_fast(monkeypatch):

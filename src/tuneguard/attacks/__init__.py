@@ -168,5 +168,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ALL_ATTACKS", "ATTACKS", "Attack", "AttackContext", "AttackOutput", "AttackResult", "DEFAULT_SHADOWS",
-           "DEFAULT_SUITE", "MIAResult", "SOFT_TABLE", "SUITES", "Suite", "make_attacks", "resolve_attacks",
-           "resolve_suite", "run_attacks", "shadow_attacks"]
+           "DEFAULT_SUITE", "MIAResult", "SOFT_TABLE", "SUITES", "Suite", "fast_attacks", "make_attacks",
+           "resolve_attacks", "resolve_suite", "run_attacks", "shadow_attacks"]

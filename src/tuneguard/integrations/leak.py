@@ -2,7 +2,7 @@
 
 One fixed, seeded sample of the training members and as many held-out non-members is attacked at every check by the
 attacks that read nothing but one forward pass per text under the model being trained (the target) and one under
-its base (the reference): loss, Min-K%++, ratio, EZ-MIA, WBC by default (:data:`LIVE_ATTACKS` lists every such
+its base (the reference): loss, Min-K%++, ratio, EZ-MIA, WBC by default (:func:`live_attacks` lists every such
 attack). The sample never changes, so the points of the curve are comparable. Each point also holds the sampled
 non-members' perplexity under the model (held-out utility, from the scores the check already has).
 
@@ -52,16 +52,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_ATTACKS = ("loss", "min-k++", "ratio", "ez-mia", "wbc")
-# The attacks that read only the target's and the reference's one pass per text: not lowercase (a pass of another
-# text), ReCall / CON-ReCall (shots), GradNorm (a backward pass), neighbours, SPV-MIA, bag-of-words and the ensemble
-# (trained on the scores: nothing a check should fit anew each time).
-LIVE_ATTACKS = ("loss", "zlib", "min-k", "min-k++", "ratio", "ez-mia", "wbc", "ht-mia")
 WATCHED_FPR = 0.1  # TPR is always reported at 10% FPR, which 10 non-members can measure
 CURVE, PLOT = "leak.json", "leak.png"
 # What decides the points of a curve: a resumed run keeps the saved points only when all of it matches. Not the
 # reference's name: a resumed full fine-tuning run names its base, which the first run scored as "the model before
 # training".
 _CURVE_KEYS = ("attacks", "sample", "seed", "max_length", "texts")
+
+
+def live_attacks() -> tuple[str, ...]:
+    """The attacks a check can run: those of the ``fast`` suite (by their declared passes: one pass per text under
+    the target and one under the reference) that score each text alone, so not the blind baseline nor the ensemble
+    (both fit on labelled scores: nothing a check should fit anew each time). Imports every attack."""
+    from tuneguard.attacks import ATTACKS, fast_attacks
+
+    return tuple(n for n in fast_attacks() if not ATTACKS.get(n).blind and "results" not in ATTACKS.get(n).needs)
 
 
 class LeakMonitor:
@@ -81,10 +86,11 @@ class LeakMonitor:
                  attacks: str | Sequence[str] = DEFAULT_ATTACKS, out: str | Path | None = None, seed: int = 0,
                  max_length: int | None = None, batch_size: int = 8) -> None:
         self.attacks = make_attacks(attacks if isinstance(attacks, str) else list(attacks))
-        extra = [name for name in self.attacks if name not in LIVE_ATTACKS]
+        live = live_attacks()
+        extra = [name for name in self.attacks if name not in live]
         if extra:
             raise TuneguardError(f"attack(s) {', '.join(extra)} need more than one pass per text under the model and "
-                                 f"its base: while training, choose from {', '.join(LIVE_ATTACKS)}")
+                                 f"its base, or labels: while training, choose from {', '.join(live)}")
         check_batching(batch_size, None)
         if max_length is not None and max_length < 2:
             raise TuneguardError(f"the leak's scoring window (max_length) must be at least 2 tokens, got {max_length}")
