@@ -5,8 +5,9 @@ One data file is split (seeded, as ``audit`` splits it) into shadow members and 
 (:mod:`tuneguard.regimes`) is trained on the shadow members and attacked with the strongest suite, through the
 experiment's cells (:mod:`tuneguard.experiment`: each cell is saved, keyed by everything that decides it, and reused
 on a re-run). A regime is judged by its strongest attack, never the average, and its utility is held-out perplexity.
-The most useful regime whose strongest attack meets the user's privacy target (:class:`Target`) is recommended
-(:func:`select`), with the command that trains the final model on all the data.
+The most useful regime whose strongest attack meets the user's privacy target
+(:class:`tuneguard.privacy_target.Target`) is recommended (:func:`select`), with the command that trains the final
+model on all the data.
 """
 
 from __future__ import annotations

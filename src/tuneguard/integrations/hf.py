@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
-    from tuneguard.privacy_target import Target
     from tuneguard.models import LoadedModel
+    from tuneguard.privacy_target import Target
 
 log = logging.getLogger(__name__)
 

@@ -37,11 +37,11 @@ from tuneguard.attacks import make_attacks
 from tuneguard.attacks.base import AttackContext
 from tuneguard.cache import key_hash
 from tuneguard.data import make_split
-from tuneguard.privacy_target import Target, parse_target
 from tuneguard.errors import TuneguardError
 from tuneguard.files import atomic_write_json, check_output, read_json
 from tuneguard.metrics import alpha_key, evaluate
 from tuneguard.models import LoadedModel
+from tuneguard.privacy_target import Target, parse_target
 from tuneguard.scoring import ScoringEngine, main_process
 from tuneguard.scoring.engine import check_batching
 from tuneguard.scoring.perplexity import perplexity
