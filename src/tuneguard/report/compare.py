@@ -191,10 +191,10 @@ def estimate_text(plan) -> str:
     """The estimate printed before the first cell starts (a :class:`tuneguard.defenses.compare.Plan`'s): per
     regime, the total, what it rests on, and the candidates left out or dropped."""
     est = plan.estimate
-    saved = est.to_json()
-    assumed = saved["assumed"]
+    as_json = est.to_json()
+    assumed = as_json["assumed"]
     lines = [f"Estimated time: {duration(est.total)} for {len(plan.columns)} regimes ({len(est.done)} finished and "
-             f"reused; {_speed(saved)}); assumed: a training token costs {assumed['train_cost']:g} forward tokens, a "
+             f"reused; {_speed(as_json)}); assumed: a training token costs {assumed['train_cost']:g} forward tokens, a "
              f"DP-SGD step {assumed['dp_cost']:g}x a LoRA step, a local paraphrase "
              f"{assumed['paraphrase_seconds']:g} s."]
     lines += [f"  {name}: {duration(seconds)}" for name, seconds in est.seconds.items()]
