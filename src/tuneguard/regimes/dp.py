@@ -9,10 +9,10 @@ batches, and so the memory, stay the same). At a fixed number of epochs a larger
 per step; at ε = 8 on 64 texts, B = 8 → 32 lowers σ/B from 0.083 to 0.027 (Opacus' RDP accountant). Both factors
 are recorded in the column's TrainConfig (lr, grad_accum), so the table's settings show what the run used.
 
-Measured (/tmp probe, not in bench/: SmolLM2-135M, 32 PubMed members, held-out perplexity on 32 non-members, LoRA,
-3 epochs, 64-token window, seed 0): pretrained 46.76; LoRA lr 1e-3 35.94; DP-SGD ε = 8 at lr 1e-3, B = 8 (12 steps,
-the factors at 1) 46.30; at lr 1e-2, B = 32 (3 steps, the defaults) 43.22. With so few texts DP-SGD still learns
-little at ε = 8; the factors are a sensible start, not a tuned optimum (only these two points were measured).
+The defaults are the best setting measured (bench/results/dp_sweep_ep3.md: SmolLM2-135M, 256 + 256 PubMed
+abstracts, 96 tokens, LoRA at lr 1e-3, batch 8, 3 epochs): at ε 8, 4 and 1 they reach held-out perplexity 29.39,
+30.24 and 32.71 (pretrained 35.42, LoRA 24.39), and 4x the batch (batch_factor 16) is 0.2-0.5 worse at each ε; lr
+x30 diverges at ε 8 (83.13). Ten epochs are in bench/dp_sweep.toml but not yet measured.
 """
 
 from __future__ import annotations
