@@ -12,7 +12,8 @@ are recorded in the column's TrainConfig (lr, grad_accum), so the table's settin
 The defaults are the best setting measured (bench/results/dp_sweep_ep3.md: SmolLM2-135M, 256 + 256 PubMed
 abstracts, 96 tokens, LoRA at lr 1e-3, batch 8, 3 epochs): at ε 8, 4 and 1 they reach held-out perplexity 29.39,
 30.24 and 32.71 (pretrained 35.42, LoRA 24.39), and 4x the batch (batch_factor 16) is 0.2-0.5 worse at each ε; lr
-x30 diverges at ε 8 (83.13). Ten epochs are in bench/dp_sweep.toml but not yet measured.
+x30 diverges at ε 8 (83.13), and 10 epochs at ε 8 do worse than 3 (30.49). The other 10-epoch cells of
+bench/dp_sweep.toml are not yet measured.
 """
 
 from __future__ import annotations
