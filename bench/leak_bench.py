@@ -21,12 +21,12 @@ With --shadows K a last cell per target adds RMIA and LiRA (offline) over K shad
 target's recipe, on a population drawn from the corpus outside the split (--population texts, default all the rest),
 beside the fast suite; the table gives the shadows' training time and TPR@1% against ratio for them too.
 
-The table: AUC, TPR@1% and TPR@10% with 95% bootstrap CIs per attack and target, the forward passes each attack
-added (the shared target pass runs before every attack, and an attack reuses every pass an earlier one made: the
-suite's order decides who pays, e.g. ratio pays the reference pass EZ-MIA, WBC and the hard tokens then read) and
-its seconds; per target, the suites side by side (wall time, forward passes per model, the verdict, the strongest
-attack by AUC and at 1% / 10% FPR with CIs) and the paired-bootstrap difference of TPR@1% between EZ-MIA / WBC and
-ratio.
+The table: AUC, TPR@0.1% (measurable from 1,000 non-members), TPR@1% and TPR@10% with 95% bootstrap CIs per cell,
+attack and target, the forward passes each attack added (the shared target pass runs before every attack, and an
+attack reuses every pass an earlier one made: the suite's order decides who pays, e.g. ratio pays the reference pass
+EZ-MIA, WBC and the hard tokens then read) and its seconds; per target, the suites side by side (wall time, forward
+passes per model, the verdict, the strongest attack by AUC and at 1% / 10% FPR with CIs) and the paired-bootstrap
+difference of TPR@1% between EZ-MIA / WBC / RMIA / LiRA and ratio.
 Resumable: the split, each fine-tuning run and each attack cell are saved under --out as they finish and reused
 when their settings match (the score cache, $TUNEGUARD_CACHE, keeps every forward pass too). Writes results.json
 and results.md under --out.
@@ -229,6 +229,7 @@ def rows_of(cells: dict, args) -> list[dict]:
             m = a.metrics
             own = (a.cost or {}).get("forward_passes", 0)  # GradNorm's forward + backward passes, outside the engine
             rows.append({"attack": label, "cell": cell, "auc": m["auc"], "auc_ci": m["auc_ci"],
+                         "tpr@0.1%": m["tpr"]["0.001"], "tpr@0.1%_ci": m["tpr_ci"]["0.001"],
                          "tpr@1%": m["tpr"]["0.01"], "tpr@1%_ci": m["tpr_ci"]["0.01"],
                          "tpr@10%": m["tpr"]["0.1"], "tpr@10%_ci": m["tpr_ci"]["0.1"],
                          "forward_passes": sum(result.cost["forward_passes_by_attack"][name].values()) + own,
@@ -286,18 +287,22 @@ def interval(value: float | None, ci: list[float] | None) -> str:
 def markdown(report: dict, args) -> str:
     lines = [f"# Leak benchmark: {args.model}, {args.members} members / {args.nonmembers} non-members, "
              f"{args.max_length} tokens (PubMed)", "",
-             f"Reference: the base model. {args.shots} non-member and {args.shots} member texts are ReCall shots, "
-             "not evaluated. Forward passes: those the attack added in its cell (0 where an earlier attack or cell "
-             "already scored the text: the score cache); seconds: the attack's own.",
+             "Reference: the base model. "
+             # Only ``all`` runs ReCall and CON-ReCall, the attacks that draw shots.
+             + (f"{args.shots} non-member and {args.shots} member texts are ReCall shots, not evaluated. "
+                if "all" in args.suites.split(",") else "")
+             + "Forward passes: those the attack added in its cell (0 where an earlier attack or cell already scored "
+             "the text: the score cache); seconds: the attack's own.",
              f"Command: `{shlex.join(['python', 'bench/leak_bench.py', *sys.argv[1:]])}`", ""]
     for kind, target in report["targets"].items():
         cfg = target["train"]["config"]
         lines += [f"## {kind} target ({cfg['epochs']} epochs, lr {cfg['lr']}"
                   + (f", r {cfg['lora_r']}, {'/'.join(cfg['target_modules'])}" if kind == "lora" else "") + ")", "",
-                  "| attack | AUC [95% CI] | TPR@1% [95% CI] | TPR@10% [95% CI] | forward passes added | seconds |",
-                  "|---|---|---|---|---|---|"]
+                  "| cell | attack | AUC [95% CI] | TPR@0.1% [95% CI] | TPR@1% [95% CI] | TPR@10% [95% CI] | "
+                  "forward passes added | seconds |", "|---|---|---|---|---|---|---|---|"]
         for r in target["rows"]:
-            lines.append(f"| {r['attack']} | {interval(r.get('auc'), r.get('auc_ci'))} | "
+            lines.append(f"| {r['cell']} | {r['attack']} | {interval(r.get('auc'), r.get('auc_ci'))} | "
+                         f"{interval(r.get('tpr@0.1%'), r.get('tpr@0.1%_ci'))} | "
                          f"{interval(r.get('tpr@1%'), r.get('tpr@1%_ci'))} | "
                          f"{interval(r.get('tpr@10%'), r.get('tpr@10%_ci'))} | {r['forward_passes']}"
                          + (f" (+{r['backward_passes']} backward)" if r.get("backward_passes") else "")
@@ -331,9 +336,9 @@ def write(out: Path, report: dict, args) -> None:
     atomic_write_json(out / "results.json", report)
     atomic_write_text(out / "results.md", markdown(report, args) + "\n")
     for kind, target in report["targets"].items():
-        print(format_table([{k: r.get(k) for k in ("attack", "auc", "tpr@1%", "tpr@10%", "forward_passes", "seconds")}
-                            for r in target["rows"]], ["attack", "auc", "tpr@1%", "tpr@10%", "forward_passes",
-                                                       "seconds"], title=f"\n{kind} target"), flush=True)
+        columns = ["cell", "attack", "auc", "tpr@1%", "tpr@10%", "forward_passes", "seconds"]
+        print(format_table([{k: r.get(k) for k in columns} for r in target["rows"]], columns,
+                           title=f"\n{kind} target"), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from pathlib import Path
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
 from tuneguard.data import clean_texts, fit_to_length, load_texts
-from tuneguard.defenses.compare import parse_target
 from tuneguard.files import atomic_write_json, atomic_write_text
 from tuneguard.integrations.hf import LeakCallback
 from tuneguard.integrations.leak import figure, first_beyond
 from tuneguard.models import load_model
+from tuneguard.privacy_target import parse_target
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmed" / "pubmedqa_abstracts.jsonl"
 CROSSINGS = ("tpr@10%<=0.2", "auc<=0.6")  # the lines the summary reports each curve crossing

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from tuneguard import cli
 from tuneguard.attacks import ATTACKS, resolve_suite, run_attacks
 from tuneguard.attacks.lira import lira_scores, statistic
-from tuneguard.attacks.rmia import dominated, log_lr, out_probability, tune_a
+from tuneguard.attacks.rmia import dominated, log_lr, out_probability, tie_broken, tune_a
 from tuneguard.attacks.shadows import ShadowSpec, membership, train_shadows
 from tuneguard.errors import TuneguardError
 from tuneguard.models import tiny_model
@@ -66,10 +66,12 @@ def test_rmia_matches_the_hand_computed_offline_ratio_and_population_comparison(
     target, shadows = rmia_fixture()
     out = run("rmia", fake_context(target, shadows, [1, 0]), a=0.5)
     np.testing.assert_allclose(out.raw, np.log([0.5 / 0.4375, 0.2 / 0.4]))
-    np.testing.assert_allclose(out.scores, [3 / 3, 1 / 3])  # gamma 1: x1 beats every z, x2 beats z2 alone
+    # gamma 1: x1 beats every z, x2 beats z2 alone; the score is (#z dominated + t(log LR)) / 4.
+    t = 0.5 + np.arctan(out.raw) / np.pi
+    np.testing.assert_allclose(out.scores, (np.array([3, 1]) + t) / 4)
     # gamma 2: x1 dominates z when LR(z) < 0.571 (z2 only); x2 when LR(z) < 0.25 (none).
     out = run("rmia", fake_context(target, shadows, [1, 0]), a=0.5, gamma=2)
-    np.testing.assert_allclose(out.scores, [1 / 3, 0])
+    np.testing.assert_allclose(out.scores, (np.array([1, 0]) + t) / 4)
     assert "a = 0.5 (given), gamma = 2" in out.note
 
 
@@ -86,10 +88,23 @@ def test_rmia_building_blocks():
                                [0.0, 1.0, np.nan])
 
 
+def test_texts_that_dominate_the_same_population_are_ordered_by_their_ratio():
+    """Beyond the population's largest LR every text shares 1: a block of ties exactly where TPR at a low FPR is
+    read. The tie-break orders it by log LR(x) and keeps the share's order across steps."""
+    log_lr_z = np.array([0.0, 1.0])
+    log_lr_x = np.array([5.0, 2.0, 0.5, 30.0, np.nan])
+    share = dominated(log_lr_x, log_lr_z, 1.0)
+    np.testing.assert_allclose(share, [1, 1, 0.5, 1, np.nan])
+    scores = tie_broken(share, log_lr_x, 2)
+    assert list(np.argsort(scores[:4])) == [2, 1, 0, 3] and np.isnan(scores[4])
+    np.testing.assert_array_equal(np.floor(scores[:4] * 3) / 2, share[:4])  # the paper's share reads back
+    assert np.all((scores[:4] > 0) & (scores[:4] < 1))
+
+
 def test_rmia_with_shadows_identical_to_the_base_is_the_reference_attack():
     """Identity: every shadow = the base model and a = 1 give log LR(x) = LL_target(x) - LL_base(x) (ratio's score)
     and an RMIA score that is the population's distribution function of ratio's score (gamma 1): a non-decreasing
-    function of it, hence the reference attack up to ties."""
+    function of it, and with its ties broken by log LR(x) the reference attack's order exactly."""
     rng = np.random.default_rng(0)
     texts = [f"x{i}" for i in range(12)]
     population = [f"z{i}" for i in range(30)]
@@ -104,9 +119,8 @@ def test_rmia_with_shadows_identical_to_the_base_is_the_reference_attack():
     ratio = run("ratio", ratio_ctx).scores
     np.testing.assert_allclose(rmia.raw, ratio)
     ratio_z = np.array([target[z] - base[z] for z in population])
-    np.testing.assert_allclose(rmia.scores, [(ratio_z < r).mean() for r in ratio])
-    order = np.argsort(ratio)
-    assert np.all(np.diff(rmia.scores[order]) >= 0)
+    np.testing.assert_allclose(np.floor(rmia.scores * 31) / 30, [(ratio_z < r).mean() for r in ratio])
+    np.testing.assert_array_equal(np.argsort(rmia.scores), np.argsort(ratio))
 
 
 def test_tuning_a_picks_the_best_mean_auc_of_the_grid():

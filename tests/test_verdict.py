@@ -184,6 +184,11 @@ def test_the_compare_command_carries_the_audit_settings_and_a_target_the_split_c
     assert command == ("tuneguard defend compare --model smollm2-135m --data notes.jsonl --method lora --epochs 2 "
                        "--lr 0.001 --max-length 96 --target 'tpr@1%<=0.05' --out COMPARE_DIR")
 
+    # The target's recorded base, not the reference, is what the user fine-tunes again (the reference may be a
+    # shadow fine-tune).
+    res.settings.update(base="HuggingFaceTB/SmolLM2-135M", reference="/cache/shadows/shadow-0")
+    assert "--model HuggingFaceTB/SmolLM2-135M " in next_steps(res, mia_verdict(res))[0].command
+
 
 def comparison(chosen: str | None) -> dict:
     """A fake compare.json: LoRA leaks above the target, DP-SGD at epsilon 8 meets it."""

@@ -202,7 +202,8 @@ def run_attacks(target: LoadedModel | str, members: list[str], nonmembers: list[
                            "attacks": [n for n in results if "shadows" in instances[n].needs]}
     return MIAResult(
         title=title or f"Membership inference against {target.ref}",
-        settings={"target": target.ref, "reference": reference_engine.name if reference_engine else None,
+        settings={"target": target.ref, **({"base": target.base_ref} if target.base_ref else {}),
+                  "reference": reference_engine.name if reference_engine else None,
                   "attacks": names, "params": {n: a.params.to_dict() for n, a in instances.items()}, "seed": seed,
                   "members": len(split.members), "nonmembers": len(split.nonmembers), "evaluated": len(texts),
                   **window, "n_shots": n_shots, "bootstrap": n_boot, **target.placement(),

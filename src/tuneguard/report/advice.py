@@ -32,7 +32,8 @@ def next_steps(result: MIAResult, verdict: Verdict, comparison: dict | None = No
     ``tuneguard defend compare`` result (compare.json), by default the one recorded in the result's settings."""
     settings = result.settings
     files = settings.get("files") or {}
-    base = settings.get("reference") or "BASE_MODEL"
+    # The model to fine-tune again is the target's base; the reference may be any model (a shadow fine-tune, say).
+    base = settings.get("base") or settings.get("reference") or "BASE_MODEL"
     tuned = settings.get("fine_tuning") or {}
     comparison = comparison if comparison is not None else settings.get("comparison")
     steps = []
