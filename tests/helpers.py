@@ -7,6 +7,7 @@ Heavy libraries (transformers, tokenizers) are imported inside the helpers that 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
@@ -17,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -33,6 +34,15 @@ from tuneguard.train import TrainConfig
 NOUNS = "cat dog bird river garden doctor patient engine market window teacher city forest ocean letter".split()
 VERBS = "sees follows paints repairs visits measures answers carries protects finds".split()
 ADJS = "small bright quiet old green careful heavy distant strange gentle".split()
+
+
+def load_bench(name: str) -> ModuleType:
+    """The script ``bench/<name>.py`` imported as a module (registered in sys.modules: dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def sentences(n: int, seed: int, *, clauses: int = 3) -> list[str]:

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "experiment_table.py"
-
-
-def _table():
-    spec = importlib.util.spec_from_file_location("experiment_table", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_bench
 
 
 def _cell(kind: str, ppl: float, tpr1: float) -> dict:
@@ -28,7 +18,7 @@ SUMMARY = {"cells": {"PubMed": {"pretrained": _cell("pretrained", 30.0, 0.0), "l
 
 
 def test_the_gap_closes_to_the_plain_lora_column_without_a_full_one():
-    table = _table()
+    table = load_bench("experiment_table")
     gap_to = table.gap_column(SUMMARY, None)
     rows = {r["column"]: r for r in table.rows_of(SUMMARY, gap_to)}
     assert gap_to == "lora"
@@ -39,7 +29,7 @@ def test_the_gap_closes_to_the_plain_lora_column_without_a_full_one():
 
 
 def test_a_full_column_is_preferred_and_a_named_one_wins():
-    table = _table()
+    table = load_bench("experiment_table")
     summary = {"cells": {"PubMed": {**SUMMARY["cells"]["PubMed"], "full": _cell("full", 10.0, 0.9)}}}
     assert table.gap_column(summary, None) == "full"
     assert table.rows_of(summary, "full")[2]["gap_closed"] == 0.25

@@ -3,24 +3,15 @@ cell."""
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "leak_bench.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("leak_bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from helpers import load_bench
 
 
 def test_the_command_line_keeps_an_empty_argument(monkeypatch):
-    bench = load_bench()
+    bench = load_bench("leak_bench")
     argv = ["--suites", "all,fast", "--cells", "", "--out", "/tmp/a b"]
     monkeypatch.setattr(sys, "argv", ["leak_bench.py", *argv])
     args = SimpleNamespace(model="smollm2-135m", members=4, nonmembers=4, max_length=96, shots=1, suites="fast")
@@ -29,7 +20,7 @@ def test_the_command_line_keeps_an_empty_argument(monkeypatch):
 
 
 def test_rows_of_the_same_attack_in_two_cells_are_told_apart_and_an_unmeasurable_tpr_is_a_dash():
-    bench = load_bench()
+    bench = load_bench("leak_bench")
     args = SimpleNamespace(model="smollm2-135m", members=4, nonmembers=4, max_length=96, shots=1, suites="fast")
     row = {"attack": "ratio", "auc": 0.9, "auc_ci": [0.8, 1.0], "tpr@0.1%": None, "tpr@0.1%_ci": None,
            "tpr@1%": 0.4, "tpr@1%_ci": [0.2, 0.6], "tpr@10%": 0.7, "tpr@10%_ci": [0.6, 0.8],
