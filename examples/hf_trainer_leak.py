@@ -96,19 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
 
     if trainer.is_world_process_zero():
-        summary = summarise(leak, trainer.state.log_history, vars(args) | {"out": str(args.out)}, seconds)
+        ppl = {e["step"]: math.exp(e["eval_loss"]) for e in trainer.state.log_history if "eval_loss" in e}
+        summary = summarise(leak.points, ppl, vars(args) | {"out": str(args.out)}, seconds, leak.checkpoint_within)
         atomic_write_json(args.out / "summary.json", summary)
         atomic_write_text(args.out / "summary.md", markdown(summary))
         print(markdown(summary))
     return 0
 
 
-def summarise(leak: LeakCallback, history: list[dict], settings: dict, seconds: float) -> dict:
-    """The curve beside the eval perplexity, and where each attack's curve (and the strongest's) crosses each line
-    of ``CROSSINGS``, with the eval perplexity at that check against the final one."""
-    ppl = {e["step"]: math.exp(e["eval_loss"]) for e in history if "eval_loss" in e}
-    points = leak.points
+def summarise(points: list[dict], ppl: dict[int, float], settings: dict, seconds: float,
+              checkpoint: Path | None = None) -> dict:
+    """The curve beside the eval perplexity ``ppl`` (by step), and where each attack's curve (and the strongest's)
+    first goes beyond each line of ``CROSSINGS``: that check, and the one before it (the model a run stopped at the
+    budget keeps), each with its eval perplexity, to set against the final and the best one."""
     final_step = max(ppl)
+    best_step = min(ppl, key=ppl.get)
     curve = [{"step": pt["step"], "epoch": pt["epoch"], "eval_perplexity": ppl.get(pt["step"]),
               "nonmember_perplexity": pt["nonmember_perplexity"],
               "strongest_auc": figure(pt, "auc")[0], "strongest_tpr@10%": figure(pt, "tpr", 0.1)[0],
@@ -120,32 +122,44 @@ def summarise(leak: LeakCallback, history: list[dict], settings: dict, seconds: 
         for text in CROSSINGS:
             target = parse_target(text)
             crossed = first_beyond(points, target, attack)
-            row[text] = None if crossed is None else {
-                "step": crossed["step"], "epoch": crossed["epoch"],
-                "value": figure(crossed, target.metric, target.fpr, attack)[0],
-                "eval_perplexity": ppl.get(crossed["step"])}
+            if crossed is None:
+                row[text] = None
+                continue
+            at = points.index(crossed)
+            row[text] = {"beyond": _check(crossed, ppl, target, attack),
+                         "kept": _check(points[at - 1], ppl, target, attack) if at else None}
         crossings.append(row)
     return {"settings": settings, "train_seconds": round(seconds, 1),
             "leak_seconds": round(sum(pt["seconds"] for pt in points), 1),
-            "final": {"step": final_step, "eval_perplexity": ppl[final_step]}, "crossings": crossings,
-            "curve": curve, "budget_checkpoint": leak.checkpoint_within and str(leak.checkpoint_within)}
+            "final": {"step": final_step, "eval_perplexity": ppl[final_step]},
+            "best": {"step": best_step, "eval_perplexity": ppl[best_step]}, "crossings": crossings,
+            "curve": curve, "budget_checkpoint": checkpoint and str(checkpoint)}
+
+
+def _check(point: dict, ppl: dict[int, float], target, attack: str | None) -> dict:
+    """One check of the curve as the summary quotes it: where, the figure the target is on, the eval perplexity."""
+    return {"step": point["step"], "epoch": point["epoch"], "eval_perplexity": ppl.get(point["step"]),
+            "value": figure(point, target.metric, target.fpr, attack)[0]}
 
 
 def markdown(summary: dict) -> str:
-    """The summary as a Markdown note: where each curve crosses each line, then the curve itself."""
-    s, final = summary["settings"], summary["final"]
+    """The summary as a Markdown note: where each curve goes beyond each line and what a stop there keeps, then the
+    curve itself."""
+    s, final, best = summary["settings"], summary["final"], summary["best"]
     lines = [f"# Leak while training: {s['model']}, {s['method']}, {s['members']} members, {s['epochs']:g} epochs",
              "", f"{s['sample']} members and as many non-members attacked at each check; training "
              f"{summary['train_seconds']:.0f} s, of which the leak checks {summary['leak_seconds']:.0f} s. "
-             f"Final eval perplexity {final['eval_perplexity']:.2f} (step {final['step']}).", "",
-             "| curve | " + " | ".join(f"first beyond {t}: step (epoch), eval ppl" for t in CROSSINGS) + " |",
-             "|---|" + "---|" * len(CROSSINGS)]
+             f"Eval perplexity: final {final['eval_perplexity']:.2f} (step {final['step']}), best "
+             f"{best['eval_perplexity']:.2f} (step {best['step']}). Each cell: the first check beyond the line, and "
+             "the check before it (what a run stopped at that budget keeps), as step (epoch): figure, eval ppl.", "",
+             "| curve | " + " | ".join(f"beyond {t} | kept at {t}" for t in CROSSINGS) + " |",
+             "|---|" + "---|---|" * len(CROSSINGS)]
     for row in summary["crossings"]:
         cells = []
         for text in CROSSINGS:
             hit = row[text]
-            cells.append("never" if hit is None else f"{hit['step']} ({hit['epoch']:.1f}), {hit['value']:.3f}, "
-                         f"ppl {_num(hit['eval_perplexity'])} vs {final['eval_perplexity']:.2f}")
+            cells += (["never", "the final model"] if hit is None else
+                      [_where(hit["beyond"]), _where(hit["kept"]) if hit["kept"] else "nothing (the first check)"])
         lines.append(f"| {row['attack']} | " + " | ".join(cells) + " |")
     lines += ["", "| step | epoch | eval ppl | non-member ppl | strongest AUC | strongest TPR@10% | by AUC |",
               "|---|---|---|---|---|---|---|"]
@@ -156,6 +170,10 @@ def markdown(summary: dict) -> str:
     if summary["budget_checkpoint"]:
         lines += ["", f"Checkpoint within the budget {s['budget']}: `{summary['budget_checkpoint']}`"]
     return "\n".join(lines) + "\n"
+
+
+def _where(at: dict) -> str:
+    return f"{at['step']} ({at['epoch']:.1f}): {at['value']:.3f}, ppl {_num(at['eval_perplexity'])}"
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -36,9 +36,11 @@ VERBS = "sees follows paints repairs visits measures answers carries protects fi
 ADJS = "small bright quiet old green careful heavy distant strange gentle".split()
 
 
-def load_bench(name: str) -> ModuleType:
-    """The script ``bench/<name>.py`` imported as a module (registered in sys.modules: dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+def load_script(path: str) -> ModuleType:
+    """The repository's script ``<path>.py`` (e.g. "bench/leak_bench") imported as a module under its file's name
+    (registered in sys.modules: dataclasses look it up)."""
+    name = Path(path).name
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / f"{path}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

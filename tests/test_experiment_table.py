@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import load_bench
+from helpers import load_script
 
 
 def _cell(kind: str, ppl: float, tpr1: float) -> dict:
@@ -18,7 +18,7 @@ SUMMARY = {"cells": {"PubMed": {"pretrained": _cell("pretrained", 30.0, 0.0), "l
 
 
 def test_the_gap_closes_to_the_plain_lora_column_without_a_full_one():
-    table = load_bench("experiment_table")
+    table = load_script("bench/experiment_table")
     gap_to = table.gap_column(SUMMARY, None)
     rows = {r["column"]: r for r in table.rows_of(SUMMARY, gap_to)}
     assert gap_to == "lora"
@@ -29,7 +29,7 @@ def test_the_gap_closes_to_the_plain_lora_column_without_a_full_one():
 
 
 def test_a_full_column_is_preferred_and_a_named_one_wins():
-    table = load_bench("experiment_table")
+    table = load_script("bench/experiment_table")
     summary = {"cells": {"PubMed": {**SUMMARY["cells"]["PubMed"], "full": _cell("full", 10.0, 0.9)}}}
     assert table.gap_column(summary, None) == "full"
     assert table.rows_of(summary, "full")[2]["gap_closed"] == 0.25

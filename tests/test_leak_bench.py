@@ -7,11 +7,11 @@ import shlex
 import sys
 from types import SimpleNamespace
 
-from helpers import load_bench
+from helpers import load_script
 
 
 def test_the_command_line_keeps_an_empty_argument(monkeypatch):
-    bench = load_bench("leak_bench")
+    bench = load_script("bench/leak_bench")
     argv = ["--suites", "all,fast", "--cells", "", "--out", "/tmp/a b"]
     monkeypatch.setattr(sys, "argv", ["leak_bench.py", *argv])
     args = SimpleNamespace(model="smollm2-135m", members=4, nonmembers=4, max_length=96, shots=1, suites="fast")
@@ -20,7 +20,7 @@ def test_the_command_line_keeps_an_empty_argument(monkeypatch):
 
 
 def test_rows_of_the_same_attack_in_two_cells_are_told_apart_and_an_unmeasurable_tpr_is_a_dash():
-    bench = load_bench("leak_bench")
+    bench = load_script("bench/leak_bench")
     args = SimpleNamespace(model="smollm2-135m", members=4, nonmembers=4, max_length=96, shots=1, suites="fast")
     row = {"attack": "ratio", "auc": 0.9, "auc_ci": [0.8, 1.0], "tpr@0.1%": None, "tpr@0.1%_ci": None,
            "tpr@1%": 0.4, "tpr@1%_ci": [0.2, 0.6], "tpr@10%": 0.7, "tpr@10%_ci": [0.6, 0.8],

@@ -335,8 +335,8 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 
 def leak_figure(points: list[dict[str, Any]], fprs: Sequence[float], budget: Target | None = None):
-    """The leak against the optimizer step: AUC (left) and TPR at each of ``fprs`` (right) per attack, chance
-    dashed, the budget dotted on its panel."""
+    """The leak against the optimizer step: AUC and TPR at each of ``fprs`` per attack, chance dashed, the budget
+    dotted on its panel; then the utility beside it: the sampled non-members' perplexity (held-out texts)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
@@ -347,7 +347,7 @@ def leak_figure(points: list[dict[str, Any]], fprs: Sequence[float], budget: Tar
 
     steps = [p["step"] for p in points]
     names = list(points[-1]["attacks"])
-    fig, axes = plt.subplots(1, 1 + len(fprs), figsize=(WIDTH_IN * (1 + len(fprs)) / 2, 3.6), layout="constrained")
+    fig, axes = plt.subplots(1, 2 + len(fprs), figsize=(WIDTH_IN * (2 + len(fprs)) / 2, 3.6), layout="constrained")
     panels = [("auc", None, "AUC", 0.5)] + [("tpr", fpr, f"TPR at {100 * fpr:g}% FPR", fpr) for fpr in fprs]
     for ax, (metric, fpr, label, chance) in zip(axes, panels):
         measured = False
@@ -363,11 +363,15 @@ def leak_figure(points: list[dict[str, Any]], fprs: Sequence[float], budget: Tar
                 ax.legend(handles=[line], fontsize=7, loc="upper left")
         if not measured:
             ax.text(0.5, 0.5, "not measured: too few non-members", transform=ax.transAxes, ha="center", fontsize=8)
-        ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
         ax.set_ylim(0, 1.02)
+        ax.set_title(label, fontsize=10)
+    utility = axes[-1]
+    utility.plot(steps, [p["nonmember_perplexity"] for p in points], marker="o", ms=3, color="black")
+    utility.set_title("held-out perplexity (the non-members)", fontsize=10)
+    for ax in axes:
+        ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step", fontsize=9)
-        ax.set_title(label, fontsize=10)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
     return fig
