@@ -12,7 +12,8 @@ training) and logs ``leak/...`` beside the eval loss.
 Texts are cut once to ``--max-length`` tokens, so the model trains on exactly what the attacks score. Writes under
 ``--out``: ``leak/leak.json`` and ``leak/leak.png`` (the leak-vs-step curve, by the callback), ``summary.json`` and
 ``summary.md``: the curve beside the eval perplexity, and for each attack (and the strongest) the first check where it
-goes beyond TPR 0.2 at 10% FPR and beyond AUC 0.6, with the eval perplexity there against the final one.
+goes beyond TPR 0.2 at 10% FPR and beyond AUC 0.6, and the check before it (what a run stopped there keeps), each with
+its eval perplexity, against the final and the best one.
 ``--budget`` also stops training there (checkpoints are then saved at every check, and the one within it is named).
 """
 
@@ -31,7 +32,7 @@ from tuneguard.files import atomic_write_json, atomic_write_text
 from tuneguard.integrations.hf import LeakCallback
 from tuneguard.integrations.leak import figure, first_beyond
 from tuneguard.models import load_model
-from tuneguard.privacy_target import parse_target
+from tuneguard.privacy_target import Target, parse_target
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmed" / "pubmedqa_abstracts.jsonl"
 CROSSINGS = ("tpr@10%<=0.2", "auc<=0.6")  # the lines the summary reports each curve crossing
@@ -136,7 +137,7 @@ def summarise(points: list[dict], ppl: dict[int, float], settings: dict, seconds
             "curve": curve, "budget_checkpoint": checkpoint and str(checkpoint)}
 
 
-def _check(point: dict, ppl: dict[int, float], target, attack: str | None) -> dict:
+def _check(point: dict, ppl: dict[int, float], target: Target, attack: str | None) -> dict:
     """One check of the curve as the summary quotes it: where, the figure the target is on, the eval perplexity."""
     return {"step": point["step"], "epoch": point["epoch"], "eval_perplexity": ppl.get(point["step"]),
             "value": figure(point, target.metric, target.fpr, attack)[0]}

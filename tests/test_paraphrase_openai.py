@@ -134,7 +134,7 @@ def test_a_trickling_server_is_cut_at_the_total_deadline():
     assert len(sent) <= 2 and all(n < len(TRICKLED) for n in sent)
 
 
-def test_ctrl_c_during_the_backoff_stops_every_request_at_once(monkeypatch):
+def test_ctrl_c_during_the_backoff_stops_every_request_at_once(monkeypatch, request):
     # Ctrl-C (a real SIGINT: it also wakes the event loop) as soon as both requests wait out their 30 s backoff,
     # seen through asyncio.sleep. The wait itself is a mocked clock: a backoff that was not cancelled ends after 5 s,
     # not 30, and is counted.
@@ -152,6 +152,10 @@ def test_ctrl_c_during_the_backoff_stops_every_request_at_once(monkeypatch):
         finished.append(delay)
 
     monkeypatch.setattr(asyncio, "sleep", backoff)
+    # Python's own Ctrl-C handler, as in a user's process (asyncio.run cancels on SIGINT only over it): a library an
+    # earlier test loaded may have left another in the suite's process.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with FakeChat([(503, {"error": "busy"}), (503, {"error": "busy"})]) as server:
         p = client(server.url, cache=False, workers=2, backoff=30, max_retries=3)
         with pytest.raises(KeyboardInterrupt):

@@ -9,11 +9,11 @@ batches, and so the memory, stay the same). At a fixed number of epochs a larger
 per step; at ε = 8 on 64 texts, B = 8 → 32 lowers σ/B from 0.083 to 0.027 (Opacus' RDP accountant). Both factors
 are recorded in the column's TrainConfig (lr, grad_accum), so the table's settings show what the run used.
 
-The defaults are the best setting measured (bench/results/dp_sweep_ep3.md: SmolLM2-135M, 256 + 256 PubMed
-abstracts, 96 tokens, LoRA at lr 1e-3, batch 8, 3 epochs): at ε 8, 4 and 1 they reach held-out perplexity 29.39,
-30.24 and 32.71 (pretrained 35.42, LoRA 24.39), and 4x the batch (batch_factor 16) is 0.2-0.5 worse at each ε; lr
-x30 diverges at ε 8 (83.13), and 10 epochs at ε 8 do worse than 3 (30.49). The other 10-epoch cells of
-bench/dp_sweep.toml are not yet measured.
+The defaults are the best setting measured (bench/results/dp_sweep_pubmed.md: SmolLM2-135M, 256 + 256 PubMed
+abstracts, 96 tokens, LoRA at lr 1e-3, batch 8, 3 epochs; each setting changed alone at ε 8, 4 and 1): they reach
+held-out perplexity 29.39, 30.24 and 32.71 (pretrained 35.42, LoRA 24.39). 4x the batch (batch_factor 16) is 0.2-0.5
+worse at each ε, lr x30 diverges at each ε (83-217; with batch_factor 16 at ε 8 it learns, to 31.48), and 10 epochs
+do worse than 3 at each ε (30.49, 31.89, 37.27). The other cells that change two or three settings are not measured.
 """
 
 from __future__ import annotations
