@@ -285,3 +285,13 @@ def test_finetune_watches_the_leak_and_stops_at_its_budget(tmp_path):
     assert len(steps) >= 2 and steps == list(range(1, len(steps) + 1))  # one check per optimizer step
     assert curve["points"][-1]["strongest"]["auc"] > 0.95 >= curve["points"][-2]["strongest"]["auc"]
     assert read_json(out / "run.json")["epochs_done"] < 6  # stopped at the budget, and the model so far saved
+
+
+def test_the_leak_plot_shows_the_held_out_perplexity_beside_the_leak():
+    from tuneguard.integrations.leak import leak_figure
+
+    points = [{"step": s, "attacks": {"ratio": {"auc": a, "tpr": {"0.1": a / 2}}}, "nonmember_perplexity": p}
+              for s, a, p in [(0, 0.5, 30.0), (10, 0.7, 25.0), (20, 0.9, 27.0)]]
+    fig = leak_figure(points, (0.1,))
+    assert [ax.get_title() for ax in fig.axes] == ["AUC", "TPR at 10% FPR", "held-out perplexity (the non-members)"]
+    assert list(fig.axes[-1].lines[0].get_ydata()) == [30.0, 25.0, 27.0]
